@@ -1,0 +1,159 @@
+"""Configuration: YAML files merged onto ``configs/base.yaml``, ``key=value``
+overrides, validation, ``instantiate()`` and saving into a run directory.
+
+``configs/base.yaml`` is the schema: it names every key. A key that a user file
+or override adds is an error naming it; a key left at ``???`` is a missing-key
+error naming it. The one open place is a ``params:`` mapping next to a
+``target:`` (the arguments of whatever ``target`` names), checked against the
+callable's signature when :func:`instantiate` builds it.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with the key that is wrong."""
+
+
+def _open_params(node: Any) -> None:
+    """Let ``params`` mappings (and user-defined lists) take any key; the rest stays strict."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            if key == "params" and isinstance(child, DictConfig):
+                OmegaConf.set_struct(child, False)
+            _open_params(child)
+    elif isinstance(node, ListConfig):
+        for child in node:
+            if isinstance(child, DictConfig):
+                OmegaConf.set_struct(child, False)
+
+
+def _read_yaml(path: str | os.PathLike) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml errors come in several types
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return cfg
+
+
+def _dotted_key(exc: OmegaConfBaseException) -> str:
+    full_key = getattr(exc, "full_key", None)
+    return full_key or str(exc).splitlines()[0]
+
+
+def load_config(files: Sequence[str | os.PathLike] = (), overrides: Iterable[str] = (),
+                base: str | os.PathLike = BASE_CONFIG) -> DictConfig:
+    """Merge ``base`` + ``files`` (in order) + ``key=value`` ``overrides``; validate; resolve.
+
+    Raises :class:`ConfigError` naming the unknown or missing key.
+    """
+    cfg = _read_yaml(base)
+    OmegaConf.set_struct(cfg, True)
+    _open_params(cfg)
+    layers = [(str(f), _read_yaml(f)) for f in files]
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    if overrides:
+        layers.append(("command line", OmegaConf.from_dotlist(overrides)))
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except ConfigKeyError as exc:
+            raise ConfigError(f"unknown config key {_dotted_key(exc)!r} (from {source}); "
+                              f"see configs/base.yaml for the keys that exist") from exc
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"bad value for config key {_dotted_key(exc)!r} (from {source}): "
+                              f"{str(exc).splitlines()[0]}") from exc
+        _open_params(cfg)
+    missing = sorted(_missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing config key(s) {', '.join(missing)}: give a value in a config "
+                          f"file or as key=value on the command line")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot resolve config key {_dotted_key(exc)!r}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    return cfg
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if OmegaConf.is_missing(node, key):
+                out.append(path)
+            else:
+                out += _missing_keys(node._get_node(key), path + ".")
+    return out
+
+
+def save_config(cfg: DictConfig, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved ``cfg`` to ``run_dir/name`` atomically; returns the path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / name
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+    return path
+
+
+def import_target(dotted: str) -> Any:
+    """Import ``package.module.attr`` and return ``attr``."""
+    module_name, _, attr = dotted.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"target {dotted!r} is not a dotted path like 'package.module.Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} for target {dotted!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(f"module {module_name!r} has no {attr!r} (target {dotted!r})") from exc
+
+
+def instantiate(node: Any, **extra: Any) -> Any:
+    """Build ``target(**params, **extra)`` from a ``{target, params}`` mapping.
+
+    Unknown parameter names are an error naming them (unless the callable takes ``**kwargs``).
+    """
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict) or "target" not in node:
+        raise ConfigError(f"cannot instantiate {node!r}: it needs a 'target' key")
+    target = import_target(node["target"])
+    params = dict(node.get("params") or {})
+    params.update(extra)
+    try:
+        signature = inspect.signature(target)
+    except ValueError:  # some builtins have no signature: let the call itself complain
+        return target(**params)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    if not takes_any:
+        unknown = sorted(set(params) - set(signature.parameters))
+        if unknown:
+            raise ConfigError(f"{node['target']} has no parameter(s) {', '.join(unknown)}; "
+                              f"it takes {', '.join(signature.parameters)}")
+    return target(**params)
