@@ -1,0 +1,183 @@
+"""Reading and writing videos.
+
+Frames are ``[N, 3, H, W]`` float tensors in [0, 1]. Sources: video files read with
+decord (mp4, avi, mov, webm, mkv), GIFs (Pillow) and folders of image frames (sorted by
+name). Writers: mp4 (H.264 through imageio-ffmpeg) and GIF.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+SHORT_VIDEO_STRATEGIES = ("error", "loop", "pad")
+
+
+class VideoError(ValueError):
+    """A video that cannot be used as asked (missing, unreadable, too short)."""
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Number of frames in a video file, GIF or frame folder (cheap: no decoding)."""
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"video not found: {path}")
+    if path.is_dir():
+        return len(_frame_files(path))
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".gif":
+            from PIL import Image
+            with Image.open(path) as im:
+                return im.n_frames
+        if suffix in VIDEO_SUFFIXES:
+            import decord
+            return len(decord.VideoReader(str(path), num_threads=1))
+    except Exception as exc:
+        raise VideoError(f"cannot read video {path}: {exc}") from exc
+    raise VideoError(f"unsupported video format {suffix!r} for {path}: use one of "
+                     f"{sorted(VIDEO_SUFFIXES | {'.gif'})} or a folder of frames")
+
+
+def frame_indices(available: int, num_frames: int, start: int = 0, stride: int = 1,
+                  short_video: str = "error", source: str = "video") -> list[int]:
+    """Indices of ``num_frames`` frames from ``start`` every ``stride``.
+
+    When the video is too short: ``error`` raises, ``loop`` wraps around to the start
+    index, ``pad`` repeats the last available frame.
+    """
+    if short_video not in SHORT_VIDEO_STRATEGIES:
+        raise VideoError(f"unknown short_video strategy {short_video!r}; use one of {SHORT_VIDEO_STRATEGIES}")
+    if num_frames < 1 or stride < 1 or start < 0:
+        raise VideoError(f"need num_frames >= 1, stride >= 1, start >= 0 (got {num_frames}, {stride}, {start})")
+    wanted = [start + i * stride for i in range(num_frames)]
+    if wanted[-1] < available:
+        return wanted
+    if short_video == "error" or start >= available:
+        raise VideoError(f"{source} has {available} frames but {num_frames} frames from frame {start} "
+                         f"every {stride} need {wanted[-1] + 1}; use a longer video, fewer frames, or "
+                         f"data.short_video=loop|pad")
+    usable = list(range(start, available, stride))
+    if short_video == "loop":
+        return [usable[i % len(usable)] for i in range(num_frames)]
+    return usable + [usable[-1]] * (num_frames - len(usable))
+
+
+def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
+    """decord first; ffmpeg (imageio) when decord cannot convert the stream (e.g. very narrow frames)."""
+    import decord
+    try:
+        return decord.VideoReader(str(path), num_threads=1).get_batch(unique).asnumpy()
+    except decord.DECORDError:
+        import imageio.v2 as imageio
+        keep = set(unique)
+        with imageio.get_reader(path, format="FFMPEG") as reader:
+            frames = [f for i, f in enumerate(reader) if i in keep]
+        return np.stack(frames)
+
+
+def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames at ``indices`` as uint8 ``[n, h, w, 3]``."""
+    unique = sorted(set(indices))
+    position = {idx: i for i, idx in enumerate(unique)}
+    try:
+        if path.is_dir():
+            from PIL import Image
+            files = _frame_files(path)
+            frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in unique])
+        elif path.suffix.lower() == ".gif":
+            from PIL import Image, ImageSequence
+            with Image.open(path) as im:
+                keep = set(unique)
+                frames = np.stack([np.asarray(f.convert("RGB")) for i, f in enumerate(ImageSequence.Iterator(im))
+                                   if i in keep])
+        else:
+            frames = _decode_file(path, unique)
+    except Exception as exc:
+        raise VideoError(f"cannot decode video {path}: {exc}") from exc
+    return frames[[position[i] for i in indices]]
+
+
+def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize ``[N, C, h, w]`` so it covers ``height x width`` (aspect kept), then centre-crop."""
+    h, w = frames.shape[-2:]
+    if (h, w) == (height, width):
+        return frames
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                           antialias=scale < 1)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return frames[..., top:top + height, left:left + width]
+
+
+def read_video(path: str | os.PathLike, num_frames: int = 49, height: int = 480, width: int = 720,
+               start: int = 0, stride: int = 1, short_video: str = "error") -> torch.Tensor:
+    """Read ``num_frames`` frames resized and centre-cropped to ``height x width``.
+
+    Returns ``[num_frames, 3, height, width]`` float32 in [0, 1].
+    """
+    path = Path(path)
+    available = count_frames(path)
+    if available == 0:
+        raise VideoError(f"no frames found in {path}")
+    indices = frame_indices(available, num_frames, start, stride, short_video, source=str(path))
+    frames = torch.from_numpy(np.ascontiguousarray(_decode(path, indices))).permute(0, 3, 1, 2)
+    frames = frames.float().div_(255.0)
+    return resize_center_crop(frames, height, width).clamp_(0.0, 1.0).contiguous()
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``[N, 3, H, W]`` in [0, 1] -> uint8 ``[N, H, W, 3]``."""
+    return (frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+            .permute(0, 2, 3, 1).cpu().numpy())
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8, quality: int = 9) -> Path:
+    """Write ``[N, 3, H, W]`` frames in [0, 1] as H.264 mp4 (atomic). Even sizes are required."""
+    import imageio.v2 as imageio
+    path = Path(path)
+    tmp = _atomic_target(path)
+    with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=quality,
+                            macro_block_size=1, pixelformat="yuv420p", ffmpeg_log_level="error") as writer:
+        for frame in to_uint8(frames):
+            writer.append_data(frame)
+    os.replace(tmp, path)
+    return path
+
+
+def write_gif(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8) -> Path:
+    """Write ``[N, 3, H, W]`` frames in [0, 1] as a looping GIF (atomic)."""
+    from PIL import Image
+    path = Path(path)
+    tmp = _atomic_target(path)
+    images = [Image.fromarray(f) for f in to_uint8(frames)]
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(round(1000 / fps)), loop=0)
+    os.replace(tmp, path)
+    return path
+
+
+def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8) -> Path:
+    """Write mp4 or GIF by the suffix of ``path``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        return write_gif(frames, path, fps)
+    if suffix == ".mp4":
+        return write_mp4(frames, path, fps)
+    raise VideoError(f"cannot write {suffix!r}: use .mp4 or .gif")
