@@ -71,30 +71,42 @@ def splat(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_to_dst
     frame = torch.arange(n, device=device).view(n, 1) * (hp * wp)
     base = frame + (y0.clamp(-1, h - 1).long() + 1) * wp + (x0.clamp(-1, w - 1).long() + 1)
     target = (base.unsqueeze(0) + offsets).view(-1)                            # [C*N*P]
+    # In-place arithmetic below keeps the number of large temporaries (and page faults) low.
     if mode == "nearest":
-        weights = inside.to(dtype).unsqueeze(0)
+        weights = inside.to(dtype).unsqueeze(0)                                 # [1, N, P]
     else:
         fx, fy = uv[..., 0] - x0, uv[..., 1] - y0
-        gx, gy = (1 - fx) * inside, 1 - fy
-        weights = torch.stack([gx * gy, fx * inside * gy, gx * fy, fx * inside * fy])  # [4, N, P]
+        gx, gy = (1 - fx).mul_(inside), 1 - fy
+        fx.mul_(inside)
+        weights = torch.empty(4, *fx.shape, dtype=dtype, device=device)         # [4, N, P]
+        for k, (a, b) in enumerate(((gx, gy), (fx, gy), (gx, fy), (fx, fy))):
+            torch.mul(a, b, out=weights[k])
+    weights = weights.view(-1)
 
-    z_c = torch.where(weights > 0, z, float("inf")).view(-1)  # zero-weight corners take no part
+    depth_key = torch.where(weights > 0, z.expand(len(offsets), -1, -1).reshape(-1), float("inf"))
     nearest = torch.full((n * hp * wp,), float("inf"), dtype=dtype, device=device)
-    nearest.scatter_reduce_(0, target, z_c, reduce="amin")
-    front = nearest[target]
-    keep = z_c <= front * (1 + depth_tolerance) if mode == "bilinear" else z_c == front
-    weights = weights.view(-1) * keep                                          # [C*N*P]
+    nearest.scatter_reduce_(0, target, depth_key, reduce="amin")
+    front = nearest.index_select(0, target)
+    if mode == "bilinear":
+        weights.mul_(depth_key.le_(front.mul_(1 + depth_tolerance)))  # soft z-buffer: near the front only
+    else:
+        weights.mul_(depth_key.eq_(front))
+
+    canvas = torch.empty(n * hp * wp, dtype=dtype, device=device)
 
     def accumulate(values: torch.Tensor) -> torch.Tensor:                       # [C*N*P] -> [N, H, W]
-        canvas = torch.zeros(n * hp * wp, dtype=dtype, device=device).scatter_add_(0, target, values)
+        canvas.zero_().scatter_add_(0, target, values)
         return canvas.view(n, hp, wp)[:, 1:-1, 1:-1]
 
-    weight = accumulate(weights)
+    weight = accumulate(weights).clone()
     covered = weight > 0
     inv = torch.where(covered, 1.0 / weight.clamp_min(1e-12), 0.0)
-    colors = frames.reshape(n, c, h * w)
-    out = torch.stack([accumulate((weights.view(-1, n, h * w) * colors[:, k]).view(-1)) * inv
-                       for k in range(c)], dim=1)                               # [N, C, H, W]
+    colors = frames.reshape(1, n, c, h * w)
+    weighted = depth_key  # reused as a buffer
+    out = torch.empty(n, c, h, w, dtype=dtype, device=device)
+    for k in range(c):
+        torch.mul(weights.view(-1, n, h * w), colors[:, :, k], out=weighted.view(-1, n, h * w))
+        torch.mul(accumulate(weighted), inv, out=out[:, k])
     return out, covered
 
 def warp_video(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_w2c: torch.Tensor,
