@@ -4,9 +4,14 @@ import torch
 from diffusers import CogVideoXDDIMScheduler
 
 from reangle.models.cogvideox import SCHEDULER_CONFIG
-from reangle.training.loss import masked_v_loss, x0_from_velocity
+from reangle.training.loss import masked_loss, x0_from_velocity
 
 SHAPE = (2, 3, 4, 6, 8)  # [B, F, C, h, w]
+
+
+def masked_v_loss(velocity, noisy, x0, a, mask=None, normalize="all"):
+    """The CogVideoX composition: x0 estimate from v, weight 1 / (1 - alphabar)."""
+    return masked_loss(x0_from_velocity(velocity, noisy, a), x0, 1 / (1 - a), mask, normalize)
 
 
 @pytest.fixture
@@ -76,7 +81,9 @@ def test_visible_normalisation_divides_by_the_visible_count(inputs):
     assert torch.allclose(visible, 2 * all_)
 
 
-def test_unknown_normalisation_is_rejected(inputs):
+def test_unknown_normalisation_and_misfit_masks_are_rejected(inputs):
     sched, t, x0, noisy, velocity = inputs
     with pytest.raises(ValueError, match="normalisation"):
         masked_v_loss(velocity, noisy, x0, sched.alphas_cumprod[t], None, "mean")
+    with pytest.raises(ValueError, match="does not fit"):
+        masked_v_loss(velocity, noisy, x0, sched.alphas_cumprod[t], torch.ones(2, 3, 6, 7, dtype=torch.bool))
