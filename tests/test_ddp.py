@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_two_process_ddp_keeps_ranks_in_sync(tmp_path, tiny_omega, tiny_model_dir):
     out = tmp_path / "ddp.json"
-    cmd = [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(out), "data.video=synthetic",
+    cmd = [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(out), "data.height=64", "data.width=96",
            f"train.omega={tiny_omega}", f"run.root={tmp_path}", "run.name=ddp",
            f"run.cache_dir={tiny_model_dir.parent.parent}", "trainer.devices=2", "trainer.strategy=ddp",
            "train.steps=2", "train.checkpoint_every=2", "train.lr=1e-2"]

@@ -14,14 +14,14 @@ from reangle.training import build
 
 
 def _cfg(tmp_path, tiny_omega, tiny_model_dir, *extra):
-    return load_config(["configs/presets/tiny.yaml"], ["data.video=synthetic", f"train.omega={tiny_omega}",
+    return load_config(["configs/presets/tiny.yaml"], ["data.height=64", "data.width=96", f"train.omega={tiny_omega}",
                                                         f"run.root={tmp_path}", f"run.cache_dir={tiny_model_dir.parent.parent}",
                                                         *extra])
 
 
 def test_unknown_training_key_is_named():
     with pytest.raises(ConfigError, match="train.stepz"):
-        load_config(["configs/presets/tiny.yaml"], ["data.video=synthetic", "train.stepz=3"])
+        load_config(["configs/presets/tiny.yaml"], ["data.height=64", "data.width=96", "train.stepz=3"])
 
 
 def test_bad_values_are_rejected_before_training(tmp_path, tiny_omega, tiny_model_dir):
@@ -33,7 +33,7 @@ def test_bad_values_are_rejected_before_training(tmp_path, tiny_omega, tiny_mode
     with pytest.raises(ConfigError, match="logger.kind"):
         build.build_loggers(_cfg(tmp_path, tiny_omega, tiny_model_dir, "logger.kind=tensorboard"))
     with pytest.raises(ConfigError, match="checkpoint .* not found"):
-        train.main(["--config", "configs/presets/tiny.yaml", "data.video=synthetic", f"train.omega={tiny_omega}",
+        train.main(["--config", "configs/presets/tiny.yaml", "data.height=64", "data.width=96", f"train.omega={tiny_omega}",
                     f"run.root={tmp_path}", "train.resume=last"])
 
 

@@ -13,7 +13,7 @@ from reangle.training import build
 
 
 def _args(tmp_path, tiny_omega, tiny_model_dir, name, *extra):
-    return ["--config", "configs/presets/tiny.yaml", "data.video=synthetic", f"train.omega={tiny_omega}",
+    return ["--config", "configs/presets/tiny.yaml", "data.height=64", "data.width=96", f"train.omega={tiny_omega}",
             f"run.root={tmp_path}", f"run.name={name}", f"run.cache_dir={tiny_model_dir.parent.parent}", *extra]
 
 
