@@ -1,0 +1,257 @@
+"""Loading CogVideoX image-to-video components from a hub id, a local folder or a tiny config.
+
+Public API::
+
+    load_components(pretrained, parts=COMPONENTS, *, tiny=None, cache_dir=..., revision=None,
+                    dtype=torch.float32, device="cpu") -> CogVideoXComponents
+    resolve_pretrained(pretrained, *, tiny=None, cache_dir=...) -> str   # folder or hub id
+    TinyConfig                                    # sizes of the tiny random model
+    CogVideoXComponents.pipeline() -> CogVideoXImageToVideoPipeline
+    full_size_transformer_config() -> dict        # CogVideoX-5b-I2V transformer, as on the hub
+    build_transformer_on_meta(config) -> CogVideoXTransformer3DModel (no memory)
+    layout(module) -> {key: shape}                # key names and shapes of a state dict
+
+``pretrained`` is one of: a hub id (``THUDM/CogVideoX-5b-I2V``), a local folder in the
+diffusers layout (``model_index.json`` and one subfolder per component), or ``"tiny"``.
+All three go through the same ``from_pretrained`` calls: ``"tiny"`` first writes a
+random model of :class:`TinyConfig` sizes into ``cache_dir/models/tiny-<hash>`` (once,
+atomically) and is then loaded from there like any local folder. The tiny model has the
+5b-I2V structure (32 input channels, rotary + learned positional embeddings, no ofs
+embedding, v-prediction DDIM scheduler) at toy widths, and a small Unigram T5 tokenizer
+built from a fixed word list, so nothing is ever downloaded for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
+HUB_ID = "THUDM/CogVideoX-5b-I2V"
+DEFAULT_CACHE = ".cache/reangle"
+
+_HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# The scheduler of THUDM/CogVideoX-5b-I2V (scheduler/scheduler_config.json).
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": True,
+    "steps_offset": 0, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+    "rescale_betas_zero_snr": True, "snr_shift_scale": 1.0,
+}
+
+# Words the tiny tokenizer knows whole; anything else falls back to single characters.
+_TINY_WORDS = ("a an the of on in at to and with camera movement orbit left right up down zoom "
+               "dolly out scene video ball cube sphere box red green blue white black floor "
+               "wall sky moving rolling static view").split()
+_TINY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.;:!?'\"-_()<>/"
+
+
+class ModelLoadError(ValueError):
+    """A model source that cannot be loaded as asked."""
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of the tiny random CogVideoX-I2V; ``height``/``width``/``num_frames`` are the
+    pixel sizes it is trained at (its learned positional embedding is fixed to them)."""
+
+    seed: int = 0
+    num_layers: int = 2
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16
+    time_embed_dim: int = 16
+    text_embed_dim: int = 32
+    text_layers: int = 1
+    vae_channels: list[int] = field(default_factory=lambda: [8, 8, 16, 16])
+    height: int = 64
+    width: int = 96
+    num_frames: int = 9
+    max_text_length: int = 226
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | "TinyConfig" | None) -> "TinyConfig":
+        if isinstance(values, TinyConfig):
+            return values
+        values = dict(values or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ModelLoadError(f"unknown tiny model setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        return cls(**values)
+
+    def key(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CogVideoXComponents:
+    """The loaded parts (``None`` for parts not asked for) and where they came from."""
+
+    source: str
+    tokenizer: Any = None
+    text_encoder: Any = None
+    vae: Any = None
+    transformer: Any = None
+    scheduler: Any = None
+
+    def pipeline(self):
+        """A ``CogVideoXImageToVideoPipeline`` over these parts (all five must be loaded)."""
+        from diffusers import CogVideoXImageToVideoPipeline
+
+        missing = [p for p in COMPONENTS if getattr(self, p) is None]
+        if missing:
+            raise ModelLoadError(f"cannot build the pipeline: component(s) {missing} were not loaded; "
+                                 f"load them with load_components(..., parts=COMPONENTS)")
+        return CogVideoXImageToVideoPipeline(**{p: getattr(self, p) for p in COMPONENTS})
+
+
+def _component_classes() -> dict[str, Any]:
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import T5EncoderModel, T5Tokenizer
+
+    return {"tokenizer": T5Tokenizer, "text_encoder": T5EncoderModel, "vae": AutoencoderKLCogVideoX,
+            "transformer": CogVideoXTransformer3DModel, "scheduler": CogVideoXDDIMScheduler}
+
+
+def _build_tiny(cfg: TinyConfig):
+    """Random tiny components (not saved) with the 5b-I2V structure."""
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
+                           CogVideoXTransformer3DModel)
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    levels = len(cfg.vae_channels)
+    spatial = 2 ** (levels - 1)
+    if cfg.height % (2 * spatial) or cfg.width % (2 * spatial) or (cfg.num_frames - 1) % 4:
+        raise ModelLoadError(f"tiny model size {cfg.num_frames}x{cfg.height}x{cfg.width} does not fit: height and "
+                             f"width must be multiples of {2 * spatial} and frames 1 + 4k")
+    torch.manual_seed(cfg.seed)
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+             + [("\u2581" + w, -1.0) for w in _TINY_WORDS] + [(c, -6.0) for c in _TINY_CHARS])
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=cfg.max_text_length)
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(vocab), d_model=cfg.text_embed_dim, d_kv=8, d_ff=2 * cfg.text_embed_dim,
+        num_layers=cfg.text_layers, num_heads=max(1, cfg.text_embed_dim // 8),
+        relative_attention_num_buckets=8, relative_attention_max_distance=32))
+    groups = min(cfg.vae_channels)
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=tuple(cfg.vae_channels), layers_per_block=1, norm_num_groups=min(4, groups),
+        latent_channels=16, sample_height=cfg.height, sample_width=cfg.width,
+        down_block_types=("CogVideoXDownBlock3D",) * levels, up_block_types=("CogVideoXUpBlock3D",) * levels)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+        in_channels=32, out_channels=16, time_embed_dim=cfg.time_embed_dim, text_embed_dim=cfg.text_embed_dim,
+        num_layers=cfg.num_layers, sample_height=cfg.height // spatial, sample_width=cfg.width // spatial,
+        sample_frames=cfg.num_frames, max_text_seq_length=cfg.max_text_length,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True)
+    scheduler = CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
+    return CogVideoXImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                                         transformer=transformer, scheduler=scheduler)
+
+
+def materialize_tiny(tiny: TinyConfig | Mapping[str, Any] | None, cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
+    """Write the tiny model into ``cache_dir/models/tiny-<hash>`` unless it is there; returns the folder."""
+    cfg = TinyConfig.from_mapping(tiny)
+    final = Path(cache_dir) / "models" / f"tiny-{cfg.key()}"
+    if (final / "model_index.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    _build_tiny(cfg).save_pretrained(staging, safe_serialization=True)
+    (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    try:
+        os.replace(staging, final)
+    except OSError:  # another process published it first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (final / "model_index.json").is_file():
+            raise
+    return final
+
+
+def resolve_pretrained(pretrained: str, *, tiny: TinyConfig | Mapping[str, Any] | None = None,
+                       cache_dir: str | os.PathLike = DEFAULT_CACHE) -> str:
+    """The folder or hub id that ``from_pretrained`` reads for ``pretrained``."""
+    if pretrained == "tiny":
+        return str(materialize_tiny(tiny, cache_dir))
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {path} is a file; give a folder in the diffusers layout "
+                                 f"(model_index.json + one subfolder per component)")
+        return str(path)
+    if _HUB_ID_PATTERN.match(pretrained) and not pretrained.startswith((".", "/", "~")):
+        return pretrained
+    raise ModelLoadError(f"model {pretrained!r} is neither a local folder nor a hub id like 'THUDM/CogVideoX-5b-I2V' "
+                         f"nor 'tiny'; fix model.pretrained")
+
+
+def load_components(pretrained: str = HUB_ID, parts: Iterable[str] = COMPONENTS, *,
+                    tiny: TinyConfig | Mapping[str, Any] | None = None,
+                    cache_dir: str | os.PathLike = DEFAULT_CACHE, revision: str | None = None,
+                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> CogVideoXComponents:
+    """Load the asked ``parts`` of CogVideoX-I2V from ``pretrained`` (hub id, folder or ``"tiny"``).
+
+    Models are put in ``eval()`` mode on ``device`` with weights in ``dtype``; nothing is frozen here.
+    """
+    parts = list(parts)
+    unknown = [p for p in parts if p not in COMPONENTS]
+    if unknown:
+        raise ModelLoadError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
+    root = resolve_pretrained(pretrained, tiny=tiny, cache_dir=cache_dir)
+    if Path(root).is_dir():
+        absent = [p for p in parts if not (Path(root) / p).is_dir()]
+        if absent:
+            raise ModelLoadError(f"model folder {root} has no subfolder(s) {absent}; it must hold the diffusers "
+                                 f"layout of CogVideoX-I2V (model_index.json, {', '.join(COMPONENTS)})")
+    classes = _component_classes()
+    out = CogVideoXComponents(source=root)
+    for part in parts:
+        kwargs: dict[str, Any] = {"subfolder": part}
+        if revision is not None:
+            kwargs["revision"] = revision
+        if part in ("text_encoder", "vae", "transformer"):
+            kwargs["torch_dtype"] = dtype
+        try:
+            obj = classes[part].from_pretrained(root, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load {part} of {pretrained!r} from {root}: {exc}") from exc
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.to(device).eval()
+        setattr(out, part, obj)
+    return out
+
+
+def full_size_transformer_config() -> dict[str, Any]:
+    """The transformer config of THUDM/CogVideoX-5b-I2V (transformer/config.json)."""
+    return {
+        "activation_fn": "gelu-approximate", "attention_bias": True, "attention_head_dim": 64, "dropout": 0.0,
+        "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 32, "max_text_seq_length": 226,
+        "norm_elementwise_affine": True, "norm_eps": 1e-5, "num_attention_heads": 48, "num_layers": 42,
+        "ofs_embed_dim": None, "out_channels": 16, "patch_bias": True, "patch_size": 2, "patch_size_t": None,
+        "sample_frames": 49, "sample_height": 60, "sample_width": 90, "spatial_interpolation_scale": 1.875,
+        "temporal_compression_ratio": 4, "temporal_interpolation_scale": 1.0, "text_embed_dim": 4096,
+        "time_embed_dim": 512, "timestep_activation_fn": "silu", "use_learned_positional_embeddings": True,
+        "use_rotary_positional_embeddings": True,
+    }
+
+
+def build_transformer_on_meta(config: Mapping[str, Any] | None = None):
+    """A ``CogVideoXTransformer3DModel`` of ``config`` (default: full size) on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import CogVideoXTransformer3DModel
+
+    with init_empty_weights(include_buffers=True):
+        return CogVideoXTransformer3DModel.from_config(dict(config or full_size_transformer_config()))
+
+
+def layout(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{state-dict key: shape}`` of ``module`` (works on meta tensors)."""
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
