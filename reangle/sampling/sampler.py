@@ -1,0 +1,252 @@
+"""CogVideoX image-to-video sampling from a start frame, one video per request.
+
+Numerically the path of diffusers' ``CogVideoXImageToVideoPipeline`` with the same
+components, inputs and generator, reorganised for many views:
+
+- text embeddings are computed once per distinct prompt (and once for the negative
+  prompt) before any denoising, so the T5 encoder can be released first;
+- the work runs in phases (encode start frames with the VAE, denoise with the
+  transformer, decode with the VAE), so with CPU offload each model visits the
+  accelerator once per call, not once per view;
+- classifier-free guidance runs the unconditional and conditional branches as one
+  batch of two.
+
+Randomness per request comes from one CPU ``torch.Generator`` seeded with the
+request's seed and drawn in the pipeline's order (the start frame's latent sample,
+the initial noise, then the scheduler's step noise), so a video depends on its own
+seed only, not on the other requests or the device.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from diffusers import CogVideoXDPMScheduler
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
+from tqdm.auto import tqdm
+
+
+@dataclass
+class SampleRequest:
+    """One video to make: ``image`` ``[3, H, W]`` in [0, 1] (H, W multiples of 8 x patch size),
+    ``num_frames`` = 1 + 4k, the prompt, and the seed of its generator."""
+
+    image: torch.Tensor
+    prompt: str
+    seed: int
+    num_frames: int
+
+
+@dataclass
+class SamplingSettings:
+    """Denoising settings shared by all requests (paper: 40 steps, guidance 6.0)."""
+
+    steps: int = 40
+    guidance: float = 6.0
+    dynamic_guidance: bool = False   # CogVideoX's cosine ramp of the guidance scale over the steps
+    lora_scale: float = 1.0          # multiplier of the LoRA update (ignored without a LoRA)
+    negative_prompt: str = ""
+
+
+def _grid_crop(grid_hw: tuple[int, int], base_w: int, base_h: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Region of a ``base_h x base_w`` grid covered by ``grid_hw`` resized to fit (CogVideoX 1.0 rotary crop)."""
+    h, w = grid_hw
+    if h / w > base_h / base_w:
+        rh, rw = base_h, int(round(base_h / h * w))
+    else:
+        rw, rh = base_w, int(round(base_w / w * h))
+    top, left = int(round((base_h - rh) / 2.0)), int(round((base_w - rw) / 2.0))
+    return (top, left), (top + rh, left + rw)
+
+
+class CogVideoXSampler:
+    """Samples CogVideoX I2V videos; see the module docstring.
+
+    ``device`` is where the models compute. With ``offload`` the models live on the CPU
+    and each is moved to ``device`` for its phase only; otherwise they must already be
+    on ``device``. The LoRA, when any, is already loaded into ``transformer`` (peft).
+    """
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler,
+                 text_encoder: torch.nn.Module | None = None, tokenizer=None,
+                 device: torch.device | str | None = None, offload: bool = False, progress: bool = True):
+        self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.device = torch.device(device) if device is not None else next(transformer.parameters()).device
+        self.offload = offload
+        self.progress = progress
+        cfg = transformer.config
+        self.dtype = next(transformer.parameters()).dtype
+        self.max_text_len = cfg.max_text_seq_length
+        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.temporal_factor = vae.config.temporal_compression_ratio
+        self.latent_scale = vae.config.scaling_factor
+        self.invert_scale = bool(getattr(vae.config, "invert_scale_latents", False))
+
+    # -- models on the device -------------------------------------------------------
+    @contextlib.contextmanager
+    def _on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Eval mode (restored after); with offload also moved to the device and back."""
+        was_training = module.training
+        module.eval()
+        if self.offload:
+            module.to(self.device)
+        try:
+            yield module
+        finally:
+            if self.offload:
+                module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            module.train(was_training)
+
+    # -- text --------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
+        """T5 embeddings ``{prompt: [1, L, D]}`` of the distinct ``prompts`` (L = max_text_seq_length)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise RuntimeError("the text encoder was released or never given; pass precomputed embeddings "
+                               "to sample() or build the sampler with text_encoder and tokenizer")
+        unique = list(dict.fromkeys(prompts))
+        out: dict[str, torch.Tensor] = {}
+        with self._on_device(self.text_encoder) as encoder:
+            for i in range(0, len(unique), batch_size):
+                chunk = unique[i:i + batch_size]
+                ids = self.tokenizer(chunk, padding="max_length", max_length=self.max_text_len, truncation=True,
+                                     add_special_tokens=True, return_tensors="pt").input_ids
+                embeds = encoder(ids.to(self.device))[0].to(self.dtype)
+                out.update({p: e[None] for p, e in zip(chunk, embeds)})
+        return out
+
+    def release_text_encoder(self) -> None:
+        """Drop the sampler's references to the T5 encoder (the caller may still hold one)."""
+        self.text_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- sampling ----------------------------------------------------------------
+    def _check(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
+               settings: SamplingSettings) -> None:
+        multiple = self.spatial_factor * self.transformer.config.patch_size
+        for r in requests:
+            if r.image.ndim != 3 or r.image.shape[0] != 3:
+                raise ValueError(f"start frame must be [3, H, W], got {tuple(r.image.shape)}")
+            h, w = r.image.shape[-2:]
+            if h % multiple or w % multiple:
+                raise ValueError(f"frame size {h}x{w} is not a multiple of {multiple}; resize the video")
+            if (r.num_frames - 1) % self.temporal_factor:
+                raise ValueError(f"num_frames={r.num_frames} is not 1 + {self.temporal_factor}k; "
+                                 f"use e.g. {1 + self.temporal_factor * ((r.num_frames - 1) // self.temporal_factor)}")
+        missing = {r.prompt for r in requests} - set(embeddings)
+        if settings.guidance > 1.0 and settings.negative_prompt not in embeddings:
+            missing.add(settings.negative_prompt)
+        if missing:
+            raise KeyError(f"no text embedding for prompt(s) {sorted(missing)}; get them from encode_prompts()")
+        if settings.steps < 1:
+            raise ValueError(f"need at least one sampling step, got {settings.steps}")
+
+    @torch.no_grad()
+    def sample(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
+               settings: SamplingSettings) -> list[torch.Tensor]:
+        """One video ``[num_frames, 3, H, W]`` in [0, 1] (float32, CPU) per request."""
+        self._check(requests, embeddings, settings)
+        generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
+        with self._on_device(self.vae):
+            conditions = [self._image_latents(r, g) for r, g in zip(requests, generators)]
+        with self._on_device(self.transformer):
+            latents = [self._denoise(r, c, g, embeddings, settings, i, len(requests))
+                       for i, (r, c, g) in enumerate(zip(requests, conditions, generators))]
+        with self._on_device(self.vae):
+            return [self._decode(z, r.num_frames) for z, r in zip(latents, requests)]
+
+    def _latent_frames(self, num_frames: int) -> tuple[int, int]:
+        """(latent frames incl. padding for the temporal patch, padding frames at the front)."""
+        frames = (num_frames - 1) // self.temporal_factor + 1
+        p_t = self.transformer.config.patch_size_t
+        extra = 0 if p_t is None else (p_t - frames % p_t) % p_t
+        return frames + extra, extra
+
+    def _image_latents(self, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:
+        """Start-frame condition ``[1, F, C, h, w]``: scaled VAE latent of the frame, zeros after it."""
+        image_pm1 = request.image.to(self.device, self.vae.dtype)[None, :, None] * 2.0 - 1.0
+        latent = self.vae.encode(image_pm1).latent_dist.sample(generator).to(self.dtype).permute(0, 2, 1, 3, 4)
+        latent = latent * (1 / self.latent_scale) if self.invert_scale else latent * self.latent_scale
+        frames, extra = self._latent_frames(request.num_frames)
+        real = frames - extra
+        padding = latent.new_zeros((1, real - 1) + latent.shape[2:])
+        latents = torch.cat([latent, padding], dim=1)
+        return torch.cat([latents[:, :extra], latents], dim=1) if extra else latents
+
+    def _rotary(self, height: int, width: int, latent_frames: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        cfg = self.transformer.config
+        if not cfg.use_rotary_positional_embeddings:
+            return None
+        p, p_t = cfg.patch_size, cfg.patch_size_t
+        grid_h, grid_w = height // (self.spatial_factor * p), width // (self.spatial_factor * p)
+        base_h, base_w = cfg.sample_height // p, cfg.sample_width // p
+        if p_t is None:
+            return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim,
+                                           crops_coords=_grid_crop((grid_h, grid_w), base_w, base_h),
+                                           grid_size=(grid_h, grid_w), temporal_size=latent_frames,
+                                           device=self.device)
+        return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=None,
+                                       grid_size=(grid_h, grid_w), temporal_size=(latent_frames + p_t - 1) // p_t,
+                                       grid_type="slice", max_size=(base_h, base_w), device=self.device)
+
+    def _step_kwargs(self, generator: torch.Generator) -> dict:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        return {k: v for k, v in (("eta", 0.0), ("generator", generator)) if k in accepted}
+
+    def _denoise(self, request: SampleRequest, image_latents: torch.Tensor, generator: torch.Generator,
+                 embeddings: Mapping[str, torch.Tensor], settings: SamplingSettings,
+                 index: int, total: int) -> torch.Tensor:
+        """Latents ``[1, F, C, h, w]`` after ``settings.steps`` guided steps."""
+        sched, cfg = self.scheduler, self.transformer.config
+        guided = settings.guidance > 1.0
+        text = embeddings[request.prompt].to(self.device, self.dtype)
+        if guided:
+            text = torch.cat([embeddings[settings.negative_prompt].to(self.device, self.dtype), text])
+        sched.set_timesteps(settings.steps, device=self.device)
+        timesteps = sched.timesteps
+        frames = image_latents.shape[1]
+        h, w = request.image.shape[-2:]
+        shape = (1, frames, cfg.in_channels // 2, h // self.spatial_factor, w // self.spatial_factor)
+        latents = torch.randn(shape, generator=generator, dtype=self.dtype).to(self.device) * sched.init_noise_sigma
+        condition = torch.cat([image_latents] * 2) if guided else image_latents
+        rotary = self._rotary(h, w, frames)
+        ofs = None if cfg.ofs_embed_dim is None else latents.new_full((1,), 2.0)
+        lora = {"scale": settings.lora_scale} if settings.lora_scale != 1.0 else None
+        dpm = isinstance(sched, CogVideoXDPMScheduler)
+        step_kwargs = self._step_kwargs(generator)
+        previous_x0 = None
+        bar = tqdm(timesteps, desc=f"sampling {index + 1}/{total}", disable=not self.progress, leave=False)
+        for i, t in enumerate(bar):
+            model_in = sched.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
+            model_in = torch.cat([model_in, condition], dim=2)
+            pred = self.transformer(hidden_states=model_in, encoder_hidden_states=text,
+                                    timestep=t.expand(model_in.shape[0]), ofs=ofs, image_rotary_emb=rotary,
+                                    attention_kwargs=lora, return_dict=False)[0].float()
+            if guided:
+                scale = settings.guidance
+                if settings.dynamic_guidance:
+                    scale = 1 + scale * (1 - math.cos(math.pi * ((settings.steps - t.item()) / settings.steps) ** 5.0)) / 2
+                uncond, cond = pred.chunk(2)
+                pred = uncond + scale * (cond - uncond)
+            if dpm:
+                latents, previous_x0 = sched.step(pred, previous_x0, t, timesteps[i - 1] if i > 0 else None,
+                                                  latents, **step_kwargs, return_dict=False)
+            else:
+                latents = sched.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
+            latents = latents.to(self.dtype)
+        return latents
+
+    def _decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """``[num_frames, 3, H, W]`` float32 in [0, 1] on the CPU."""
+        _, extra = self._latent_frames(num_frames)
+        latents = latents[:, extra:].permute(0, 2, 1, 3, 4) * (1 / self.latent_scale)
+        video_pm1 = self.vae.decode(latents.to(self.vae.dtype)).sample  # [1, 3, N, H, W]
+        return (video_pm1[0].permute(1, 0, 2, 3).float() / 2 + 0.5).clamp(0, 1).cpu()
