@@ -1,0 +1,215 @@
+"""CogVideoX image-to-video as a :class:`~reangle.models.spec.ModelSpec` (stage II).
+
+Cached per view (``encode_video``), float32:
+
+* ``video_mean``, ``video_logvar`` ``[F, 16, h, w]``: the VAE posterior of the clip in [-1, 1];
+* ``image_mean``, ``image_logvar`` ``[1, 16, h, w]``: the VAE posterior of the first frame
+  after adding Gaussian pixel noise of sigma = exp(N(image_noise_mean, image_noise_std))
+  (drawn once per view, as in the CogVideoX I2V fine-tuning recipe).
+
+Per prompt (``encode_prompt``): ``prompt_embeds`` ``[L, D]`` from T5, padded to the
+transformer's ``max_text_seq_length``.
+
+A training step samples both posteriors, scales them by the VAE's ``scaling_factor``
+(or divides, for VAEs with ``invert_scale_latents``), zeroes the image latent with
+probability ``image_dropout``, pads it with zero frames to the clip length and
+concatenates it on channels with the noised clip latents; the transformer predicts the
+velocity ``v``, the prediction is ``x0_hat = sqrt(a) z_t - sqrt(1 - a) v`` and the weight
+``1 / (1 - a)`` with ``a = alphas_cumprod[t]``, ``t`` uniform over the training steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from reangle.data.latent_mask import latent_mask
+from reangle.models.cogvideox import DEFAULT_CACHE, HUB_ID, TinyConfig, load_components, resolve_pretrained
+from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
+from reangle.models.spec import DiffusionPair, ModelSpec
+from reangle.training.loss import x0_from_velocity
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown weight dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def rotary_embedding(config: Mapping[str, Any], frames: int, height: int, width: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """CogVideoX 1.0 3D RoPE ``(cos, sin)`` for a latent grid of ``frames x height x width``
+    (``None`` when the transformer has no rotary embeddings)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+    from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
+
+    if not config["use_rotary_positional_embeddings"]:
+        return None
+    if config.get("patch_size_t"):
+        raise NotImplementedError("CogVideoX 1.5 (patch_size_t) transformers are not supported yet")
+    p = config["patch_size"]
+    grid = (height // p, width // p)
+    crops = get_resize_crop_region_for_grid(grid, config["sample_width"] // p, config["sample_height"] // p)
+    return get_3d_rotary_pos_embed(embed_dim=config["attention_head_dim"], crops_coords=crops, grid_size=grid,
+                                   temporal_size=frames, device=device)
+
+
+class CogVideoXI2V(ModelSpec):
+    """CogVideoX image-to-video with a LoRA on its attention projections."""
+
+    def __init__(self, pretrained: str = HUB_ID, *, tiny: Mapping[str, Any] | None = None, revision: str | None = None,
+                 cache_dir: str = DEFAULT_CACHE, weights_dtype: str = "bf16", lora_rank: int = 128,
+                 lora_alpha: float = 128, lora_targets: Sequence[str] = DEFAULT_TARGETS, lora_dropout: float = 0.0,
+                 gradient_checkpointing: bool = True, image_noise_mean: float = -3.0, image_noise_std: float = 0.5,
+                 image_dropout: float = 0.05):
+        if not 0.0 <= image_dropout <= 1.0:
+            raise ValueError(f"image_dropout must lie in [0, 1], got {image_dropout}")
+        self.pretrained, self.revision, self.cache_dir = pretrained, revision, cache_dir
+        self.tiny = TinyConfig.from_mapping(tiny) if pretrained == "tiny" else None
+        self.weights_dtype = _dtype(weights_dtype)
+        self.lora = dict(rank=lora_rank, alpha=lora_alpha, targets=list(lora_targets), dropout=lora_dropout)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.image_noise = (image_noise_mean, image_noise_std)
+        self.image_dropout = image_dropout
+        self.source = resolve_pretrained(pretrained, tiny=self.tiny, cache_dir=cache_dir)
+        self.encoders = None
+        self.transformer = None
+        self.scheduler = None
+        self.lora_config = None
+        self._config_cache: dict[str, dict] = {}
+
+    # --- identity -----------------------------------------------------------------------------
+    def component_config(self, part: str) -> dict:
+        """``config.json`` of one component (only the config file is fetched for hub ids)."""
+        if part not in self._config_cache:
+            from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+            from transformers import T5Config
+
+            kwargs = {"subfolder": part, **({"revision": self.revision} if self.revision else {})}
+            if part == "text_encoder":
+                config = T5Config.from_pretrained(self.source, **kwargs).to_dict()
+            else:
+                cls = {"vae": AutoencoderKLCogVideoX, "transformer": CogVideoXTransformer3DModel}[part]
+                config = dict(cls.load_config(self.source, **kwargs))
+            self._config_cache[part] = {k: v for k, v in config.items() if not k.startswith("_")
+                                        and k not in ("transformers_version", "torch_dtype", "dtype")}
+        return self._config_cache[part]
+
+    def fingerprint(self, kind: str) -> str:
+        source = Path(self.source).name if self.pretrained == "tiny" else self.source
+        parts = {"video": ["vae"], "text": ["text_encoder", "transformer"]}[kind]
+        extra = {"image_noise": self.image_noise} if kind == "video" else {}
+        payload = {"spec": "cogvideox-i2v/1", "kind": kind, "source": source, "revision": self.revision,
+                   "configs": [self.component_config(p) for p in parts], "dtype": str(self.weights_dtype), **extra}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def max_text_length(self) -> int:
+        return int(self.component_config("transformer")["max_text_seq_length"])
+
+    # --- caching --------------------------------------------------------------------------------
+    def load_encoders(self, device: torch.device) -> None:
+        # the VAE runs in float32 unless the weights are bf16 (CogVideoX's VAE is fine in bf16)
+        self.encoders = load_components(self.pretrained, ["tokenizer", "text_encoder", "vae"], tiny=self.tiny,
+                                        cache_dir=self.cache_dir, revision=self.revision,
+                                        dtype=self.weights_dtype, device=device)
+        self.encoders.vae.requires_grad_(False)
+        self.encoders.text_encoder.requires_grad_(False)
+
+    def unload_encoders(self) -> None:
+        self.encoders = None
+
+    def _require_encoders(self):
+        if self.encoders is None:
+            raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
+        return self.encoders
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        vae = self._require_encoders().vae
+        device, dtype = vae.device, vae.dtype
+        clip = (frames.to(device, torch.float32) * 2 - 1).permute(1, 0, 2, 3).unsqueeze(0)  # [1, 3, N, H, W]
+        dist = vae.encode(clip.to(dtype)).latent_dist
+        mean, logvar = dist.mean[0].permute(1, 0, 2, 3), dist.logvar[0].permute(1, 0, 2, 3)  # [F, C, h, w]
+        mu, std = self.image_noise
+        sigma = torch.exp(mu + std * torch.randn((), generator=generator)).item()
+        first = clip[:, :, :1]
+        noisy_first = first + sigma * torch.randn(first.shape, generator=generator).to(device)
+        image = vae.encode(noisy_first.to(dtype)).latent_dist
+        return {"video_mean": mean.float().cpu(), "video_logvar": logvar.float().cpu(),
+                "image_mean": image.mean[0].permute(1, 0, 2, 3).float().cpu(),
+                "image_logvar": image.logvar[0].permute(1, 0, 2, 3).float().cpu()}
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> dict[str, torch.Tensor]:
+        enc = self._require_encoders()
+        ids = enc.tokenizer(prompt, padding="max_length", max_length=self.max_text_length, truncation=True,
+                            add_special_tokens=True, return_tensors="pt").input_ids
+        embeds = enc.text_encoder(ids.to(enc.text_encoder.device))[0][0]
+        return {"prompt_embeds": embeds.float().cpu()}
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        vae = self.component_config("vae")
+        spatial = 2 ** (len(vae["block_out_channels"]) - 1)
+        return latent_mask(mask, spatial=spatial, temporal=int(vae["temporal_compression_ratio"]))
+
+    # --- training -------------------------------------------------------------------------------
+    def load_diffusion_model(self, device: torch.device | None = None) -> torch.nn.Module:
+        if self.transformer is None:
+            parts = load_components(self.pretrained, ["transformer", "scheduler"], tiny=self.tiny,
+                                    cache_dir=self.cache_dir, revision=self.revision, dtype=self.weights_dtype,
+                                    device=device or "cpu")
+            self.transformer, self.scheduler = parts.transformer, parts.scheduler
+            if self.scheduler.config.prediction_type != "v_prediction":
+                raise ValueError(f"{self.pretrained} has a {self.scheduler.config.prediction_type} scheduler; "
+                                 f"stage II expects CogVideoX's v-prediction")
+            self.lora_config = add_lora(self.transformer, **self.lora)
+            if self.gradient_checkpointing:
+                self.transformer.enable_gradient_checkpointing()
+            self.transformer.train()
+        return self.transformer
+
+    def _scale(self) -> float:
+        vae = self.component_config("vae")
+        factor = float(vae["scaling_factor"])
+        return 1.0 / factor if vae.get("invert_scale_latents") else factor
+
+    def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:
+        transformer, sched = self.transformer, self.scheduler
+        if transformer is None:
+            raise RuntimeError("the diffusion model is not loaded; call load_diffusion_model() first")
+        device = batch["video_mean"].device
+
+        def sample(mean, logvar):
+            eps = torch.randn(mean.shape, generator=generator, device=device)
+            return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps) * self._scale()
+
+        latents = sample(batch["video_mean"], batch["video_logvar"])          # [B, F, C, h, w]
+        image = sample(batch["image_mean"], batch["image_logvar"])            # [B, 1, C, h, w]
+        b, f = latents.shape[:2]
+        keep = torch.rand(b, generator=generator, device=device) >= self.image_dropout
+        image = image * keep.view(b, 1, 1, 1, 1).to(image.dtype)
+        image = torch.cat([image, image.new_zeros(b, f - 1, *image.shape[2:])], dim=1)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator, device=device)
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        noisy = sched.add_noise(latents, noise, t)
+        config = transformer.config
+        rope = rotary_embedding(config, f, latents.shape[-2], latents.shape[-1], device)
+        ofs = None if config.ofs_embed_dim is None else latents.new_full((b,), 2.0)
+        dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled(device.type) else noisy.dtype
+        velocity = transformer(hidden_states=torch.cat([noisy, image], dim=2).to(dtype),
+                               encoder_hidden_states=batch["prompt_embeds"].to(dtype), timestep=t, ofs=ofs,
+                               image_rotary_emb=rope, return_dict=False)[0]
+        a = sched.alphas_cumprod.to(device)[t].float()
+        return DiffusionPair(prediction=x0_from_velocity(velocity.float(), noisy, a), target=latents,
+                             weight=1.0 / (1.0 - a))
+
+    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        if self.lora_config is None:
+            raise RuntimeError("no LoRA attached yet; call load_diffusion_model() first")
+        return save_lora(folder, lora_state_dict(self.transformer) if state is None else state, self.lora_config)

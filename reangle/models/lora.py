@@ -1,0 +1,65 @@
+"""LoRA on a diffusers transformer through peft, and its export in diffusers format.
+
+The adapter is named ``default``; its state dict keys are peft's
+(``transformer_blocks.0.attn1.to_q.lora_A.weight``); :func:`save_lora` writes them as
+``pytorch_lora_weights.safetensors`` with the ``transformer.`` prefix and the adapter
+config as metadata, which ``CogVideoXImageToVideoPipeline.load_lora_weights`` reads.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def add_lora(model: torch.nn.Module, rank: int = 128, alpha: float = 128, targets: Sequence[str] = DEFAULT_TARGETS,
+             dropout: float = 0.0):
+    """Freeze ``model`` and attach a LoRA of ``rank``/``alpha`` to the modules named ``targets``
+    (suffixes of module names); LoRA weights are float32 and the only ones requiring grad.
+    Returns the peft ``LoraConfig``."""
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=list(targets),
+                        lora_dropout=dropout)
+    model.requires_grad_(False)
+    try:
+        model.add_adapter(config)
+    except ValueError as exc:
+        raise ValueError(f"cannot attach LoRA to target modules {list(targets)}: {exc}; "
+                         f"fix lora.targets") from exc
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return config
+
+
+def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights of ``model`` (peft key names, detached CPU copies)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Path:
+    """Write ``state`` (peft keys) and its ``LoraConfig`` into ``folder`` (replaced atomically) for
+    ``CogVideoXImageToVideoPipeline.load_lora_weights``; returns the weights file."""
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    metadata = config.to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
+    CogVideoXImageToVideoPipeline.save_lora_weights(staging, transformer_lora_layers=state,
+                                                    transformer_lora_adapter_metadata=metadata)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    return folder / LORA_FILE
