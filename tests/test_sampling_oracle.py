@@ -7,7 +7,7 @@ import torch
 from diffusers import CogVideoXDPMScheduler
 
 from reangle.models.cogvideox import COMPONENTS, load_components
-from reangle.sampling.lora import load_lora
+from reangle.models.lora import add_lora, load_lora, lora_state_dict, save_lora
 from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
 
 H, W, N, STEPS = 64, 96, 9, 3
@@ -56,21 +56,15 @@ def test_sampler_equals_stock_pipeline_without_lora(parts, scheduler_kind, guida
 
 
 def _random_lora_file(parts, folder):
-    """A rank-4 LoRA on the attention projections with random (non-zero) B, exported in diffusers format."""
-    from diffusers import CogVideoXImageToVideoPipeline
-    from peft import LoraConfig, get_peft_model_state_dict
-
+    """A rank-4 LoRA on the attention projections with random (non-zero) B, exported by our exporter."""
     transformer = copy.deepcopy(parts.transformer)
-    transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                       init_lora_weights=True))
+    config = add_lora(transformer, rank=4, alpha=8)
     torch.manual_seed(3)
     with torch.no_grad():
         for name, p in transformer.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    CogVideoXImageToVideoPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
-                                                    transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict())
-    return folder / "pytorch_lora_weights.safetensors"
+    return save_lora(folder / "lora", lora_state_dict(transformer), config)
 
 
 @pytest.mark.parametrize("lora_scale", [1.0, 0.5])

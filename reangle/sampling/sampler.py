@@ -26,8 +26,9 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 from diffusers import CogVideoXDPMScheduler
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from tqdm.auto import tqdm
+
+from reangle.models.cogvideox_i2v import rotary_embedding
 
 
 @dataclass
@@ -52,17 +53,6 @@ class SamplingSettings:
     negative_prompt: str = ""
 
 
-def _grid_crop(grid_hw: tuple[int, int], base_w: int, base_h: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Region of a ``base_h x base_w`` grid covered by ``grid_hw`` resized to fit (CogVideoX 1.0 rotary crop)."""
-    h, w = grid_hw
-    if h / w > base_h / base_w:
-        rh, rw = base_h, int(round(base_h / h * w))
-    else:
-        rw, rh = base_w, int(round(base_w / w * h))
-    top, left = int(round((base_h - rh) / 2.0)), int(round((base_w - rw) / 2.0))
-    return (top, left), (top + rh, left + rw)
-
-
 class CogVideoXSampler:
     """Samples CogVideoX I2V videos; see the module docstring.
 
@@ -80,6 +70,8 @@ class CogVideoXSampler:
         self.offload = offload
         self.progress = progress
         cfg = transformer.config
+        if cfg.patch_size_t is not None:
+            raise ValueError("CogVideoX 1.5 transformers (patch_size_t) are not supported; use a CogVideoX 1.0 I2V model")
         self.dtype = next(transformer.parameters()).dtype
         self.max_text_len = cfg.max_text_seq_length
         self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -161,41 +153,15 @@ class CogVideoXSampler:
             latents = [self._denoise(r, c, g, embeddings, settings, i, len(requests))
                        for i, (r, c, g) in enumerate(zip(requests, conditions, generators))]
         with self._on_device(self.vae):
-            return [self._decode(z, r.num_frames) for z, r in zip(latents, requests)]
-
-    def _latent_frames(self, num_frames: int) -> tuple[int, int]:
-        """(latent frames incl. padding for the temporal patch, padding frames at the front)."""
-        frames = (num_frames - 1) // self.temporal_factor + 1
-        p_t = self.transformer.config.patch_size_t
-        extra = 0 if p_t is None else (p_t - frames % p_t) % p_t
-        return frames + extra, extra
+            return [self._decode(z) for z in latents]
 
     def _image_latents(self, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:
         """Start-frame condition ``[1, F, C, h, w]``: scaled VAE latent of the frame, zeros after it."""
         image_pm1 = request.image.to(self.device, self.vae.dtype)[None, :, None] * 2.0 - 1.0
         latent = self.vae.encode(image_pm1).latent_dist.sample(generator).to(self.dtype).permute(0, 2, 1, 3, 4)
         latent = latent * (1 / self.latent_scale) if self.invert_scale else latent * self.latent_scale
-        frames, extra = self._latent_frames(request.num_frames)
-        real = frames - extra
-        padding = latent.new_zeros((1, real - 1) + latent.shape[2:])
-        latents = torch.cat([latent, padding], dim=1)
-        return torch.cat([latents[:, :extra], latents], dim=1) if extra else latents
-
-    def _rotary(self, height: int, width: int, latent_frames: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        cfg = self.transformer.config
-        if not cfg.use_rotary_positional_embeddings:
-            return None
-        p, p_t = cfg.patch_size, cfg.patch_size_t
-        grid_h, grid_w = height // (self.spatial_factor * p), width // (self.spatial_factor * p)
-        base_h, base_w = cfg.sample_height // p, cfg.sample_width // p
-        if p_t is None:
-            return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim,
-                                           crops_coords=_grid_crop((grid_h, grid_w), base_w, base_h),
-                                           grid_size=(grid_h, grid_w), temporal_size=latent_frames,
-                                           device=self.device)
-        return get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=None,
-                                       grid_size=(grid_h, grid_w), temporal_size=(latent_frames + p_t - 1) // p_t,
-                                       grid_type="slice", max_size=(base_h, base_w), device=self.device)
+        frames = (request.num_frames - 1) // self.temporal_factor + 1
+        return torch.cat([latent, latent.new_zeros((1, frames - 1) + latent.shape[2:])], dim=1)
 
     def _step_kwargs(self, generator: torch.Generator) -> dict:
         accepted = set(inspect.signature(self.scheduler.step).parameters)
@@ -217,7 +183,7 @@ class CogVideoXSampler:
         shape = (1, frames, cfg.in_channels // 2, h // self.spatial_factor, w // self.spatial_factor)
         latents = torch.randn(shape, generator=generator, dtype=self.dtype).to(self.device) * sched.init_noise_sigma
         condition = torch.cat([image_latents] * 2) if guided else image_latents
-        rotary = self._rotary(h, w, frames)
+        rotary = rotary_embedding(cfg, frames, shape[-2], shape[-1], self.device)
         ofs = None if cfg.ofs_embed_dim is None else latents.new_full((1,), 2.0)
         lora = {"scale": settings.lora_scale} if settings.lora_scale != 1.0 else None
         dpm = isinstance(sched, CogVideoXDPMScheduler)
@@ -244,9 +210,8 @@ class CogVideoXSampler:
             latents = latents.to(self.dtype)
         return latents
 
-    def _decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``[num_frames, 3, H, W]`` float32 in [0, 1] on the CPU."""
-        _, extra = self._latent_frames(num_frames)
-        latents = latents[:, extra:].permute(0, 2, 1, 3, 4) * (1 / self.latent_scale)
+        latents = latents.permute(0, 2, 1, 3, 4) * (1 / self.latent_scale)
         video_pm1 = self.vae.decode(latents.to(self.vae.dtype)).sample  # [1, 3, N, H, W]
         return (video_pm1[0].permute(1, 0, 2, 3).float() / 2 + 0.5).clamp(0, 1).cpu()
