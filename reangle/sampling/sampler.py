@@ -25,10 +25,23 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import torch
-from diffusers import CogVideoXDPMScheduler
+from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from tqdm.auto import tqdm
 
 from reangle.models.cogvideox_i2v import rotary_embedding
+
+
+SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
+
+
+def make_scheduler(kind: str, model_scheduler):
+    """``model``: the model's own scheduler; ``ddim`` / ``dpm``: that CogVideoX scheduler built
+    from the model scheduler's config (same betas, prediction type and spacing)."""
+    if kind == "model":
+        return model_scheduler
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {kind!r}; use one of {['model', *SCHEDULERS]}")
+    return SCHEDULERS[kind].from_config(model_scheduler.config)
 
 
 @dataclass
