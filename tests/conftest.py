@@ -8,3 +8,34 @@ def tiny_model_dir(tmp_path_factory):
     from reangle.models.cogvideox import materialize_tiny
 
     return materialize_tiny(None, tmp_path_factory.mktemp("cache"))
+
+
+def write_test_omega(root, mode="static", num_frames=9, height=64, width=96):
+    """A two-view Omega (input + one warped view with a hole) of a moving colour ramp."""
+    import torch
+
+    from reangle.data.omega import INPUT_VIEW, Omega, publish, staging_dir, write_view
+
+    t = torch.linspace(0, 1, num_frames).view(-1, 1, 1, 1)
+    ys = torch.linspace(0, 1, height).view(1, 1, -1, 1)
+    xs = torch.linspace(0, 1, width).view(1, 1, 1, -1)
+    frames = torch.cat([(xs + t) % 1 * torch.ones_like(ys), ys * torch.ones_like(xs) + 0 * t,
+                        (0.5 + 0.5 * torch.sin(6 * (xs + ys) + 3 * t))], dim=1)
+    K = torch.tensor([[60.0, 0, width / 2], [0, 60.0, height / 2], [0, 0, 1]])
+    w2c = torch.eye(4).repeat(num_frames, 1, 1)
+    hole = torch.ones(num_frames, height, width, dtype=torch.bool)
+    hole[:, :, : width // 3] = False
+    camera = "CAMERA_ORBIT_LEFT Camera movement orbit left, " if mode == "dynamic" else ""
+    staging = staging_dir(root)
+    views = [write_view(staging, INPUT_VIEW, frames, torch.ones_like(hole), K, w2c, "a colour ramp", None, 0.0, 8),
+             write_view(staging, "orbit_left_0", frames.flip(-1) * hole.unsqueeze(1), hole, K, w2c,
+                        camera + "a colour ramp", "orbit_left", 12.0, 8)]
+    omega = Omega(root=root, key=f"test-{mode}", mode=mode, num_frames=num_frames, height=height, width=width,
+                  fps=8, caption="a colour ramp", views=views)
+    return publish(staging, root, omega)
+
+
+@pytest.fixture(scope="session")
+def tiny_omega(tmp_path_factory):
+    """Folder of a two-view test Omega (9 frames of 64x96)."""
+    return write_test_omega(tmp_path_factory.mktemp("omega") / "omega").root

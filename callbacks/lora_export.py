@@ -1,0 +1,26 @@
+"""Export the LoRA in diffusers format next to every checkpoint and at the end of training.
+
+Folders: ``<dirpath>/step-<global step>/`` at each checkpoint and ``<dirpath>/final/`` when
+fitting ends, each holding ``pytorch_lora_weights.safetensors`` for
+``CogVideoXImageToVideoPipeline.load_lora_weights``. Only global rank 0 writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+
+class LoraExport(L.Callback):
+    def __init__(self, dirpath: str | Path):
+        self.dirpath = Path(dirpath)
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
+        if trainer.is_global_zero:
+            pl_module.spec.save_lora(self.dirpath / name)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._export(trainer, pl_module, f"step-{trainer.global_step:06d}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._export(trainer, pl_module, "final")

@@ -1,0 +1,170 @@
+"""The LightningDataModule of stage II: Omega -> cached latents, text embeddings and masks.
+
+``prepare_data`` (one process per node) builds or reuses Omega, then fills two caches
+under ``cache_dir`` with the model spec's encoders (VAE, text encoder), skipping valid
+entries and rebuilding missing or corrupt ones:
+
+* ``latents/<key>``: one per view, key = spec fingerprint + Omega key + view name + the
+  video file's sha256;
+* ``text/<key>``: one per prompt, key = spec fingerprint + prompt.
+
+The encoders are dropped afterwards, so training holds only the diffusion model.
+``setup`` (every process) loads the entries (a bad one is an error, never used) and the
+latent masks; a sample is ``{video_mean, video_logvar, image_mean, image_logvar,
+prompt_embeds, mask}`` (``mask`` bool ``[F, h, w]``, 1 = visible; all ones when the loss
+is unmasked), and batches of any size stack them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from reangle.data.loader import ResumableLoader
+from reangle.data.omega import Omega, OmegaError
+from reangle.data.tensor_cache import CacheError, TensorCache, cache_key, file_digest
+from reangle.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+VIDEO_TENSORS = ("video_mean", "video_logvar", "image_mean", "image_logvar")
+TEXT_TENSORS = ("prompt_embeds",)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> first CUDA device if any, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ViewDataset(Dataset):
+    """In-memory samples, one per view."""
+
+    def __init__(self, samples: list[dict[str, torch.Tensor]], names: list[str]):
+        self.samples, self.names = samples, names
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.samples[index]
+
+
+class OmegaDataModule(L.LightningDataModule):
+    """Stage II data over one Omega.
+
+    ``omega``: an Omega folder, or a callable returning the Omega (building it when missing;
+    called on the preparing process first and then on every process, where it must reuse it).
+    ``views``: names to train on (``None``: all). ``masked``: use the visibility masks.
+    ``omega_pointer``: a JSON file that ``setup`` writes with the Omega folder and key.
+    """
+
+    def __init__(self, spec: ModelSpec, omega: str | os.PathLike | Callable[[], Omega], cache_dir: str | os.PathLike,
+                 batch_size: int = 1, seed: int = 42, views: Sequence[str] | None = None, masked: bool = True,
+                 encode_device: str = "auto", omega_pointer: str | os.PathLike | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.spec, self.batch_size, self.seed = spec, batch_size, seed
+        self._omega_source = omega
+        self.views = list(views) if views is not None else None
+        self.masked = masked
+        self.encode_device = encode_device
+        self.omega_pointer = Path(omega_pointer) if omega_pointer else None
+        self.latent_cache = TensorCache(Path(cache_dir) / "latents")
+        self.text_cache = TensorCache(Path(cache_dir) / "text")
+        self.dataset: ViewDataset | None = None
+        self._loader: ResumableLoader | None = None
+
+    # --- Omega and keys ---------------------------------------------------------------------------
+    def omega(self) -> Omega:
+        source = self._omega_source
+        return source() if callable(source) else Omega.load(source)
+
+    def _selected(self, omega: Omega):
+        if self.views is None:
+            return list(omega.views)
+        return [omega.view(name) for name in self.views]
+
+    def _video_key(self, omega: Omega, view) -> str:
+        return cache_key(self.spec.fingerprint("video"), omega.key, view.name, file_digest(omega.root / view.video))
+
+    def _text_key(self, prompt: str) -> str:
+        return cache_key(self.spec.fingerprint("text"), prompt)
+
+    # --- Lightning hooks -----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        omega = self.omega()
+        views = self._selected(omega)
+        todo_video = [(v, k) for v in views if not self.latent_cache.is_valid(k := self._video_key(omega, v),
+                                                                               VIDEO_TENSORS)]
+        prompts = sorted({v.prompt for v in views})
+        todo_text = [(p, k) for p in prompts if not self.text_cache.is_valid(k := self._text_key(p), TEXT_TENSORS)]
+        if not todo_video and not todo_text:
+            return
+        for _, key in todo_video:
+            if self.latent_cache.path(key).exists():
+                log.warning("rebuilding corrupt latent cache entry %s", self.latent_cache.path(key))
+        self.spec.load_encoders(pick_device(self.encode_device))
+        try:
+            for view, key in tqdm(todo_video, desc="encoding videos", disable=not todo_video):
+                frames = omega.read_frames(view)
+                generator = torch.Generator().manual_seed(int(key[:8], 16))
+                self.latent_cache.save(key, self.spec.encode_video(frames, generator))
+            for prompt, key in tqdm(todo_text, desc="encoding prompts", disable=not todo_text):
+                self.text_cache.save(key, self.spec.encode_prompt(prompt))
+        finally:
+            self.spec.unload_encoders()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        omega = self.omega()
+        samples, names = [], []
+        for view in self._selected(omega):
+            try:
+                video = self.latent_cache.load(self._video_key(omega, view), VIDEO_TENSORS)
+                text = self.text_cache.load(self._text_key(view.prompt), TEXT_TENSORS)
+            except CacheError as exc:
+                raise CacheError(f"{exc} (view {view.name!r}; prepare_data rebuilds it)") from exc
+            frames = video["video_mean"].shape[0]
+            if self.masked:
+                mask = self.spec.latent_mask(omega.read_mask(view))
+            else:
+                mask = torch.ones(frames, *video["video_mean"].shape[-2:], dtype=torch.bool)
+            if mask.shape != (frames, *video["video_mean"].shape[-2:]):
+                raise OmegaError(f"view {view.name!r}: latent mask {tuple(mask.shape)} does not match latents "
+                                 f"{tuple(video['video_mean'].shape)}; rebuild Omega")
+            samples.append({**{k: video[k] for k in VIDEO_TENSORS}, "prompt_embeds": text["prompt_embeds"],
+                            "mask": mask})
+            names.append(view.name)
+        if not samples:
+            raise OmegaError(f"Omega at {omega.root} has no views to train on")
+        self.dataset = ViewDataset(samples, names)
+        if self.omega_pointer is not None and (self.trainer is None or self.trainer.is_global_zero):
+            self.omega_pointer.parent.mkdir(parents=True, exist_ok=True)
+            self.omega_pointer.write_text(json.dumps({"path": str(Path(omega.root).resolve()), "key": omega.key,
+                                                      "views": names}, indent=1))
+
+    def train_dataloader(self) -> ResumableLoader:
+        if self.dataset is None:
+            raise RuntimeError("call setup() before train_dataloader()")
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        self._loader = ResumableLoader(self.dataset, self.batch_size, self.seed, rank, world)
+        return self._loader
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self._loader is not None and self.trainer is not None and self.trainer.training:
+            self._loader.mark_consumed()
+        return batch

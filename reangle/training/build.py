@@ -1,0 +1,137 @@
+"""Objects of a stage II run from a resolved config: spec, data, module, trainer, loggers.
+
+``train.py`` is these calls in a row; tests build the same objects from the same configs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from reangle.config import ConfigError, import_target
+from reangle.data.datamodule import OmegaDataModule
+from reangle.models.cogvideox_i2v import CogVideoXI2V
+from reangle.training.module import Stage2Module
+
+log = logging.getLogger(__name__)
+
+LOGGER_KINDS = ("wandb", "csv")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_list(node) \
+        else node
+
+
+def build_spec(cfg: DictConfig) -> CogVideoXI2V:
+    t = cfg.train
+    return CogVideoXI2V(
+        cfg.model.pretrained, tiny=_plain(cfg.model.tiny), revision=cfg.model.revision,
+        cache_dir=cfg.run.cache_dir, weights_dtype=cfg.model.weights_dtype, lora_rank=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha, lora_targets=list(cfg.lora.targets), lora_dropout=cfg.lora.dropout,
+        gradient_checkpointing=t.gradient_checkpointing, image_noise_mean=t.image_noise_mean,
+        image_noise_std=t.image_noise_std, image_dropout=t.image_dropout)
+
+
+def omega_source(cfg: DictConfig):
+    """The Omega folder of ``train.omega``, else a callable that builds or reuses it (stage I)."""
+    if cfg.train.omega:
+        return cfg.train.omega
+
+    def build():
+        from reangle.data.build import build_omega
+
+        return build_omega(cfg)
+
+    return build
+
+
+def build_datamodule(cfg: DictConfig, spec: CogVideoXI2V) -> OmegaDataModule:
+    views = _plain(cfg.train.views)
+    return OmegaDataModule(spec, omega_source(cfg), Path(cfg.run.cache_dir) / "stage2", batch_size=cfg.train.batch_size,
+                           seed=cfg.run.seed, views=views, masked=cfg.train.masked,
+                           encode_device=cfg.train.encode_device, omega_pointer=Path(cfg.run.dir) / "omega.json")
+
+
+def build_module(cfg: DictConfig, spec: CogVideoXI2V) -> Stage2Module:
+    t = cfg.train
+    return Stage2Module(spec, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), eps=t.eps,
+                        masked=t.masked, loss_normalize=t.loss_normalize, seed=cfg.run.seed)
+
+
+def build_strategy(node: Any) -> Any:
+    """A strategy name as is, or ``{target, params}`` built; ``*_policy`` lists of dotted class
+    paths in ``params`` become sets of classes."""
+    node = _plain(node)
+    if isinstance(node, str):
+        return node
+    if not isinstance(node, dict) or not node.get("target"):
+        raise ConfigError(f"trainer.strategy must be a strategy name or {{target, params}}, got {node!r}")
+    params = dict(node.get("params") or {})
+    for key, value in params.items():
+        if key.endswith("_policy") and isinstance(value, list):
+            params[key] = {import_target(v) for v in value}
+    return import_target(node["target"])(**params)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """CSV logs in ``run.dir/logs`` always; W&B too with ``logger.kind=wandb`` (never online without a key
+    unless asked)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    lg = cfg.logger
+    if lg.kind not in LOGGER_KINDS:
+        raise ConfigError(f"unknown logger.kind {lg.kind!r}; use one of {LOGGER_KINDS}")
+    if lg.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"unknown logger.wandb_mode {lg.wandb_mode!r}; use one of {WANDB_MODES}")
+    run_dir = Path(cfg.run.dir)
+    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    if lg.kind == "wandb":
+        mode = lg.wandb_mode
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        if mode != "disabled":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name,
+                                          save_dir=str(run_dir), mode=mode, tags=list(lg.tags),
+                                          config=OmegaConf.to_container(cfg, resolve=True)))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from callbacks.lora_export import LoraExport
+    from callbacks.step_stats import StepStats
+
+    run_dir, t = Path(cfg.run.dir), cfg.train
+    if t.steps < 1 or t.checkpoint_every < 1:
+        raise ConfigError(f"train.steps ({t.steps}) and train.checkpoint_every ({t.checkpoint_every}) must be >= 1")
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
+                                  every_n_train_steps=t.checkpoint_every, save_top_k=-1, save_last=True)
+    return L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=build_strategy(cfg.trainer.strategy), precision=cfg.trainer.precision, max_steps=t.steps,
+        max_epochs=-1, gradient_clip_val=t.grad_clip, logger=build_loggers(cfg), default_root_dir=run_dir,
+        callbacks=[checkpoints, LoraExport(run_dir / "lora"), StepStats(), LearningRateMonitor("step"),
+                   *(callbacks or [])],
+        log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False,
+        enable_model_summary=False, num_sanity_val_steps=0)
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from (``train.resume``: null, "last" or a path)."""
+    resume = cfg.train.resume
+    if not resume:
+        return None
+    path = Path(cfg.run.dir) / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"train.resume: checkpoint {path} not found; train without resume or point it at a "
+                          f".ckpt file")
+    return str(path)

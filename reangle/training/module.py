@@ -1,0 +1,69 @@
+"""The LightningModule of stage II: LoRA fine-tuning with the masked diffusion loss.
+
+Randomness per step (VAE posterior samples, timesteps, noise, image dropout) comes from a
+generator seeded by ``(seed, global_step, rank)``, so a resumed run draws exactly what
+an uninterrupted one would. Checkpoints hold only the trainable (LoRA) weights; loading
+one checks that it holds exactly those.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from reangle.models.spec import ModelSpec
+from reangle.training.loss import NORMALIZATIONS, masked_loss
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint whose weights are not the trainable weights of this model."""
+
+
+class Stage2Module(L.LightningModule):
+    """Trains the spec's LoRA; ``masked=False`` gives the plain loss (ablation)."""
+
+    def __init__(self, spec: ModelSpec, lr: float = 1e-4, weight_decay: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, masked: bool = True,
+                 loss_normalize: str = "all", seed: int = 42):
+        super().__init__()
+        if loss_normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown loss normalisation {loss_normalize!r}; use one of {NORMALIZATIONS}")
+        self.spec = spec
+        self.net = spec.load_diffusion_model()
+        self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+        self.masked, self.loss_normalize, self.seed = masked, loss_normalize, seed
+        self.strict_loading = False  # checkpoints hold the trainable weights only; checked below
+
+    def trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("the model has no trainable parameters; check lora.targets")
+        return torch.optim.AdamW(params, **self.optim)
+
+    def step_generator(self) -> torch.Generator:
+        seed = (self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2 ** 63)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pair = self.spec.training_pair(batch, self.step_generator())
+        mask = batch["mask"] if self.masked else None
+        loss = masked_loss(pair.prediction, pair.target, pair.weight, mask, self.loss_normalize).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=pair.target.shape[0])
+        self.log("train/visible_fraction", batch["mask"].float().mean(), batch_size=pair.target.shape[0])
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored, expected = set(checkpoint.get("state_dict", {})), self.trainable_keys()
+        if stored != expected:
+            missing, extra = sorted(expected - stored)[:3], sorted(stored - expected)[:3]
+            raise CheckpointMismatchError(
+                f"checkpoint does not hold this model's LoRA weights (missing e.g. {missing}, unexpected e.g. "
+                f"{extra}); resume with the same model and lora settings it was trained with")
