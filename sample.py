@@ -5,7 +5,7 @@
 
 ``--run`` uses the run's resolved config and its exported LoRA; ``key=value`` overrides
 any ``sample.*`` (or other) key, e.g. ``sample.views=[orbit_left_0]`` or
-``sample.steps=50``; ``--views`` is a shortcut for ``sample.views``. Writes
+``sample.steps=50``; ``--views a,b`` is a shortcut for ``sample.views=[a,b]``. Writes
 ``<view>.mp4`` + ``<view>.json`` and ``grid.mp4`` / ``grid.gif`` into ``sample.out_dir``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--run", help="a train.py run directory (config.yaml + lora/final/)")
     source.add_argument("--config", nargs="+", help="YAML files merged in order onto configs/base.yaml")
     parser.add_argument("--lora", help="LoRA file (diffusers format); required with --config, optional with --run")
-    parser.add_argument("--views", nargs="+", help="names of the views to sample (default: sample.views)")
+    parser.add_argument("--views", help="comma-separated names of the views to sample (default: sample.views)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     if args.config and not args.lora:
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None):
         lora = args.lora or lora
     else:
         cfg, lora = load_config(args.config, args.overrides), args.lora
-    result = sample_from_config(cfg, lora, views=args.views)
+    views = [v for v in args.views.split(",") if v] if args.views else None
+    result = sample_from_config(cfg, lora, views=views)
     for view in result.views:
         print(view.path)
     if result.grid is not None:

@@ -23,16 +23,24 @@ from reangle.sampling.settings import SampleOptions
 
 
 class VideoSampling(L.Callback):
-    """``omega``: an Omega folder or a callable returning the Omega; ``mode``: static | dynamic;
-    ``run_dir``: where stage III's start frames are looked up; ``fps``: of the written videos."""
+    """``mode``: static | dynamic; ``run_dir``: where stage III's start frames are looked up;
+    ``fps``: of the written videos; ``omega``: an Omega folder or a callable returning it
+    (``None``: the trainer's datamodule's ``omega()``)."""
 
-    def __init__(self, options: SampleOptions, omega: str | os.PathLike | Callable[[], Omega], mode: str,
-                 run_dir: str | os.PathLike, fps: float):
+    def __init__(self, options: SampleOptions, mode: str, run_dir: str | os.PathLike, fps: float,
+                 omega: str | os.PathLike | Callable[[], Omega] | None = None):
         self.options, self.mode, self.run_dir, self.fps = options, mode, Path(run_dir), fps
         self._omega_source = omega
 
-    def _omega(self) -> Omega:
+    @classmethod
+    def from_config(cls, cfg) -> "VideoSampling":
+        """From a resolved config (``sample``, ``mode``, ``run.dir``, ``data.fps``)."""
+        return cls(SampleOptions.from_config(cfg), cfg.mode, cfg.run.dir, cfg.data.fps)
+
+    def _omega(self, trainer: L.Trainer) -> Omega:
         source = self._omega_source
+        if source is None:
+            return trainer.datamodule.omega()
         return source() if callable(source) else Omega.load(source)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -47,7 +55,7 @@ class VideoSampling(L.Callback):
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, out_dir: Path) -> MultiViewResult:
         """One sampling round into ``out_dir``; returns what was sampled (all ranks)."""
         opts, spec = self.options, pl_module.spec
-        omega = self._omega()
+        omega = self._omega(trainer)
         jobs = plan_views(omega, self.mode, opts.seed, opts.views, self.run_dir, opts.start_frames)
         loaded_here = spec.encoders is None
         if loaded_here:

@@ -3,15 +3,16 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_test_omega
+from reangle.data.omega import Omega
 from reangle.io.video import read_video
 from reangle.sampling.plan import INPAINTED_DIR, SamplingInputError, plan_views, view_seed
 from reangle.sampling.shard import gather, shard
-from sampling_helpers import make_omega
 
 
 @pytest.fixture(scope="module")
-def omega(tmp_path_factory):
-    return make_omega(tmp_path_factory.mktemp("omega") / "omega")
+def omega(tiny_omega):
+    return Omega.load(tiny_omega)
 
 
 def _first(omega, name):
@@ -19,28 +20,28 @@ def _first(omega, name):
 
 
 def test_static_start_frames_user_over_inpainted_over_warped(omega, tmp_path):
+    warped = plan_views(omega, "static", 0, run_dir=tmp_path)
+    assert [j.name for j in warped] == ["orbit_left_0"]  # the input is not a target by default
+    assert warped[0].start_frame_source == "warped_first_frame" and warped[0].start_frame_path is None
+    assert torch.equal(warped[0].start_frame, _first(omega, "orbit_left_0"))
     (tmp_path / INPAINTED_DIR).mkdir()
     Image.new("RGB", (96, 64), (255, 0, 0)).save(tmp_path / INPAINTED_DIR / "orbit_left_0.png")
-    Image.new("RGB", (96, 64), (0, 255, 0)).save(tmp_path / INPAINTED_DIR / "orbit_right_0.png")
+    inpainted = plan_views(omega, "static", 0, run_dir=tmp_path)[0]
+    assert inpainted.start_frame_source == "inpainted" and inpainted.start_frame[0].min() > 0.99
     Image.new("RGB", (192, 128), (0, 0, 255)).save(tmp_path / "mine.png")
-    jobs = plan_views(omega, "static", 0, run_dir=tmp_path, user_frames={"orbit_right_0": str(tmp_path / "mine.png")})
-    assert [j.name for j in jobs] == ["orbit_left_0", "orbit_right_0"]  # the input is not a target by default
-    left, right = jobs
-    assert left.start_frame_source == "inpainted" and left.start_frame[0].min() > 0.99
-    assert right.start_frame_source == "user" and right.start_frame[2].min() > 0.99
-    assert right.start_frame.shape == (3, 64, 96)
-    warped = plan_views(omega, "static", 0, names=["orbit_left_0"])[0]
-    assert warped.start_frame_source == "warped_first_frame"
-    assert torch.equal(warped.start_frame, _first(omega, "orbit_left_0"))
+    user = plan_views(omega, "static", 0, run_dir=tmp_path, user_frames={"orbit_left_0": str(tmp_path / "mine.png")})[0]
+    assert user.start_frame_source == "user" and user.start_frame[2].min() > 0.99
+    assert user.start_frame.shape == (3, 64, 96) and user.seed == warped[0].seed
 
 
-def test_dynamic_mode_starts_every_view_from_the_input_first_frame(omega):
-    jobs = plan_views(omega, "dynamic", 0, names=["orbit_right_0", "input"])
+def test_dynamic_mode_starts_every_view_from_the_input_first_frame(tmp_path):
+    omega = write_test_omega(tmp_path / "omega", mode="dynamic")
+    jobs = plan_views(omega, "dynamic", 0, names=["orbit_left_0", "input"])
     assert [j.start_frame_source for j in jobs] == ["input_first_frame"] * 2
     for job in jobs:
         assert torch.equal(job.start_frame, _first(omega, "input"))
-    assert jobs[0].prompt == omega.view("orbit_right_0").prompt
-    assert jobs[0].camera["w2c"] == omega.read_camera(omega.view("orbit_right_0"))["w2c"].tolist()
+    assert jobs[0].prompt == omega.view("orbit_left_0").prompt and "orbit left" in jobs[0].prompt
+    assert jobs[0].camera["w2c"] == omega.read_camera(omega.view("orbit_left_0"))["w2c"].tolist()
 
 
 def test_view_seeds_are_stable_and_distinct():

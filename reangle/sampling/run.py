@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from reangle.data.omega import INPUT_VIEW, Omega
 from reangle.models.cogvideox import COMPONENTS, load_components
@@ -64,7 +64,7 @@ def sample_from_config(cfg: DictConfig, lora: str | os.PathLike | None, views: S
     jobs = plan_views(omega, cfg.mode, opts.seed, list(views) if views else opts.views, cfg.run.dir,
                       opts.start_frames)
     input_video = omega.read_frames(omega.view(INPUT_VIEW))
-    parts = load_components(cfg.model.pretrained, COMPONENTS, tiny=cfg.model.tiny, cache_dir=cfg.run.cache_dir,
+    parts = load_components(cfg.model.pretrained, COMPONENTS, tiny=OmegaConf.to_container(cfg.model.tiny), cache_dir=cfg.run.cache_dir,
                             revision=cfg.model.revision, dtype=DTYPES[cfg.model.weights_dtype],
                             device="cpu" if opts.cpu_offload else device)
     if lora is not None:
