@@ -14,13 +14,16 @@ import lightning as L
 class LoraExport(L.Callback):
     def __init__(self, dirpath: str | Path):
         self.dirpath = Path(dirpath)
+        self._exported_step: int | None = None
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         if trainer.is_global_zero:
             pl_module.spec.save_lora(self.dirpath / name)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self._export(trainer, pl_module, f"step-{trainer.global_step:06d}")
+        if self._exported_step != trainer.global_step:  # "last" and "step-N" are saved at the same step
+            self._export(trainer, pl_module, f"step-{trainer.global_step:06d}")
+            self._exported_step = trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._export(trainer, pl_module, "final")

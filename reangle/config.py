@@ -158,3 +158,17 @@ def instantiate(node: Any, **extra: Any) -> Any:
             raise ConfigError(f"{node['target']} has no parameter(s) {', '.join(unknown)}; "
                               f"it takes {', '.join(signature.parameters)}")
     return target(**params)
+
+
+def add_config_arguments(parser) -> None:
+    """Add ``--config FILE [FILE ...]`` and ``key=value`` overrides to an argparse parser."""
+    parser.add_argument("--config", nargs="+", default=[], metavar="FILE",
+                        help="YAML files merged in order onto configs/base.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. data.video=clip.mp4")
+
+
+def config_from_args(args) -> DictConfig:
+    """The config of parsed :func:`add_config_arguments` arguments (``key=value`` may follow ``--config``)."""
+    files = [f for f in args.config if "=" not in f]
+    overrides = [f for f in args.config if "=" in f] + list(args.overrides)
+    return load_config(files, overrides)

@@ -1,5 +1,12 @@
-"""Shared fixtures: the tiny random CogVideoX-I2V, written once per session."""
-import pytest
+"""Test-wide settings (never touch the network, deterministic CPU runs) and shared fixtures:
+the tiny random CogVideoX-I2V and a two-view test Omega, written once per session."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,8 @@ class ResumableLoader(DataLoader):
         if self.batches.handed_out:
             epoch, index = self.batches.handed_out.popleft()
             self.consumed_until = (epoch + 1, 0) if index + 1 == len(self.batches) else (epoch, index + 1)
+            if not self.batches.handed_out:  # Lightning may start the next epoch without exhausting this one
+                self.batches.start = self.consumed_until
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.consumed_until[0], "batch": self.consumed_until[1]}

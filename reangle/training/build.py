@@ -90,7 +90,7 @@ def build_loggers(cfg: DictConfig) -> list:
     if lg.wandb_mode not in WANDB_MODES:
         raise ConfigError(f"unknown logger.wandb_mode {lg.wandb_mode!r}; use one of {WANDB_MODES}")
     run_dir = Path(cfg.run.dir)
-    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    loggers = [CSVLogger(run_dir, name="logs")]  # logs/version_N: a resumed run keeps the old logs
     if lg.kind == "wandb":
         mode = lg.wandb_mode
         if mode == "auto":

@@ -1,0 +1,141 @@
+"""Stage I: from the input video to Omega (warped views + masks + cameras + prompts).
+
+``build_omega(cfg)`` checks the inputs, then reuses the cached Omega built from the same
+inputs and parameters, or builds it: frames -> depth -> one warp per target view ->
+files -> manifest last (see :mod:`reangle.data.omega`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from reangle.data.omega import INPUT_VIEW, Omega, OmegaError, publish, staging_dir, write_view
+from reangle.geometry.camera import intrinsics
+from reangle.geometry.depth import DepthAnything, DepthError, NpyDepth, cached_depth
+from reangle.geometry.splat import SPLAT_MODES, warp_video
+from reangle.geometry.trajectory import TargetView, build_views
+from reangle.io.synthetic import SyntheticScene
+from reangle.io.video import count_frames, frame_indices, read_video, write_gif, write_mp4
+from reangle.utils import file_fingerprint, fingerprint, resolve_device
+
+SYNTHETIC = "synthetic"
+DEPTH_SOURCES = ("depth_anything", "npy", "synthetic")
+PREVIEW_TILE_WIDTH = 240
+
+
+def _views(cfg: DictConfig) -> list[TargetView]:
+    v = cfg.views
+    return build_views(cfg.mode, cfg.data.num_frames, cfg.camera.pivot_distance, list(v.motions),
+                       OmegaConf.to_container(v.ranges), v.per_motion, v.seed,
+                       OmegaConf.to_container(v.custom), v.only_custom)
+
+
+def _check(cfg: DictConfig) -> list[int] | None:
+    """Fail fast on bad input; returns the frame indices of a video file (None for synthetic)."""
+    d = cfg.data
+    if cfg.depth.source not in DEPTH_SOURCES:
+        raise DepthError(f"unknown depth.source {cfg.depth.source!r}; use one of {DEPTH_SOURCES}")
+    if cfg.warp.splat not in SPLAT_MODES:
+        raise ValueError(f"unknown warp.splat {cfg.warp.splat!r}; use one of {SPLAT_MODES}")
+    if d.video == SYNTHETIC:
+        indices = None
+    else:
+        if cfg.depth.source == "synthetic":
+            raise DepthError("depth.source=synthetic needs data.video=synthetic (true depth exists only for "
+                             "the built-in scene)")
+        indices = frame_indices(count_frames(d.video), d.num_frames, d.frame_start, d.frame_stride,
+                                d.short_video, source=str(d.video))
+    if cfg.depth.source == "npy" and not (cfg.depth.npy_dir and Path(cfg.depth.npy_dir).is_dir()):
+        raise DepthError(f"depth.source=npy needs depth.npy_dir to be a folder of .npy files, got {cfg.depth.npy_dir!r}")
+    return indices
+
+
+def omega_key(cfg: DictConfig) -> str:
+    """Cache key of the Omega that ``cfg`` describes: input bytes + every stage I parameter."""
+    source = ("synthetic", OmegaConf.to_container(cfg.data.synthetic)) if cfg.data.video == SYNTHETIC \
+        else file_fingerprint(cfg.data.video)
+    params = {"source": source, "mode": cfg.mode,
+              "data": {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("video", "synthetic")},
+              "depth": OmegaConf.to_container(cfg.depth), "camera": OmegaConf.to_container(cfg.camera),
+              "views": OmegaConf.to_container(cfg.views),
+              "warp": {k: v for k, v in OmegaConf.to_container(cfg.warp).items() if k not in ("device", "chunk_frames")}}
+    params["depth"].pop("device")
+    params["depth"].pop("batch_size")
+    return fingerprint(params)
+
+
+def omega_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.run.cache_dir) / "omega" / omega_key(cfg)
+
+
+def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tensor):
+    d = cfg.data
+    cache = cfg.run.cache_dir
+    if indices is None:
+        scene = SyntheticScene(d.synthetic.seed)
+        times = torch.linspace(0.0, 1.0, d.num_frames, dtype=torch.float64)
+        frames, true_depth = scene.render(torch.eye(4, dtype=torch.float64), K, d.height, d.width, times)
+    else:
+        frames = read_video(d.video, d.num_frames, d.height, d.width, d.frame_start, d.frame_stride, d.short_video)
+    if cfg.depth.source == "synthetic":
+        return frames, true_depth
+    if cfg.depth.source == "npy":
+        return frames, cached_depth(NpyDepth(cfg.depth.npy_dir, indices), frames, cache)
+    p = cfg.depth
+    estimator = DepthAnything(p.model, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip),
+                              p.input_size, p.batch_size, p.device)
+    return frames, cached_depth(estimator, frames, cache)
+
+
+def preview_grid(videos: list[torch.Tensor], tile_width: int = PREVIEW_TILE_WIDTH) -> torch.Tensor:
+    """Tile videos ``[N, 3, H, W]`` into one ``[N, 3, rows*h, cols*w]`` video (even sizes)."""
+    n, _, h, w = videos[0].shape
+    tw = min(w, tile_width) // 2 * 2
+    th = max(2, round(h * tw / w) // 2 * 2)
+    cols = math.ceil(math.sqrt(len(videos)))
+    rows = math.ceil(len(videos) / cols)
+    tiles = [F.interpolate(v, size=(th, tw), mode="bilinear", antialias=True, align_corners=False) for v in videos]
+    tiles += [torch.zeros_like(tiles[0])] * (rows * cols - len(tiles))
+    grid = torch.stack(tiles).view(rows, cols, n, 3, th, tw)
+    return grid.permute(2, 3, 0, 4, 1, 5).reshape(n, 3, rows * th, cols * tw).clamp(0, 1)
+
+
+def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
+    """Build (or reuse) the Omega of ``cfg``; returns it loaded from disk."""
+    indices = _check(cfg)
+    views = _views(cfg)
+    final = omega_dir(cfg)
+    if not force and (final / "manifest.json").is_file():
+        try:
+            return Omega.load(final)
+        except OmegaError:
+            pass  # incomplete or corrupt: rebuilt below
+    d = cfg.data
+    K = intrinsics(d.height, d.width, cfg.camera.focal, cfg.camera.reference_height)
+    frames, depth = _frames_and_depth(cfg, indices, K)
+    device = resolve_device(cfg.warp.device)
+    frames_dev, depth_dev = frames.to(device), depth.to(device)
+    identity = torch.eye(4, dtype=torch.float64)
+    staging = staging_dir(final)
+    records = [write_view(staging, INPUT_VIEW, frames, torch.ones(d.num_frames, d.height, d.width, dtype=torch.bool),
+                          K, identity.expand(d.num_frames, 4, 4), d.prompt, None, 0.0, d.fps)]
+    previews = [frames]
+    for view in tqdm(views, desc="warping views", unit="view"):
+        warped, mask = warp_video(frames_dev, depth_dev, K, identity, view.w2c, cfg.warp.splat,
+                                  cfg.warp.depth_tolerance, cfg.warp.hole_dilation, cfg.warp.chunk_frames)
+        warped, mask = warped.cpu(), mask.cpu()
+        records.append(write_view(staging, view.name, warped, mask, K, view.w2c, view.prompt(d.prompt),
+                                  view.motion, view.magnitude, d.fps))
+        previews.append(warped)
+    if cfg.warp.preview:
+        grid = preview_grid(previews)
+        write_mp4(grid, staging / "preview.mp4", fps=d.fps)
+        write_gif(grid, staging / "preview.gif", fps=d.fps)
+    omega = Omega(root=staging, key=final.name, mode=cfg.mode, num_frames=d.num_frames, height=d.height,
+                  width=d.width, fps=float(d.fps), caption=d.prompt, views=records)
+    return publish(staging, final, omega)

@@ -1,0 +1,1 @@
+"""Cameras, trajectories, depth estimation and z-buffered splatting."""

@@ -1,0 +1,153 @@
+"""Per-frame depth: Depth Anything V2 (transformers), ``.npy`` files, or the synthetic scene's truth.
+
+Every source returns depth ``[N, H, W]`` float32 along the optical axis, in the units of
+the camera convention (see ``paper.md``: depth = 10000 / max(disparity, 1e-5), clipped to
+[1e-4, 1e4]). Results are cached on disk keyed by the frames and every parameter.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from reangle.utils import atomic_save_npy, fingerprint, resolve_device
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY = "tiny"
+
+
+class DepthError(ValueError):
+    """Depth that cannot be produced as configured."""
+
+
+def disparity_to_depth(disparity: torch.Tensor, scale: float = 1e4, eps: float = 1e-5,
+                       clip: Sequence[float] = (1e-4, 1e4)) -> torch.Tensor:
+    """``scale / max(disparity, eps)`` clipped to ``clip``."""
+    return (scale / disparity.clamp_min(eps)).clamp(clip[0], clip[1])
+
+
+def tiny_depth_anything_config():
+    """A random Depth Anything small enough for tests (about 0.2 M parameters)."""
+    from transformers import DepthAnythingConfig, Dinov2Config
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=518, reshape_hidden_states=False,
+                            out_features=["stage1", "stage2", "stage3", "stage4"])
+    return DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                               fusion_hidden_size=16, head_hidden_size=8, depth_estimation_type="relative")
+
+
+def load_depth_anything(source: str, device: torch.device, dtype: torch.dtype):
+    """Depth Anything from a hub id, a local folder, or ``"tiny"`` (random, seeded)."""
+    from transformers import DepthAnythingForDepthEstimation
+    if source == TINY:
+        torch.manual_seed(0)
+        model = DepthAnythingForDepthEstimation(tiny_depth_anything_config())
+    else:
+        try:
+            model = DepthAnythingForDepthEstimation.from_pretrained(source, torch_dtype=dtype)
+        except OSError as exc:
+            raise DepthError(f"cannot load Depth Anything from {source!r}: give a hub id, a local folder "
+                             f"with config.json and weights, or 'tiny' ({exc})") from exc
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@dataclass
+class DepthAnything:
+    """Batched Depth Anything V2 inference; half precision on GPU."""
+
+    model: str = "depth-anything/Depth-Anything-V2-Large-hf"
+    output: str = "disparity"
+    disparity_scale: float = 1e4
+    disparity_eps: float = 1e-5
+    clip: Sequence[float] = (1e-4, 1e4)
+    input_size: int = 518
+    batch_size: int = 8
+    device: str = "auto"
+    _net: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.output not in ("disparity", "depth"):
+            raise DepthError(f"depth.output must be 'disparity' or 'depth', got {self.output!r}")
+
+    def key(self) -> dict:
+        return {"source": "depth_anything", "model": self.model, "output": self.output,
+                "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip),
+                "input_size": self.input_size}
+
+    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
+        scale = self.input_size / min(height, width)
+        return (max(14, round(height * scale / 14) * 14), max(14, round(width * scale / 14) * 14))
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        device = resolve_device(self.device)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        if self._net is None:
+            self._net = load_depth_anything(self.model, device, dtype)
+        n, _, h, w = frames.shape
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        out = torch.empty(n, h, w)
+        for start in tqdm(range(0, n, self.batch_size), desc="depth", unit="batch", leave=False):
+            batch = frames[start:start + self.batch_size].to(device)
+            batch = F.interpolate(batch, size=self._input_shape(h, w), mode="bicubic", align_corners=False)
+            batch = ((batch.clamp(0, 1) - mean) / std).to(dtype)
+            pred = self._net(pixel_values=batch).predicted_depth.unsqueeze(1).float()
+            pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
+            out[start:start + len(batch)] = pred.cpu()
+        if self.output == "disparity":
+            return disparity_to_depth(out, self.disparity_scale, self.disparity_eps, self.clip)
+        return out.clamp(self.clip[0], self.clip[1])
+
+
+@dataclass
+class NpyDepth:
+    """Depth maps from a folder of per-frame ``.npy`` files (sorted by name), resized to the frames."""
+
+    folder: str
+    indices: Sequence[int] | None = None  # which files to use (the video's frame indices); None = the first N
+
+    def files(self) -> list[Path]:
+        folder = Path(self.folder)
+        if not folder.is_dir():
+            raise DepthError(f"depth folder not found: {folder}")
+        return sorted(folder.glob("*.npy"))
+
+    def key(self) -> dict:
+        return {"source": "npy", "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.files()],
+                "indices": list(self.indices) if self.indices is not None else None}
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = frames.shape
+        files = self.files()
+        indices = list(self.indices) if self.indices is not None else list(range(n))
+        if not files or max(indices) >= len(files):
+            raise DepthError(f"depth folder {self.folder} has {len(files)} .npy files; {max(indices) + 1} are needed")
+        maps = torch.stack([torch.from_numpy(np.load(files[i]).astype(np.float32)) for i in indices])
+        if maps.dim() != 3:
+            raise DepthError(f"depth files in {self.folder} must hold 2D arrays, got shape {tuple(maps.shape[1:])}")
+        return F.interpolate(maps.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+
+
+def cached_depth(estimator, frames: torch.Tensor, cache_dir: str | os.PathLike | None) -> torch.Tensor:
+    """Run ``estimator(frames)`` unless a cached result for the same frames and parameters exists."""
+    if cache_dir is None:
+        return estimator(frames)
+    path = Path(cache_dir) / "depth" / f"{fingerprint(estimator.key(), frames)}.npy"
+    if path.is_file():
+        try:
+            depth = torch.from_numpy(np.load(path))
+            if depth.shape == (frames.shape[0], *frames.shape[-2:]):
+                return depth
+        except (ValueError, OSError):
+            pass  # an unreadable cache entry is recomputed and replaced
+    depth = estimator(frames)
+    atomic_save_npy(path, depth.numpy())
+    return depth

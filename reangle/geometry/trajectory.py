@@ -1,0 +1,164 @@
+"""Target camera trajectories: the six motions, static and dynamic, and user-defined views.
+
+Every pose is a world-to-camera ``[N, 4, 4]`` float64 tensor (one per frame) relative to
+the input camera, which is the identity. Orbits turn the camera about a pivot on the
+input camera's optical axis at ``pivot_distance`` and keep looking at it (magnitude in
+degrees); dollies move the camera along the axis by a fraction of the pivot distance,
+focal length fixed. Static views hold the full magnitude on every frame; dynamic views
+start at the input camera and reach the full magnitude on the last frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from reangle.geometry.camera import look_at
+
+MOTIONS = ("orbit_left", "orbit_right", "orbit_up", "orbit_down", "dolly_in", "dolly_out")
+
+# Camera-movement text for dynamic mode: "<TOKEN> Camera movement <words>, <caption>".
+MOTION_TOKENS = {
+    "orbit_left": ("CAMERA_ORBIT_LEFT", "orbit left"),
+    "orbit_right": ("CAMERA_ORBIT_RIGHT", "orbit right"),
+    "orbit_up": ("CAMERA_ORBIT_UP", "orbit up"),
+    "orbit_down": ("CAMERA_ORBIT_DOWN", "orbit down"),
+    "dolly_in": ("CAMERA_ZOOM_IN", "zoom in"),
+    "dolly_out": ("CAMERA_ZOOM_OUT", "zoom out"),
+}
+
+
+class TrajectoryError(ValueError):
+    """An unknown motion or a malformed view definition."""
+
+
+@dataclass
+class TargetView:
+    """A target camera trajectory: ``w2c`` ``[N, 4, 4]`` float64."""
+
+    name: str
+    motion: str | None
+    magnitude: float
+    w2c: torch.Tensor
+    prompt_prefix: str = ""  # dynamic mode: the camera-movement text put before the caption
+
+    def prompt(self, caption: str) -> str:
+        return f"{self.prompt_prefix}{caption}"
+
+
+def check_motion(motion: str) -> str:
+    if motion not in MOTIONS:
+        raise TrajectoryError(f"unknown camera motion {motion!r}; use one of {', '.join(MOTIONS)}")
+    return motion
+
+
+def motion_pose(motion: str, magnitude: torch.Tensor | float, pivot_distance: float) -> torch.Tensor:
+    """World-to-camera ``[..., 4, 4]`` for ``motion`` at ``magnitude`` (any batch shape)."""
+    check_motion(motion)
+    mag = torch.as_tensor(magnitude, dtype=torch.float64)
+    pivot = torch.tensor([0.0, 0.0, pivot_distance], dtype=torch.float64)
+    if motion.startswith("orbit"):
+        angle = torch.deg2rad(mag)
+        sign = 1.0 if motion in ("orbit_left", "orbit_down") else -1.0
+        s, c = torch.sin(sign * angle), torch.cos(sign * angle)
+        zero = torch.zeros_like(s)
+        if motion in ("orbit_left", "orbit_right"):   # about the vertical (y) axis; +angle moves left
+            offset = torch.stack([-s, zero, -c], dim=-1) * pivot_distance
+        else:                                          # about the x axis; +angle moves down
+            offset = torch.stack([zero, s, -c], dim=-1) * pivot_distance
+        return look_at(pivot + offset, pivot.expand_as(offset))
+    sign = 1.0 if motion == "dolly_in" else -1.0
+    w2c = torch.eye(4, dtype=torch.float64).repeat(*mag.shape, 1, 1)
+    w2c[..., 2, 3] = -sign * mag * pivot_distance  # camera moves to z = sign * mag * d
+    return w2c
+
+
+def motion_trajectory(motion: str, magnitude: float, num_frames: int, pivot_distance: float,
+                      dynamic: bool) -> torch.Tensor:
+    """``[num_frames, 4, 4]``: constant (static) or ramping linearly from the input pose (dynamic)."""
+    if dynamic:
+        ramp = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64) * magnitude
+        return motion_pose(motion, ramp, pivot_distance)
+    return motion_pose(motion, magnitude, pivot_distance).expand(num_frames, 4, 4).clone()
+
+
+def movement_prefix(motion: str) -> str:
+    token, words = MOTION_TOKENS[check_motion(motion)]
+    return f"{token} Camera movement {words}, "
+
+
+def _custom_poses(spec: Any, num_frames: int, name: str) -> torch.Tensor:
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if not path.is_file():
+            raise TrajectoryError(f"view {name!r}: pose file not found: {path}")
+        poses = torch.from_numpy(np.load(path)).double()
+    else:
+        poses = torch.tensor(np.asarray(spec, dtype=np.float64))
+    if poses.shape == (4, 4):
+        poses = poses.expand(num_frames, 4, 4).clone()
+    if poses.shape != (num_frames, 4, 4):
+        raise TrajectoryError(f"view {name!r}: poses must be one 4x4 matrix or {num_frames} of them, "
+                              f"got shape {tuple(poses.shape)}")
+    return poses
+
+
+def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequence[str],
+                ranges: Mapping[str, Sequence[float]], per_motion: int | None = None, seed: int = 0,
+                custom: Iterable[Mapping[str, Any]] = (), only_custom: bool = False) -> list[TargetView]:
+    """The target views of a run.
+
+    Random views: ``per_motion`` of each motion (default 2 static, 1 dynamic), magnitudes
+    uniform in ``ranges[motion]`` drawn from ``seed``. ``custom`` entries are
+    ``{name, motion, magnitude}`` or ``{name, poses}`` (one or N 4x4 world-to-camera
+    matrices, or a ``.npy`` path), each with an optional ``prompt_prefix``.
+    """
+    if mode not in ("static", "dynamic"):
+        raise TrajectoryError(f"unknown mode {mode!r}; use static or dynamic")
+    dynamic = mode == "dynamic"
+    for motion in motions:
+        check_motion(motion)
+        if motion not in ranges or len(ranges[motion]) != 2:
+            raise TrajectoryError(f"views.ranges.{motion} must be [low, high]")
+    count = per_motion if per_motion is not None else (1 if dynamic else 2)
+    generator = torch.Generator().manual_seed(seed)
+    views: list[TargetView] = []
+    if not only_custom:
+        for motion in motions:
+            low, high = (float(x) for x in ranges[motion])
+            for k in range(count):
+                magnitude = low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+                views.append(TargetView(
+                    name=f"{motion}_{k:02d}", motion=motion, magnitude=magnitude,
+                    w2c=motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic),
+                    prompt_prefix=movement_prefix(motion) if dynamic else ""))
+    for entry in custom:
+        entry = dict(entry)
+        name = entry.get("name")
+        if not name:
+            raise TrajectoryError(f"custom view {entry} needs a 'name'")
+        unknown = set(entry) - {"name", "motion", "magnitude", "poses", "prompt_prefix"}
+        if unknown:
+            raise TrajectoryError(f"custom view {name!r} has unknown key(s) {sorted(unknown)}")
+        if "poses" in entry:
+            w2c = _custom_poses(entry["poses"], num_frames, name)
+            motion, magnitude, prefix = entry.get("motion"), float(entry.get("magnitude", 0.0)), ""
+        elif "motion" in entry and "magnitude" in entry:
+            motion, magnitude = check_motion(entry["motion"]), float(entry["magnitude"])
+            w2c = motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic)
+            prefix = movement_prefix(motion) if dynamic else ""
+        else:
+            raise TrajectoryError(f"custom view {name!r} needs 'motion' and 'magnitude', or 'poses'")
+        views.append(TargetView(name=name, motion=motion, magnitude=magnitude, w2c=w2c,
+                                prompt_prefix=entry.get("prompt_prefix", prefix)))
+    names = [v.name for v in views]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates or "input" in names:
+        raise TrajectoryError(f"view names must be unique and not 'input'; repeated: {duplicates or ['input']}")
+    if not views:
+        raise TrajectoryError("no target views: give views.motions or views.custom")
+    return views
+

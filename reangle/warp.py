@@ -1,0 +1,31 @@
+"""Stage I from the command line: build Omega (warped views) and its preview.
+
+    python -m reangle.warp --config configs/presets/tiny.yaml [key=value ...] [--force]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reangle.config import ConfigError, add_config_arguments, config_from_args
+from reangle.data.build import build_omega
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build Omega: warp the input video into the target views.")
+    add_config_arguments(parser)
+    parser.add_argument("--force", action="store_true", help="rebuild even if a cached Omega exists")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    omega = build_omega(cfg, force=args.force)
+    print(f"Omega: {omega.root} ({len(omega.views)} views incl. the input)")
+    if (omega.root / "preview.mp4").is_file():
+        print(f"preview: {omega.root / 'preview.mp4'} and {omega.root / 'preview.gif'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Video input/output: formats, frame sampling, resizing, short videos and bad files."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reangle.io.video import VideoError, frame_indices, read_video, resize_center_crop, write_gif, write_mp4
+
+
+def gradient_video(n=6, h=64, w=96):
+    """Frames whose brightness encodes the frame index (robust to lossy codecs)."""
+    frames = torch.linspace(0.1, 0.9, n).view(n, 1, 1, 1).expand(n, 3, h, w).clone()
+    frames[:, 0] *= torch.linspace(0.5, 1.0, w)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_written_video_reads_back(tmp_path, suffix):
+    frames = gradient_video()
+    path = tmp_path / f"clip{suffix}"
+    (write_mp4 if suffix == ".mp4" else write_gif)(frames, path)
+    back = read_video(path, num_frames=6, height=64, width=96)
+    assert back.shape == (6, 3, 64, 96) and back.dtype == torch.float32
+    assert (back - frames).abs().mean() < 0.03
+
+
+def test_frame_folder_with_resize_and_center_crop(tmp_path):
+    for i in range(5):
+        image = np.zeros((40, 100, 3), np.uint8)
+        image[:, 30:70] = 50 * i  # the centre band survives the crop
+        Image.fromarray(image).save(tmp_path / f"{i:03d}.png")
+    back = read_video(tmp_path, num_frames=3, height=20, width=20, start=0, stride=2)
+    assert back.shape == (3, 3, 20, 20)
+    assert torch.allclose(back[:, 0, 10, 10], torch.tensor([0.0, 100.0, 200.0]) / 255, atol=2 / 255)
+
+
+def test_resize_center_crop_keeps_the_aspect():
+    frames = torch.zeros(1, 3, 100, 300)
+    frames[..., 100:200] = 1.0  # middle third
+    out = resize_center_crop(frames, 50, 50)
+    assert out.shape == (1, 3, 50, 50) and out.mean() > 0.99
+
+
+def test_frame_sampling_and_short_video_strategies():
+    assert frame_indices(10, 4, start=2, stride=2) == [2, 4, 6, 8]
+    assert frame_indices(5, 7, short_video="loop") == [0, 1, 2, 3, 4, 0, 1]
+    assert frame_indices(5, 7, short_video="pad") == [0, 1, 2, 3, 4, 4, 4]
+    with pytest.raises(VideoError, match="has 5 frames but 7 frames"):
+        frame_indices(5, 7)
+    with pytest.raises(VideoError, match="unknown short_video"):
+        frame_indices(5, 3, short_video="stretch")
+
+
+def test_too_few_frames_is_a_clear_error(tmp_path):
+    write_mp4(gradient_video(n=4), tmp_path / "short.mp4")
+    with pytest.raises(VideoError, match="has 4 frames but 49"):
+        read_video(tmp_path / "short.mp4", num_frames=49, height=64, width=96)
+    padded = read_video(tmp_path / "short.mp4", num_frames=6, height=64, width=96, short_video="pad")
+    assert torch.allclose(padded[4], padded[5])
+
+
+def test_missing_unreadable_and_unsupported_files(tmp_path):
+    with pytest.raises(VideoError, match="not found"):
+        read_video(tmp_path / "nope.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"this is not a video")
+    with pytest.raises(VideoError, match="cannot read video"):
+        read_video(tmp_path / "broken.mp4")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(VideoError, match="unsupported video format"):
+        read_video(tmp_path / "notes.txt")
