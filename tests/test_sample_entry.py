@@ -20,9 +20,9 @@ TINY = ["--config", "configs/presets/tiny.yaml"]
 def run_dir(tiny_omega, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     train.main([*TINY, f"run.root={root}", f"run.cache_dir={root}/cache", f"train.omega={tiny_omega}",
-                "data.video=synthetic", "train.steps=2", "train.checkpoint_every=2", "sample.steps=2",
+                "data.height=64", "data.width=96", "train.steps=2", "train.checkpoint_every=2", "sample.steps=2",
                 "sample.every_n_steps=1", "sample.views=[input,orbit_left_0]"])
-    return root / "reangle"
+    return root / "tiny"
 
 
 def test_training_samples_every_k_steps_and_at_the_end(run_dir):
