@@ -1,8 +1,9 @@
 """Stage II training: python train.py --config configs/static.yaml [more.yaml ...] [key=value ...]
 
 Builds Omega (stage I) when it is missing, caches latents and text embeddings, fits the
-LoRA and exports it to ``run.dir/lora/``. The run directory holds the resolved config
-(``config.yaml``), a pointer to Omega (``omega.json``), ``checkpoints/``, ``lora/`` and logs.
+LoRA, exports it to ``run.dir/lora/`` and samples the views (``sample.*``). The run
+directory holds the resolved config (``config.yaml``), a pointer to Omega (``omega.json``),
+``checkpoints/``, ``lora/``, ``samples/`` and logs.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.video_sampling import VideoSampling
 from reangle.config import ConfigError, load_config, save_config
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     L.seed_everything(cfg.run.seed, workers=True)
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg)])
     trainer.fit(build_module(cfg, spec), datamodule=build_datamodule(cfg, spec), ckpt_path=ckpt)
     return trainer
 

@@ -3,9 +3,10 @@ overrides, validation, ``instantiate()`` and saving into a run directory.
 
 ``configs/base.yaml`` is the schema: it names every key. A key that a user file
 or override adds is an error naming it; a key left at ``???`` is a missing-key
-error naming it. The one open place is a ``params:`` mapping next to a
-``target:`` (the arguments of whatever ``target`` names), checked against the
-callable's signature when :func:`instantiate` builds it.
+error naming it. The open places are a ``params:`` mapping next to a ``target:``
+(the arguments of whatever ``target`` names), checked against the callable's
+signature when :func:`instantiate` builds it, and a mapping that is empty (``{}``)
+in the schema, whose keys the user names (e.g. ``sample.start_frames``).
 """
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ class ConfigError(ValueError):
 
 
 def _open_params(node: Any) -> None:
-    """Let ``params`` mappings (and user-defined lists) take any key; the rest stays strict."""
+    """Let ``params`` and empty mappings (and user-defined lists) take any key; the rest stays strict."""
     if isinstance(node, DictConfig):
         for key in node.keys():
             child = node._get_node(key)
-            if key == "params" and isinstance(child, DictConfig):
+            if isinstance(child, DictConfig) and (key == "params" or (not child._is_none() and len(child) == 0)):
                 OmegaConf.set_struct(child, False)
             _open_params(child)
     elif isinstance(node, ListConfig):

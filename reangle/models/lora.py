@@ -63,3 +63,25 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)
     return folder / LORA_FILE
+
+
+class LoraFileError(ValueError):
+    """A LoRA file that is missing or not a CogVideoX LoRA in diffusers format."""
+
+
+def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "default") -> None:
+    """Attach the LoRA that :func:`save_lora` wrote (``path``: the weights file) to ``model`` as
+    ``adapter_name``, active at scale 1 - as ``CogVideoXImageToVideoPipeline.load_lora_weights`` does."""
+    from diffusers.loaders.lora_pipeline import CogVideoXLoraLoaderMixin
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoraFileError(f"LoRA file not found: {path}; export it from a run (train.py) or fix --lora")
+    try:
+        state, metadata = CogVideoXLoraLoaderMixin.lora_state_dict(str(path), return_lora_metadata=True)
+    except Exception as exc:
+        raise LoraFileError(f"cannot read LoRA file {path}: {exc}") from exc
+    if not any(k.startswith("transformer.") for k in state):
+        raise LoraFileError(f"LoRA file {path} has no 'transformer.' keys; it is not a CogVideoX LoRA in diffusers format")
+    CogVideoXLoraLoaderMixin.load_lora_into_transformer(state, transformer=model, adapter_name=adapter_name,
+                                                        metadata=metadata)

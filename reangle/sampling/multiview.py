@@ -1,0 +1,70 @@
+"""Sampling a set of views on this rank's share, writing them, gathering them, and the grid."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from reangle.io.video import to_uint8
+from reangle.sampling.outputs import view_metadata, write_grid, write_view
+from reangle.sampling.plan import ViewJob
+from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
+from reangle.sampling.shard import gather, shard
+
+
+@dataclass
+class SampledView:
+    """A written view: its mp4, its metadata, and its frames (uint8 ``[N, H, W, 3]``)."""
+
+    name: str
+    path: Path
+    metadata: dict
+    frames: Any
+
+
+@dataclass
+class MultiViewResult:
+    """All ranks' views in job order, and the grid files (rank 0 only, when an input video was given)."""
+
+    views: list[SampledView]
+    grid: tuple[Path, Path] | None
+
+
+def sample_views(sampler: CogVideoXSampler, jobs: Sequence[ViewJob], settings: SamplingSettings,
+                 num_frames: int, out_dir: str | os.PathLike, fps: float, *,
+                 input_video: torch.Tensor | None = None, rank: int = 0, world_size: int = 1,
+                 grid_max_width: int | None = None, extra_metadata: Mapping[str, Any] | None = None,
+                 embeddings: Mapping[str, torch.Tensor] | None = None) -> MultiViewResult:
+    """Sample this rank's share of ``jobs`` and write ``<view>.mp4/.json`` under ``out_dir``.
+
+    Text embeddings are computed once for the share's prompts and the negative prompt
+    (unless ``embeddings`` are given), then the sampler's T5 encoder is released. All
+    ranks return every view (gathered); rank 0 also writes the grid of ``input_video``
+    (``[N, 3, H, W]`` in [0, 1]) and the views.
+    """
+    mine = shard(list(jobs), rank, world_size)
+    local: list[SampledView] = []
+    if mine:
+        if embeddings is None:
+            embeddings = sampler.encode_prompts([j.prompt for j in mine] + [settings.negative_prompt])
+            sampler.release_text_encoder()
+        requests = [SampleRequest(image=j.start_frame, prompt=j.prompt, seed=j.seed, num_frames=num_frames)
+                    for j in mine]
+        videos = sampler.sample(requests, embeddings, settings)
+        record = {**asdict(settings), "scheduler": type(sampler.scheduler).__name__, "num_frames": num_frames,
+                  "fps": fps}
+        for job, video in zip(mine, videos):
+            meta = view_metadata(job, record, extra_metadata)
+            path = write_view(out_dir, video, meta, fps)
+            local.append(SampledView(job.name, path, meta, to_uint8(video)))
+    order = {j.name: i for i, j in enumerate(jobs)}
+    views = sorted(gather(local), key=lambda v: order[v.name])
+    grid = None
+    if rank == 0 and input_video is not None and views:
+        frames = [input_video.float().cpu()] + [torch.from_numpy(v.frames).permute(0, 3, 1, 2).float() / 255
+                                               for v in views]
+        grid = write_grid(out_dir, frames, fps, max_width=grid_max_width)
+    return MultiViewResult(views=views, grid=grid)

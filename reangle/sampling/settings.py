@@ -1,0 +1,53 @@
+"""The ``sample:`` config section as sampling settings and options."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reangle.sampling.sampler import SCHEDULERS, SamplingSettings
+
+
+@dataclass
+class SampleOptions:
+    """Everything ``sample:`` sets besides the denoising settings (see configs/base.yaml)."""
+
+    settings: SamplingSettings
+    views: list[str] | None
+    scheduler: str
+    seed: int
+    start_frames: dict[str, str] = field(default_factory=dict)
+    out_dir: str = "samples"
+    grid_max_width: int | None = None
+    device: str = "auto"
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    every_n_steps: int = 0
+    at_train_end: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "SampleOptions":
+        """From a full resolved config (uses ``cfg.sample``)."""
+        s = OmegaConf.to_container(cfg.sample, resolve=True)
+        if s["every_n_steps"] < 0:
+            raise ValueError(f"sample.every_n_steps must be >= 0 (0: off), got {s['every_n_steps']}")
+        if s["scheduler"] not in ("model", *SCHEDULERS):
+            raise ValueError(f"unknown sample.scheduler {s['scheduler']!r}; use one of {['model', *SCHEDULERS]}")
+        settings = SamplingSettings(steps=int(s.pop("steps")), guidance=float(s.pop("guidance")),
+                                    dynamic_guidance=bool(s.pop("dynamic_guidance")),
+                                    lora_scale=float(s.pop("lora_scale")), negative_prompt=str(s.pop("negative_prompt")))
+        views = s.pop("views")
+        if isinstance(views, str):
+            views = [v for v in views.split(",") if v]
+        return cls(settings=settings, views=views, start_frames=dict(s.pop("start_frames") or {}), **s)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"sample.device={name} but no CUDA device is available; use sample.device=cpu or auto")
+    return device

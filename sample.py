@@ -1,0 +1,59 @@
+"""Sample the target views with a trained LoRA.
+
+    python sample.py --run RUN_DIR [key=value ...]
+    python sample.py --config FILE [FILE ...] --lora FILE [key=value ...]
+
+``--run`` uses the run's resolved config and its exported LoRA; ``key=value`` overrides
+any ``sample.*`` (or other) key, e.g. ``sample.views=[orbit_left_0]`` or
+``sample.steps=50``; ``--views a,b`` is a shortcut for ``sample.views=[a,b]``. Writes
+``<view>.mp4`` + ``<view>.json`` and ``grid.mp4`` / ``grid.gif`` into ``sample.out_dir``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reangle.config import ConfigError, load_config
+from reangle.data.omega import OmegaError
+from reangle.io.video import VideoError
+from reangle.models.lora import LoraFileError
+from reangle.sampling.plan import SamplingInputError
+from reangle.sampling.run import run_files, sample_from_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a train.py run directory (config.yaml + lora/final/)")
+    source.add_argument("--config", nargs="+", help="YAML files merged in order onto configs/base.yaml")
+    parser.add_argument("--lora", help="LoRA file (diffusers format); required with --config, optional with --run")
+    parser.add_argument("--views", help="comma-separated names of the views to sample (default: sample.views)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    if args.config and not args.lora:
+        parser.error("--config needs --lora FILE (the exported LoRA); or use --run RUN_DIR")
+    return args
+
+
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    if args.run:
+        config, lora = run_files(args.run)
+        cfg = load_config([config], args.overrides)
+        lora = args.lora or lora
+    else:
+        cfg, lora = load_config(args.config, args.overrides), args.lora
+    views = [v for v in args.views.split(",") if v] if args.views else None
+    result = sample_from_config(cfg, lora, views=views)
+    for view in result.views:
+        print(view.path)
+    if result.grid is not None:
+        print(*result.grid, sep="\n")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, SamplingInputError, LoraFileError, OmegaError, VideoError) as exc:
+        sys.exit(f"error: {exc}")
