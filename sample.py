@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reangle.config import ConfigError, load_config
+from reangle.config import ConfigError, load_config, split_config_tokens
 from reangle.data.omega import OmegaError
 from reangle.io.video import VideoError
 from reangle.models.lora import LoraFileError
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None):
         cfg = load_config([config], args.overrides)
         lora = args.lora or lora
     else:
-        cfg, lora = load_config(args.config, args.overrides), args.lora
+        cfg, lora = load_config(*split_config_tokens(args.config, args.overrides)), args.lora
     views = [v for v in args.views.split(",") if v] if args.views else None
     result = sample_from_config(cfg, lora, views=views)
     for view in result.views:

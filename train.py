@@ -8,37 +8,47 @@ directory holds the resolved config (``config.yaml``), a pointer to Omega (``ome
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.video_sampling import VideoSampling
-from reangle.config import ConfigError, load_config, save_config
+from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """``--config`` files then ``key=value`` overrides (arguments with ``=`` are overrides wherever they are)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", default=[], help="YAML files merged in order onto configs/base.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    args.overrides = [a for a in args.config if "=" in a] + args.overrides
-    args.config = [a for a in args.config if "=" not in a]
-    return args
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> L.Trainer:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     ckpt = resume_path(cfg)
     L.seed_everything(cfg.run.seed, workers=True)
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
     trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg)])
     trainer.fit(build_module(cfg, spec), datamodule=build_datamodule(cfg, spec), ckpt_path=ckpt)
+    rank_zero_only(report)(cfg)
     return trainer
+
+
+def report(cfg) -> None:
+    """Print where the run's results are."""
+    run_dir = Path(cfg.run.dir)
+    lines = [f"run directory: {run_dir}"]
+    pointer = run_dir / "omega.json"
+    if pointer.is_file():
+        lines.append(f"Omega (warped views, preview.mp4/.gif): {json.loads(pointer.read_text())['path']}")
+    lines += [f"{label}: {path}" for label, path in (("LoRA", run_dir / "lora" / "final"),
+                                                     ("samples", Path(cfg.sample.out_dir))) if path.exists()]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -167,8 +167,12 @@ def add_config_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. data.video=clip.mp4")
 
 
+def split_config_tokens(tokens: Sequence[str], overrides: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Config files and ``key=value`` overrides from ``--config`` tokens (an override may follow ``--config``)."""
+    files = [t for t in tokens if "=" not in t]
+    return files, [t for t in tokens if "=" in t] + list(overrides)
+
+
 def config_from_args(args) -> DictConfig:
-    """The config of parsed :func:`add_config_arguments` arguments (``key=value`` may follow ``--config``)."""
-    files = [f for f in args.config if "=" not in f]
-    overrides = [f for f in args.config if "=" in f] + list(args.overrides)
-    return load_config(files, overrides)
+    """The config of parsed :func:`add_config_arguments` arguments."""
+    return load_config(*split_config_tokens(args.config, args.overrides))
