@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from reangle.config import load_config
+from reangle.config import config_from_args
 from reangle.models.cogvideox import COMPONENTS, load_components
 from reangle.training import build
 
@@ -66,8 +66,7 @@ class _KillAt:
 
 
 def _fit(argv, callbacks=()):
-    args = train.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(train.parse_args(argv))
     import lightning as L
 
     L.seed_everything(cfg.run.seed)
