@@ -23,8 +23,10 @@ For image pairs ``(B, 2, 3, H, W)`` in [-1, 1], per pair, in [0, 2], lower = mor
    ``cos = <F1, F2> / (|F1| |F2| + 1e-5)`` per pixel and ``mask`` = pixels covered in
    both renders.
 
-Gradients reach the images through the features whenever autograd is on (the frozen
-models take none); wrap calls in ``torch.no_grad()`` for plain evaluation.
+A pair whose renders share no pixel scores 0, as in the reference; ``return_maps=True``
+gives the overlap mask to detect that. Gradients reach the images through the features
+whenever autograd is on (the frozen models take none); wrap calls in
+``torch.no_grad()`` for plain evaluation.
 """
 from __future__ import annotations
 
@@ -208,11 +210,13 @@ class MEt3R(nn.Module):
     def _score_chunk(self, pairs: Tensor) -> Met3rOutput:
         n, _, _, h, w = pairs.shape
         features = self.feature_model(pairs.flatten(0, 1).to(_param_dtype(self.feature_model, pairs.dtype)))
-        features = features.view(n, 2, *features.shape[1:])
+        point_features = features.permute(0, 2, 3, 1).reshape(2 * n * h * w, -1).float()  # one row per pixel
+        del features
         first, second = pairs[:, 0], pairs[:, 1]
+        source = torch.arange(2 * n, device=pairs.device)  # image whose features each rendered cloud carries
         if self.symmetric:
             first, second = torch.cat([first, second]), torch.cat([second, first])
-            features = torch.cat([features, features.flip(1)])
+            source = torch.cat([source, source.view(n, 2).flip(1).reshape(-1)])
         m = first.shape[0]
         with torch.no_grad():
             point_dtype = _param_dtype(self.point_model, pairs.dtype)
@@ -223,8 +227,10 @@ class MEt3R(nn.Module):
         focal_ndc = 1 + focal / focal.new_tensor([w, h])
         ndc = project_to_ndc(points.reshape(2 * m, h * w, 3), focal_ndc.repeat_interleave(2, dim=0))
         fragments = rasterize_points(ndc, (h, w), self.radius, self.points_per_pixel)
-        point_features = features.permute(0, 1, 3, 4, 2).reshape(2 * m * h * w, -1)
-        renders = self.compositor(fragments, point_features.to(ndc.dtype), self.radius).view(m, 2, -1, h, w)
+        # Point p of cloud c is pixel p of image source[c]: index the features without copying them.
+        idx = fragments.idx
+        idx = torch.where(idx >= 0, source[idx.clamp(min=0) // (h * w)] * (h * w) + idx % (h * w), idx)
+        renders = self.compositor(fragments._replace(idx=idx), point_features, self.radius).view(m, 2, -1, h, w)
         mask = (fragments.idx[..., 0] >= 0).view(m, 2, h, w).all(dim=1).to(renders.dtype)
         f1, f2 = renders[:, 0], renders[:, 1]
         cos = (f1 * f2).sum(1) / (f1.norm(dim=1) * f2.norm(dim=1) + COS_EPS)
