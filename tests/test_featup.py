@@ -53,7 +53,7 @@ def _jbu_reference(layer, source, guidance):
 
 def test_jbu_layer_doubles_resolution_and_matches_its_formula():
     torch.manual_seed(0)
-    layer = JBULearnedRange(3, 4, 6, radius=2).eval()
+    layer = JBULearnedRange(3, 6, radius=2).eval()
     with torch.no_grad():
         layer.range_temp.fill_(0.7)
         layer.sigma_spatial.fill_(0.6)

@@ -38,9 +38,6 @@ HUB_URLS: dict[str, str] = {
 }
 """torch.hub names of facebookresearch/dino and the state-dict files they download."""
 
-HUB_PRESETS = {"dino_vits16": ("vit_small", 16), "dino_vitb16": ("vit_base", 16)}
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch_size`` convolution: (B, 3, H, W) -> (B, (H//p)*(W//p), D)."""
 

@@ -74,19 +74,16 @@ def adaptive_conv(inp: Tensor, filters: Tensor) -> Tensor:
 class JBULearnedRange(nn.Module):
     """One x2 joint-bilateral upsampling layer with a learned range kernel.
 
-    ``forward(source (B, C, h, w), guidance (B, G, H, W))`` -> (B, C, H, W): the source
+    ``forward(source (B, C, h, w), guidance (B, G, H, W))`` -> (B, C, H, W), any C; the source
     is bicubically resized to the guidance size, then each output pixel averages its
     (2r+1)^2 neighbourhood with weights = softmax range kernel (similarity of projected
     guidance) x Gaussian spatial kernel, normalised, plus a learned correction.
     """
 
-    def __init__(self, guidance_dim: int, feat_dim: int, key_dim: int, scale: int = 2, radius: int = 3):
+    def __init__(self, guidance_dim: int, key_dim: int, radius: int = 3):
         super().__init__()
-        self.scale = scale
         self.radius = radius
         self.diameter = 2 * radius + 1
-        self.guidance_dim = guidance_dim
-        self.feat_dim = feat_dim
         self.key_dim = key_dim
         taps = self.diameter ** 2
         self.range_temp = nn.Parameter(torch.tensor(0.0))
@@ -136,10 +133,10 @@ class JBUStack(nn.Module):
 
     def __init__(self, feat_dim: int, key_dim: int = 32, radius: int = 3):
         super().__init__()
-        self.up1 = JBULearnedRange(3, feat_dim, key_dim, radius=radius)
-        self.up2 = JBULearnedRange(3, feat_dim, key_dim, radius=radius)
-        self.up3 = JBULearnedRange(3, feat_dim, key_dim, radius=radius)
-        self.up4 = JBULearnedRange(3, feat_dim, key_dim, radius=radius)
+        self.up1 = JBULearnedRange(3, key_dim, radius)
+        self.up2 = JBULearnedRange(3, key_dim, radius)
+        self.up3 = JBULearnedRange(3, key_dim, radius)
+        self.up4 = JBULearnedRange(3, key_dim, radius)
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, kernel_size=1))
 
     def forward(self, source: Tensor, guidance: Tensor) -> Tensor:
