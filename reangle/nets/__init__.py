@@ -1,0 +1,1 @@
+"""Checkpoint-compatible PyTorch ports of networks that no installed package provides."""
