@@ -54,7 +54,7 @@ def numpy_baseline(rgb: np.ndarray, depth: np.ndarray, K: np.ndarray, src_to_dst
     return out
 
 
-def timed(fn, sync=lambda: None, repeats: int = 2) -> float:
+def timed(fn, sync=lambda: None, repeats: int = 3) -> float:
     fn()
     sync()
     best = float("inf")
@@ -88,7 +88,7 @@ def main() -> None:
         rgb_d, depth_d = rgb.to(device), depth.to(device)
         for mode in ("bilinear", "nearest"):
             seconds = timed(lambda: warp_video(rgb_d, depth_d, K, eye, target, mode=mode, hole_dilation=5,
-                                               chunk_frames=8 if device == "cpu" else 49), sync)
+                                               chunk_frames=1 if device == "cpu" else 49), sync)
             result[f"{device}_{mode}_seconds"] = round(seconds, 4)
             result[f"{device}_{mode}_mpts_per_s"] = round(points / seconds / 1e6, 2)
         if device == "cuda":

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reangle.geometry.camera import camera_center, intrinsics, look_at, project, transform, unproject
-from reangle.geometry.splat import dilate_holes, warp_video
+from reangle.geometry.splat import dilate_holes, splat, warp_video
 from reangle.geometry.trajectory import MOTIONS, TrajectoryError, build_views, motion_pose, motion_trajectory
 from reangle.io.synthetic import SyntheticScene
 
@@ -198,3 +198,23 @@ def test_warping_the_synthetic_scene_matches_rendering_it(motion, magnitude):
     print(f"{motion} {magnitude}: {fraction:.4f} of {mask.float().mean().item():.2%} visible pixels agree")
     assert mask.float().mean() > 0.5
     assert fraction >= 0.95
+
+
+def test_warp_is_the_same_for_any_chunking_blocking_and_thread_count():
+    torch.manual_seed(0)
+    frames, depth = torch.rand(3, 3, 40, 64), torch.rand(3, 40, 64) * 100 + 100
+    K, target = intrinsics(40, 64), motion_pose("orbit_right", 10.0, 200.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        reference = warp_video(frames, depth, K, EYE, target, hole_dilation=3, chunk_frames=3)
+        torch.set_num_threads(2)
+        threaded = warp_video(frames, depth, K, EYE, target, hole_dilation=3, chunk_frames=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(reference[1], threaded[1])
+    assert torch.allclose(reference[0], threaded[0], atol=1e-6)
+    src_to_dst = target.expand(3, 4, 4)
+    whole = splat(frames, depth, K, src_to_dst, block_points=None)
+    blocked = splat(frames, depth, K, src_to_dst, block_points=64 * 7)  # 7 rows per block
+    assert torch.equal(whole[1], blocked[1]) and torch.allclose(whole[0], blocked[0], atol=1e-6)

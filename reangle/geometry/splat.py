@@ -13,13 +13,13 @@ and CUDA, with no Python loop over pixels or points.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from concurrent.futures import ThreadPoolExecutor
 
-from reangle.geometry.camera import project, transform, unproject
+import torch
 
 SPLAT_MODES = ("bilinear", "nearest")
-_SNAP = 1e-4  # pixel coordinates this close to an integer are snapped (float round-off)
+CPU_BLOCK_POINTS = 1 << 16  # source points per block on the CPU (fits the cache)
+_QUANTUM = 8192.0  # pixel coordinates are rounded to 1/8192 px, which removes float round-off at integers
 
 
 def relative_pose(src_w2c: torch.Tensor, dst_w2c: torch.Tensor) -> torch.Tensor:
@@ -28,90 +28,142 @@ def relative_pose(src_w2c: torch.Tensor, dst_w2c: torch.Tensor) -> torch.Tensor:
 
 
 def dilate_holes(mask: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Grow the holes (False) of ``mask [N, H, W]`` by an odd ``kernel`` x ``kernel`` square."""
+    """Grow the holes (False) of ``mask [N, H, W]`` by an odd ``kernel`` x ``kernel`` square.
+
+    A square filter is a row filter then a column filter, each an AND of shifted copies
+    (a loop over the kernel's offsets, not over pixels).
+    """
     if kernel <= 1:
         return mask
     if kernel % 2 == 0:
         raise ValueError(f"hole_dilation must be odd, got {kernel}")
-    holes = (~mask).unsqueeze(1).to(torch.float16 if mask.is_cuda else torch.float32)
-    grown = F.max_pool2d(holes, kernel, stride=1, padding=kernel // 2)
-    return grown.squeeze(1) == 0
+    out = mask
+    for dim in (-1, -2):
+        grown = out.clone()
+        size = out.shape[dim]
+        for shift in range(1, kernel // 2 + 1):
+            if shift >= size:
+                break
+            grown.narrow(dim, shift, size - shift).logical_and_(out.narrow(dim, 0, size - shift))
+            grown.narrow(dim, 0, size - shift).logical_and_(out.narrow(dim, shift, size - shift))
+        out = grown
+    return out
 
 
-def _snap(coords: torch.Tensor) -> torch.Tensor:
-    rounded = coords.round()
-    return torch.where((coords - rounded).abs() < _SNAP, rounded, coords)
+def project_depth(depth: torch.Tensor, K: torch.Tensor, src_to_dst: torch.Tensor, row0: int = 0):
+    """Where each pixel of ``depth [N, R, W]`` (image rows ``row0 ...``) lands in the target camera.
+
+    Returns target pixel coordinates ``u, v`` and depth ``z``, each ``[N, R*W]``. A pixel's
+    ray ``K^-1 [x, y, 1]`` is separable in x and y, so the rotated ray is a sum of a row
+    term and a column term: no per-point matrix product.
+    """
+    n, r, w = depth.shape
+    dtype, device = depth.dtype, depth.device
+    K = K.to(device=device, dtype=torch.float64)
+    rx = (torch.arange(w, device=device, dtype=torch.float64) - K[0, 2]) / K[0, 0]              # [W]
+    ry = (torch.arange(row0, row0 + r, device=device, dtype=torch.float64) - K[1, 2]) / K[1, 1]  # [R]
+    rot, t = src_to_dst[:, :3, :3].to(device), src_to_dst[:, :3, 3].to(device)                   # float64
+    coords = []
+    for k in range(3):
+        ray = (rot[:, k, 0, None, None] * rx + rot[:, k, 1, None, None] * ry[:, None]
+               + rot[:, k, 2, None, None]).to(dtype)                                              # [N, R, W]
+        coords.append(torch.addcmul(t[:, k, None, None].to(dtype), depth, ray).view(n, r * w))
+    x, y, z = coords
+    inv_z = z.reciprocal()
+    u = (x.mul_(inv_z).mul_(K[0, 0].item()).add_(K[0, 2].item()) * _QUANTUM).round_().div_(_QUANTUM)
+    v = (y.mul_(inv_z).mul_(K[1, 1].item()).add_(K[1, 2].item()) * _QUANTUM).round_().div_(_QUANTUM)
+    return u, v, z
+
+
+def _corners(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, h: int, w: int, mode: str,
+             frame_base: torch.Tensor):
+    """Canvas indices, weights and depth keys ``[C*M]`` of the C corners each point lands on.
+
+    The canvas has a one-pixel border, so the four corners of a point are
+    ``base + (0, 1, W+2, W+3)`` in flat indices; ``frame_base [N, 1]`` offsets each frame.
+    Corners with zero weight get an infinite depth key: they take no part in the z-buffer.
+    """
+    device, dtype = u.device, u.dtype
+    wp = w + 2
+    if mode == "nearest":
+        x0, y0 = u.round(), v.round()
+        offsets = torch.zeros(1, 1, 1, dtype=torch.long, device=device)
+    else:
+        x0, y0 = u.floor(), v.floor()
+        offsets = torch.tensor([0, 1, wp, wp + 1], device=device).view(4, 1, 1)
+    inside = (z > 1e-6) & (x0 >= -1) & (x0 <= w - 1) & (y0 >= -1) & (y0 <= h - 1)
+    # Canvas indices are below 2^24, so float arithmetic is exact before the conversion.
+    base = torch.addcmul(x0.clamp(-1, w - 1) + (wp + 1), y0.clamp(-1, h - 1), torch.tensor(float(wp), device=device))
+    target = (base.long().add_(frame_base).unsqueeze(0) + offsets).view(-1)
+    if mode == "nearest":
+        weights = inside.to(dtype).unsqueeze(0)                                 # [1, N, M]
+    else:
+        fx, fy = u - x0, v - y0
+        gx, gy = (1 - fx).mul_(inside), 1 - fy
+        fx.mul_(inside)
+        weights = torch.empty(4, *u.shape, dtype=dtype, device=device)          # [4, N, M]
+        for k, (a, b) in enumerate(((gx, gy), (fx, gy), (gx, fy), (fx, fy))):
+            torch.mul(a, b, out=weights[k])
+    depth_key = torch.where(weights > 0, z, float("inf")).view(-1)
+    return target, weights.view(-1), depth_key
 
 
 def splat(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_to_dst: torch.Tensor,
-          mode: str = "bilinear", depth_tolerance: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+          mode: str = "bilinear", depth_tolerance: float = 0.02,
+          block_points: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward-warp ``frames [N, C, H, W]`` with ``depth [N, H, W]`` by ``src_to_dst [N, 4, 4]``.
 
     ``K`` is ``[3, 3]`` (pixels) for both cameras. Returns the warped frames ``[N, C, H, W]``
     (0 where nothing lands) and the coverage mask ``[N, H, W]`` (True = something landed).
+    ``block_points`` splits the work into blocks of about that many source points (rows of
+    one frame), which keeps the temporaries in the CPU's cache; ``None``: one block.
     """
     if mode not in SPLAT_MODES:
         raise ValueError(f"unknown splat mode {mode!r}; use one of {SPLAT_MODES}")
     n, c, h, w = frames.shape
     dtype, device = frames.dtype, frames.device
-    points = unproject(depth.to(dtype), K.to(device))                          # [N, P, 3]
-    points = transform(points, src_to_dst.to(device=device, dtype=dtype))
-    uv, z = project(points, K.to(device))                                       # [N, P, 2], [N, P]
-    uv = _snap(uv)
-    # Splat into a canvas with a one-pixel border so that the four corners of a point are
-    # base + (0, 1, W+2, W+3) in flat indices; the border is cropped at the end.
     hp, wp = h + 2, w + 2
-    if mode == "nearest":
-        x0, y0 = uv[..., 0].round(), uv[..., 1].round()
-        offsets = torch.zeros(1, 1, 1, dtype=torch.long, device=device)
+    depth = depth.to(dtype)
+    if block_points is None:
+        blocks = [(slice(0, n), slice(0, h))]
     else:
-        x0, y0 = uv[..., 0].floor(), uv[..., 1].floor()
-        offsets = torch.tensor([0, 1, wp, wp + 1], device=device).view(4, 1, 1)
-    inside = (z > 1e-6) & (x0 >= -1) & (x0 <= w - 1) & (y0 >= -1) & (y0 <= h - 1)
-    frame = torch.arange(n, device=device).view(n, 1) * (hp * wp)
-    base = frame + (y0.clamp(-1, h - 1).long() + 1) * wp + (x0.clamp(-1, w - 1).long() + 1)
-    target = (base.unsqueeze(0) + offsets).view(-1)                            # [C*N*P]
-    # In-place arithmetic below keeps the number of large temporaries (and page faults) low.
-    if mode == "nearest":
-        weights = inside.to(dtype).unsqueeze(0)                                 # [1, N, P]
-    else:
-        fx, fy = uv[..., 0] - x0, uv[..., 1] - y0
-        gx, gy = (1 - fx).mul_(inside), 1 - fy
-        fx.mul_(inside)
-        weights = torch.empty(4, *fx.shape, dtype=dtype, device=device)         # [4, N, P]
-        for k, (a, b) in enumerate(((gx, gy), (fx, gy), (gx, fy), (fx, fy))):
-            torch.mul(a, b, out=weights[k])
-    weights = weights.view(-1)
+        rows = max(1, block_points // w)
+        blocks = [(slice(i, i + 1), slice(r, min(h, r + rows))) for i in range(n) for r in range(0, h, rows)]
 
-    depth_key = torch.where(weights > 0, z.expand(len(offsets), -1, -1).reshape(-1), float("inf"))
+    # Pass 1: the nearest depth landing on each target pixel.
     nearest = torch.full((n * hp * wp,), float("inf"), dtype=dtype, device=device)
-    nearest.scatter_reduce_(0, target, depth_key, reduce="amin")
-    front = nearest.index_select(0, target)
-    if mode == "bilinear":
-        weights.mul_(depth_key.le_(front.mul_(1 + depth_tolerance)))  # soft z-buffer: near the front only
-    else:
-        weights.mul_(depth_key.eq_(front))
+    landed = []
+    for fs, rs in blocks:
+        u, v, z = project_depth(depth[fs, rs], K, src_to_dst[fs], rs.start)
+        frame_base = torch.arange(fs.start, fs.stop, device=device).view(-1, 1) * (hp * wp)
+        target, weights, depth_key = _corners(u, v, z, h, w, mode, frame_base)
+        nearest.scatter_reduce_(0, target, depth_key, reduce="amin")
+        landed.append((fs, rs, target, weights, depth_key))
 
-    canvas = torch.empty(n * hp * wp, dtype=dtype, device=device)
+    # Pass 2: blend the contributions near the front (soft z-buffer) or at it (nearest).
+    sums = torch.zeros(c + 1, n * hp * wp, dtype=dtype, device=device)  # weight, then weighted colours
+    for fs, rs, target, weights, depth_key in landed:
+        front = nearest.index_select(0, target)
+        if mode == "bilinear":
+            weights.mul_(depth_key.le_(front.mul_(1 + depth_tolerance)))
+        else:
+            weights.mul_(depth_key.eq_(front))
+        sums[0].scatter_add_(0, target, weights)
+        colors = frames[fs, :, rs].transpose(0, 1).reshape(c, 1, -1)            # [C, 1, N*M]
+        corners = weights.view(-1, colors.shape[-1])
+        weighted = depth_key.view_as(corners)  # reused as a buffer
+        for k in range(c):
+            torch.mul(corners, colors[k], out=weighted)
+            sums[k + 1].scatter_add_(0, target, weighted.view(-1))
+    sums = sums.view(c + 1, n, hp, wp)[:, :, 1:-1, 1:-1]
+    covered = sums[0] > 0
+    inv = sums[0].reciprocal().nan_to_num_(posinf=0.0)  # 1 / weight, 0 where nothing landed
+    return (sums[1:] * inv).transpose(0, 1), covered
 
-    def accumulate(values: torch.Tensor) -> torch.Tensor:                       # [C*N*P] -> [N, H, W]
-        canvas.zero_().scatter_add_(0, target, values)
-        return canvas.view(n, hp, wp)[:, 1:-1, 1:-1]
-
-    weight = accumulate(weights).clone()
-    covered = weight > 0
-    inv = torch.where(covered, 1.0 / weight.clamp_min(1e-12), 0.0)
-    colors = frames.reshape(1, n, c, h * w)
-    weighted = depth_key  # reused as a buffer
-    out = torch.empty(n, c, h, w, dtype=dtype, device=device)
-    for k in range(c):
-        torch.mul(weights.view(-1, n, h * w), colors[:, :, k], out=weighted.view(-1, n, h * w))
-        torch.mul(accumulate(weighted), inv, out=out[:, k])
-    return out, covered
 
 def warp_video(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_w2c: torch.Tensor,
                dst_w2c: torch.Tensor, mode: str = "bilinear", depth_tolerance: float = 0.02,
-               hole_dilation: int = 1, chunk_frames: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+               hole_dilation: int = 1, chunk_frames: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp a video into a target trajectory, ``chunk_frames`` frames at a time.
 
     ``frames [N, 3, H, W]`` in [0, 1], ``depth [N, H, W]``, ``K [3, 3]``, ``src_w2c`` and
@@ -119,13 +171,29 @@ def warp_video(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_w
     set to 0) and the visibility mask ``[N, H, W]`` (True = visible) after growing the
     holes by ``hole_dilation``.
     """
-    n = frames.shape[0]
+    n, _, h, w = frames.shape
     src_to_dst = relative_pose(src_w2c.expand(n, 4, 4), dst_w2c.expand(n, 4, 4))
-    outs, masks = [], []
-    for start in range(0, n, chunk_frames):
+    warped = torch.empty_like(frames)
+    visible = torch.empty(n, h, w, dtype=torch.bool, device=frames.device)
+    block_points = None if frames.is_cuda else CPU_BLOCK_POINTS
+
+    def warp_chunk(start: int) -> None:
         part = slice(start, start + chunk_frames)
-        out, covered = splat(frames[part], depth[part], K, src_to_dst[part], mode, depth_tolerance)
-        visible = dilate_holes(covered, hole_dilation)
-        outs.append(out * visible.unsqueeze(1))
-        masks.append(visible)
-    return torch.cat(outs), torch.cat(masks)
+        out, covered = splat(frames[part], depth[part], K, src_to_dst[part], mode, depth_tolerance, block_points)
+        visible[part] = dilate_holes(covered, hole_dilation)
+        torch.mul(out, visible[part].unsqueeze(1), out=warped[part])
+
+    starts = range(0, n, chunk_frames)
+    threads = torch.get_num_threads()
+    if frames.is_cuda or threads == 1:
+        for start in starts:
+            warp_chunk(start)
+        return warped, visible
+    # On the CPU, scatters run on one core: chunks in parallel threads beat threads inside ops.
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(warp_chunk, starts))
+    finally:
+        torch.set_num_threads(threads)
+    return warped, visible
