@@ -68,3 +68,14 @@ def test_missing_unreadable_and_unsupported_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(VideoError, match="unsupported video format"):
         read_video(tmp_path / "notes.txt")
+
+
+def test_tile_videos_lays_out_rows_and_shrinks_tiles():
+    from reangle.io.grid import tile_videos
+    videos = [torch.full((2, 3, 8, 12), value) for value in (0.2, 0.5, 0.8)]
+    grid = tile_videos(videos)
+    assert grid.shape == (2, 3, 16, 24)
+    assert grid[0, 0, 0, 0] == 0.2 and grid[0, 0, 0, 12] == 0.5 and grid[0, 0, 8, 0] == 0.8
+    assert grid[:, :, 8:, 12:].abs().max() == 0  # the empty cell is black
+    small = tile_videos(videos, max_width=12)
+    assert small.shape == (2, 3, 8, 12) and torch.allclose(small[0, 0, 0, 0], torch.tensor(0.2))

@@ -6,11 +6,9 @@ files -> manifest last (see :mod:`reangle.data.omega`).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -19,13 +17,14 @@ from reangle.geometry.camera import intrinsics
 from reangle.geometry.depth import DepthAnything, DepthError, NpyDepth, cached_depth
 from reangle.geometry.splat import SPLAT_MODES, warp_video
 from reangle.geometry.trajectory import TargetView, build_views
+from reangle.io.grid import tile_videos
 from reangle.io.synthetic import SyntheticScene
 from reangle.io.video import count_frames, frame_indices, read_video, write_gif, write_mp4
 from reangle.utils import file_fingerprint, fingerprint, resolve_device
 
 SYNTHETIC = "synthetic"
 DEPTH_SOURCES = ("depth_anything", "npy", "synthetic")
-PREVIEW_TILE_WIDTH = 240
+PREVIEW_MAX_WIDTH = 960  # pixels
 
 
 def _views(cfg: DictConfig) -> list[TargetView]:
@@ -92,19 +91,6 @@ def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tenso
     return frames, cached_depth(estimator, frames, cache)
 
 
-def preview_grid(videos: list[torch.Tensor], tile_width: int = PREVIEW_TILE_WIDTH) -> torch.Tensor:
-    """Tile videos ``[N, 3, H, W]`` into one ``[N, 3, rows*h, cols*w]`` video (even sizes)."""
-    n, _, h, w = videos[0].shape
-    tw = min(w, tile_width) // 2 * 2
-    th = max(2, round(h * tw / w) // 2 * 2)
-    cols = math.ceil(math.sqrt(len(videos)))
-    rows = math.ceil(len(videos) / cols)
-    tiles = [F.interpolate(v, size=(th, tw), mode="bilinear", antialias=True, align_corners=False) for v in videos]
-    tiles += [torch.zeros_like(tiles[0])] * (rows * cols - len(tiles))
-    grid = torch.stack(tiles).view(rows, cols, n, 3, th, tw)
-    return grid.permute(2, 3, 0, 4, 1, 5).reshape(n, 3, rows * th, cols * tw).clamp(0, 1)
-
-
 def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
     """Build (or reuse) the Omega of ``cfg``; returns it loaded from disk."""
     indices = _check(cfg)
@@ -133,7 +119,7 @@ def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
                                   view.motion, view.magnitude, d.fps))
         previews.append(warped)
     if cfg.warp.preview:
-        grid = preview_grid(previews)
+        grid = tile_videos(previews, max_width=PREVIEW_MAX_WIDTH)
         write_mp4(grid, staging / "preview.mp4", fps=d.fps)
         write_gif(grid, staging / "preview.gif", fps=d.fps)
     omega = Omega(root=staging, key=final.name, mode=cfg.mode, num_frames=d.num_frames, height=d.height,

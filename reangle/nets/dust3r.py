@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reangle.nets.layers import Mlp
+
 __all__ = ["DEFAULT_HUB_ID", "DUSt3R", "PRESETS", "PairPrediction", "load_dust3r"]
 
 INF = math.inf
@@ -110,19 +112,6 @@ def _apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- transformer
-
-class Mlp(nn.Module):
-    """Two-layer GELU MLP on (..., dim) tokens."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
 
 class Attention(nn.Module):
     """Multi-head self-attention with 2D RoPE on (B, N, dim) tokens."""
