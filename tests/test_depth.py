@@ -63,3 +63,12 @@ def test_depth_cache_reuses_and_keys_on_frames_and_params(tmp_path):
     assert len(calls) == 4
     assert not list((tmp_path / "depth").glob(".*tmp*"))
 
+
+
+def test_depth_anything_loads_a_local_folder_like_a_hub_checkpoint(tmp_path):
+    from reangle.geometry.depth import load_depth_anything
+    load_depth_anything("tiny", torch.device("cpu"), torch.float32).save_pretrained(tmp_path / "da")
+    frames = torch.rand(2, 3, 28, 42)
+    options = dict(output="depth", clip=(-1e9, 1e9), input_size=28)
+    from_folder = DepthAnything(model=str(tmp_path / "da"), **options)(frames)
+    assert torch.equal(from_folder, DepthAnything(model="tiny", **options)(frames))
