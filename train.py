@@ -17,6 +17,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.video_sampling import VideoSampling
 from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
+from reangle.data.omega import OmegaError
+from reangle.geometry.depth import DepthError
+from reangle.geometry.trajectory import TrajectoryError
+from reangle.io.video import VideoError
+from reangle.models.cogvideox import ModelLoadError
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
 
 
@@ -33,8 +38,9 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     L.seed_everything(cfg.run.seed, workers=True)
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
+    datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
     trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg)])
-    trainer.fit(build_module(cfg, spec), datamodule=build_datamodule(cfg, spec), ckpt_path=ckpt)
+    trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)
     return trainer
 
@@ -56,3 +62,5 @@ if __name__ == "__main__":
         main()
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
+    except (VideoError, DepthError, TrajectoryError, OmegaError, ModelLoadError) as exc:
+        sys.exit(f"error: {exc}")

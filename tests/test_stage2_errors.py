@@ -87,3 +87,16 @@ def test_cache_entry_under_another_key_is_refused(tmp_path):
     shutil.copy(cache.path("a"), cache.path("b"))
     with pytest.raises(CacheError, match="written for key 'a'"):
         cache.load("b", ["x"])
+
+
+def test_train_refuses_a_missing_video_before_loading_any_model(tmp_path, monkeypatch):
+    from reangle.io.video import VideoError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input video was checked")
+
+    monkeypatch.setattr(train, "build_module", no_model)
+    monkeypatch.setattr(train, "build_trainer", no_model)
+    with pytest.raises(VideoError, match="not found"):
+        train.main(["--config", "configs/presets/tiny.yaml", f"data.video={tmp_path / 'missing.mp4'}",
+                    "depth.source=depth_anything", f"run.root={tmp_path}", f"run.cache_dir={tmp_path / 'cache'}"])

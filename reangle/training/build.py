@@ -40,12 +40,13 @@ def build_spec(cfg: DictConfig) -> CogVideoXI2V:
 
 def omega_source(cfg: DictConfig):
     """The Omega folder of ``train.omega``, else a callable that builds or reuses it (stage I)."""
+    from reangle.data.build import build_omega, check_inputs
+
     if cfg.train.omega:
         return cfg.train.omega
+    check_inputs(cfg)  # bad stage I input fails here, before any model loads
 
     def build():
-        from reangle.data.build import build_omega
-
         return build_omega(cfg)
 
     return build
