@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import lightning as L
-import torch
 
 from reangle.data.omega import INPUT_VIEW, Omega
 from reangle.sampling.multiview import MultiViewResult, sample_views

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 
-def fingerprint(params: Any, *tensors: torch.Tensor, length: int = 16) -> str:
-    """A hex digest of JSON-able ``params`` and the bytes of ``tensors`` (cache keys)."""
+def fingerprint(params: Any, *tensors: torch.Tensor, length: int | None = 16) -> str:
+    """A hex digest (``length`` characters; ``None``: all 64) of JSON-able ``params`` and the
+    bytes of ``tensors`` (cache keys)."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for tensor in tensors:
         array = tensor.detach().cpu().contiguous().numpy()
@@ -45,7 +46,10 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+    """``auto``: the first CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use cpu or auto")
+    return device

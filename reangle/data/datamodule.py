@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from reangle.data.loader import ResumableLoader
 from reangle.data.omega import Omega, OmegaError
-from reangle.data.tensor_cache import CacheError, TensorCache, cache_key, file_digest
+from reangle.data.tensor_cache import CacheError, TensorCache
 from reangle.models.spec import ModelSpec
+from reangle.utils import file_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,11 @@ class OmegaDataModule(L.LightningDataModule):
         return [omega.view(name) for name in self.views]
 
     def _video_key(self, omega: Omega, view) -> str:
-        return cache_key(self.spec.fingerprint("video"), omega.key, view.name, file_digest(omega.root / view.video))
+        return fingerprint([self.spec.fingerprint("video"), omega.key, view.name,
+                            file_fingerprint(omega.root / view.video)], length=32)
 
     def _text_key(self, prompt: str) -> str:
-        return cache_key(self.spec.fingerprint("text"), prompt)
+        return fingerprint([self.spec.fingerprint("text"), prompt], length=32)
 
     # --- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -7,31 +7,15 @@ value is finite; anything else is a :class:`CacheError`, never silently used.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 
 
 class CacheError(ValueError):
     """A cache entry that is missing, unreadable or not what its key promises."""
-
-
-def cache_key(*parts: Any) -> str:
-    """sha256 (hex, 32 chars) of the JSON of ``parts``."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class TensorCache:

@@ -22,7 +22,6 @@ built from a fixed word list, so nothing is ever downloaded for it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+
+from reangle.utils import fingerprint
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 HUB_ID = "THUDM/CogVideoX-5b-I2V"
@@ -87,8 +88,7 @@ class TinyConfig:
         return cls(**values)
 
     def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint(asdict(self))
 
 
 @dataclass

@@ -19,13 +19,12 @@ velocity ``v``, the prediction is ``x0_hat = sqrt(a) z_t - sqrt(1 - a) v`` and t
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from reangle import utils
 from reangle.data.latent_mask import latent_mask
 from reangle.models.cogvideox import DEFAULT_CACHE, HUB_ID, TinyConfig, load_components, resolve_pretrained
 from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
@@ -106,7 +105,7 @@ class CogVideoXI2V(ModelSpec):
         extra = {"image_noise": self.image_noise} if kind == "video" else {}
         payload = {"spec": "cogvideox-i2v/1", "kind": kind, "source": source, "revision": self.revision,
                    "configs": [self.component_config(p) for p in parts], "dtype": str(self.weights_dtype), **extra}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        return utils.fingerprint(payload, length=None)
 
     @property
     def max_text_length(self) -> int:

@@ -20,7 +20,8 @@ from reangle.models.lora import LORA_FILE, LoraFileError, load_lora
 from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import SamplingInputError, plan_views
 from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
-from reangle.sampling.settings import SampleOptions, resolve_device
+from reangle.sampling.settings import SampleOptions
+from reangle.utils import resolve_device
 
 RUN_CONFIG = "config.yaml"
 OMEGA_POINTER = "omega.json"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from reangle.sampling.sampler import SCHEDULERS, SamplingSettings
@@ -42,12 +41,3 @@ class SampleOptions:
             views = [v for v in views.split(",") if v]
         return cls(settings=settings, views=views, start_frames=dict(s.pop("start_frames") or {}), **s)
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"sample.device={name} but no CUDA device is available; use sample.device=cpu or auto")
-    return device
