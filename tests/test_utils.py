@@ -16,9 +16,10 @@ def test_fingerprint_follows_params_and_tensor_bytes():
 def test_file_fingerprint_follows_bytes_and_names(tmp_path):
     (tmp_path / "a").write_bytes(b"one")
     first = file_fingerprint(tmp_path)
-    assert file_fingerprint(tmp_path / "a") != file_fingerprint(tmp_path)
     (tmp_path / "a").write_bytes(b"two")
     assert file_fingerprint(tmp_path) != first
+    (tmp_path / "b").write_bytes(b"")
+    assert file_fingerprint(tmp_path) != file_fingerprint(tmp_path / "a")  # a new file counts
 
 
 def test_resolve_device():
