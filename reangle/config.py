@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from reangle.utils import atomic_write_text
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
 
@@ -111,13 +113,7 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 def save_config(cfg: DictConfig, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved ``cfg`` to ``run_dir/name`` atomically; returns the path."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / name
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(run_dir) / name, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def import_target(dotted: str) -> Any:

@@ -35,11 +35,27 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A hidden sibling of ``path`` (same suffix) to write before renaming it into place."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save ``array`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
+    tmp = temporary_path(path)
     np.save(tmp, array)
     os.replace(tmp, path)
     return path

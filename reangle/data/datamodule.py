@@ -31,7 +31,7 @@ from reangle.data.loader import ResumableLoader
 from reangle.data.omega import Omega, OmegaError
 from reangle.data.tensor_cache import CacheError, TensorCache
 from reangle.models.spec import ModelSpec
-from reangle.utils import file_fingerprint, fingerprint
+from reangle.utils import atomic_write_text, file_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,8 @@ class OmegaDataModule(L.LightningDataModule):
             raise OmegaError(f"Omega at {omega.root} has no views to train on")
         self.dataset = ViewDataset(samples, names)
         if self.omega_pointer is not None and (self.trainer is None or self.trainer.is_global_zero):
-            self.omega_pointer.parent.mkdir(parents=True, exist_ok=True)
-            self.omega_pointer.write_text(json.dumps({"path": str(Path(omega.root).resolve()), "key": omega.key,
-                                                      "views": names}, indent=1))
+            atomic_write_text(self.omega_pointer, json.dumps({"path": str(Path(omega.root).resolve()),
+                                                              "key": omega.key, "views": names}, indent=1))
 
     def train_dataloader(self) -> ResumableLoader:
         if self.dataset is None:

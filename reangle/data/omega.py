@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from reangle.io.video import read_video, write_mp4
+from reangle.utils import temporary_path
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -139,7 +140,7 @@ def write_view(root: Path, name: str, frames: torch.Tensor, mask: torch.Tensor, 
 
 def staging_dir(final: Path) -> Path:
     """A fresh temporary folder beside ``final`` to build into before :func:`publish`."""
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    tmp = temporary_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp

@@ -13,6 +13,8 @@ from typing import Iterable
 
 import torch
 
+from reangle.utils import temporary_path
+
 
 class CacheError(ValueError):
     """A cache entry that is missing, unreadable or not what its key promises."""
@@ -32,7 +34,7 @@ class TensorCache:
 
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.path(key)
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+        tmp = temporary_path(final)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": key})
         os.replace(tmp, final)
         return final

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reangle.utils import temporary_path
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 SHORT_VIDEO_STRATEGIES = ("error", "loop", "pad")
@@ -145,7 +147,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    return temporary_path(path)
 
 
 def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8, quality: int = 9) -> Path:

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from reangle.utils import fingerprint
+from reangle.utils import fingerprint, temporary_path
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 HUB_ID = "THUDM/CogVideoX-5b-I2V"
@@ -163,7 +163,7 @@ def materialize_tiny(tiny: TinyConfig | Mapping[str, Any] | None, cache_dir: str
     if (final / "model_index.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    staging = temporary_path(final)
     shutil.rmtree(staging, ignore_errors=True)
     _build_tiny(cfg).save_pretrained(staging, safe_serialization=True)
     (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))

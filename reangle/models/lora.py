@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from reangle.utils import temporary_path
+
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -54,7 +56,7 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
     from diffusers import CogVideoXImageToVideoPipeline
 
     folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    staging = temporary_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
     metadata = config.to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])

@@ -36,21 +36,20 @@ class MultiViewResult:
 def sample_views(sampler: CogVideoXSampler, jobs: Sequence[ViewJob], settings: SamplingSettings,
                  num_frames: int, out_dir: str | os.PathLike, fps: float, *,
                  input_video: torch.Tensor | None = None, rank: int = 0, world_size: int = 1,
-                 grid_max_width: int | None = None, extra_metadata: Mapping[str, Any] | None = None,
-                 embeddings: Mapping[str, torch.Tensor] | None = None) -> MultiViewResult:
+                 grid_max_width: int | None = None,
+                 extra_metadata: Mapping[str, Any] | None = None) -> MultiViewResult:
     """Sample this rank's share of ``jobs`` and write ``<view>.mp4/.json`` under ``out_dir``.
 
-    Text embeddings are computed once for the share's prompts and the negative prompt
-    (unless ``embeddings`` are given), then the sampler's T5 encoder is released. All
+    Text embeddings are computed once for the share's prompts and the negative prompt,
+    then the sampler's T5 encoder is released. All
     ranks return every view (gathered); rank 0 also writes the grid of ``input_video``
     (``[N, 3, H, W]`` in [0, 1]) and the views.
     """
     mine = shard(list(jobs), rank, world_size)
     local: list[SampledView] = []
     if mine:
-        if embeddings is None:
-            embeddings = sampler.encode_prompts([j.prompt for j in mine] + [settings.negative_prompt])
-            sampler.release_text_encoder()
+        embeddings = sampler.encode_prompts([j.prompt for j in mine] + [settings.negative_prompt])
+        sampler.release_text_encoder()
         requests = [SampleRequest(image=j.start_frame, prompt=j.prompt, seed=j.seed, num_frames=num_frames)
                     for j in mine]
         videos = sampler.sample(requests, embeddings, settings)

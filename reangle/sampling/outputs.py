@@ -19,6 +19,7 @@ import torch
 from reangle.io.grid import tile_videos
 from reangle.io.video import write_gif, write_mp4
 from reangle.sampling.plan import ViewJob
+from reangle.utils import atomic_write_text
 
 
 def view_metadata(job: ViewJob, settings: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
@@ -33,10 +34,7 @@ def write_view(out_dir: str | os.PathLike, video: torch.Tensor, metadata: Mappin
     """Write ``<view>.mp4`` (``video`` ``[N, 3, H, W]`` in [0, 1]) and ``<view>.json``; returns the mp4."""
     out_dir = Path(out_dir)
     path = write_mp4(video, out_dir / f"{metadata['view']}.mp4", fps=fps)
-    meta = out_dir / f"{metadata['view']}.json"
-    tmp = meta.with_name(f".{meta.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(dict(metadata), indent=1))
-    os.replace(tmp, meta)
+    atomic_write_text(out_dir / f"{metadata['view']}.json", json.dumps(dict(metadata), indent=1))
     return path
 
 

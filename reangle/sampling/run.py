@@ -65,8 +65,8 @@ def sample_from_config(cfg: DictConfig, lora: str | os.PathLike | None, views: S
     jobs = plan_views(omega, cfg.mode, opts.seed, list(views) if views else opts.views, cfg.run.dir,
                       opts.start_frames)
     input_video = omega.read_frames(omega.view(INPUT_VIEW))
-    parts = load_components(cfg.model.pretrained, COMPONENTS, tiny=OmegaConf.to_container(cfg.model.tiny), cache_dir=cfg.run.cache_dir,
-                            revision=cfg.model.revision, dtype=DTYPES[cfg.model.weights_dtype],
+    parts = load_components(cfg.model.pretrained, COMPONENTS, tiny=OmegaConf.to_container(cfg.model.tiny),
+                            cache_dir=cfg.run.cache_dir, revision=cfg.model.revision, dtype=DTYPES[cfg.model.weights_dtype],
                             device="cpu" if opts.cpu_offload else device)
     if lora is not None:
         load_lora(parts.transformer, lora)
