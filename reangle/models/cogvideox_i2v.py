@@ -40,6 +40,18 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def vae_factors(vae_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(spatial, temporal) compression of a CogVideoX VAE (8 and 4 for the released ones)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1), int(vae_config["temporal_compression_ratio"])
+
+
+def encode_scale(vae_config: Mapping[str, Any]) -> float:
+    """Factor applied to sampled VAE latents: ``scaling_factor``, or its inverse for VAEs
+    with ``invert_scale_latents``."""
+    factor = float(vae_config["scaling_factor"])
+    return 1.0 / factor if vae_config.get("invert_scale_latents") else factor
+
+
 def rotary_embedding(config: Mapping[str, Any], frames: int, height: int, width: int,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """CogVideoX 1.0 3D RoPE ``(cos, sin)`` for a latent grid of ``frames x height x width``
@@ -153,9 +165,8 @@ class CogVideoXI2V(ModelSpec):
         return {"prompt_embeds": embeds.float().cpu()}
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        vae = self.component_config("vae")
-        spatial = 2 ** (len(vae["block_out_channels"]) - 1)
-        return latent_mask(mask, spatial=spatial, temporal=int(vae["temporal_compression_ratio"]))
+        spatial, temporal = vae_factors(self.component_config("vae"))
+        return latent_mask(mask, spatial=spatial, temporal=temporal)
 
     # --- training -------------------------------------------------------------------------------
     def load_diffusion_model(self, device: torch.device | None = None) -> torch.nn.Module:
@@ -173,11 +184,6 @@ class CogVideoXI2V(ModelSpec):
             self.transformer.train()
         return self.transformer
 
-    def _scale(self) -> float:
-        vae = self.component_config("vae")
-        factor = float(vae["scaling_factor"])
-        return 1.0 / factor if vae.get("invert_scale_latents") else factor
-
     def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:
         transformer, sched = self.transformer, self.scheduler
         if transformer is None:
@@ -186,7 +192,7 @@ class CogVideoXI2V(ModelSpec):
 
         def sample(mean, logvar):
             eps = torch.randn(mean.shape, generator=generator, device=device)
-            return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps) * self._scale()
+            return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps) * encode_scale(self.component_config("vae"))
 
         latents = sample(batch["video_mean"], batch["video_logvar"])          # [B, F, C, h, w]
         image = sample(batch["image_mean"], batch["image_logvar"])            # [B, 1, C, h, w]

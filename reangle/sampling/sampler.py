@@ -28,7 +28,7 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from tqdm.auto import tqdm
 
-from reangle.models.cogvideox_i2v import rotary_embedding
+from reangle.models.cogvideox_i2v import encode_scale, rotary_embedding, vae_factors
 
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
@@ -87,10 +87,9 @@ class CogVideoXSampler:
             raise ValueError("CogVideoX 1.5 transformers (patch_size_t) are not supported; use a CogVideoX 1.0 I2V model")
         self.dtype = next(transformer.parameters()).dtype
         self.max_text_len = cfg.max_text_seq_length
-        self.spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.temporal_factor = vae.config.temporal_compression_ratio
+        self.spatial_factor, self.temporal_factor = vae_factors(vae.config)
+        self.encode_scale = encode_scale(vae.config)
         self.latent_scale = vae.config.scaling_factor
-        self.invert_scale = bool(getattr(vae.config, "invert_scale_latents", False))
 
     # -- models on the device -------------------------------------------------------
     @contextlib.contextmanager
@@ -172,7 +171,7 @@ class CogVideoXSampler:
         """Start-frame condition ``[1, F, C, h, w]``: scaled VAE latent of the frame, zeros after it."""
         image_pm1 = request.image.to(self.device, self.vae.dtype)[None, :, None] * 2.0 - 1.0
         latent = self.vae.encode(image_pm1).latent_dist.sample(generator).to(self.dtype).permute(0, 2, 1, 3, 4)
-        latent = latent * (1 / self.latent_scale) if self.invert_scale else latent * self.latent_scale
+        latent = latent * self.encode_scale
         frames = (request.num_frames - 1) // self.temporal_factor + 1
         return torch.cat([latent, latent.new_zeros((1, frames - 1) + latent.shape[2:])], dim=1)
 
