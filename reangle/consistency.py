@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nets.featup import HUB_ID as FEATUP_HUB_ID
-from .nets.featup import UpsampledBackbone, imagenet_normalize, load_featup
+from .nets.featup import UpsampledBackbone, load_featup
 from .nets.raster import AlphaCompositor, rasterize_points
+from .utils import imagenet_normalize
 
 POINT_MODEL_IDS = {
     "dust3r": "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt",

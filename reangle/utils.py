@@ -61,6 +61,17 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return path
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(images01: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` in [0, 1] -> normalised by the ImageNet mean and std (per channel)."""
+    mean = images01.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images01.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images01 - mean) / std
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
     if name == "auto":

@@ -16,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reangle.utils import atomic_save_npy, fingerprint, resolve_device
+from reangle.utils import atomic_save_npy, fingerprint, imagenet_normalize, resolve_device
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY = "tiny"
 
 
@@ -92,13 +90,11 @@ class DepthAnything:
         if self._net is None:
             self._net = load_depth_anything(self.model, device, dtype)
         n, _, h, w = frames.shape
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         out = torch.empty(n, h, w)
         for start in tqdm(range(0, n, self.batch_size), desc="depth", unit="batch", leave=False):
             batch = frames[start:start + self.batch_size].to(device)
             batch = F.interpolate(batch, size=self._input_shape(h, w), mode="bicubic", align_corners=False)
-            batch = ((batch.clamp(0, 1) - mean) / std).to(dtype)
+            batch = imagenet_normalize(batch.clamp(0, 1)).to(dtype)
             pred = self._net(pixel_values=batch).predicted_depth.unsqueeze(1).float()
             pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
             out[start:start + len(batch)] = pred.cpu()

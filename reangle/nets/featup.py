@@ -38,16 +38,6 @@ DINO16_CKPT_URL = (
 )
 """Checkpoint that ``torch.hub.load("mhamilton723/FeatUp", "dino16", use_norm=True)`` loads."""
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def imagenet_normalize(images01: Tensor) -> Tensor:
-    """(B, 3, H, W) in [0, 1] -> ImageNet-normalised (FeatUp's ``norm``)."""
-    mean = images01.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images01.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images01 - mean) / std
-
 
 def adaptive_conv(inp: Tensor, filters: Tensor) -> Tensor:
     """Per-pixel convolution: ``out[b,c,h,w] = sum_{i,j} inp[b,c,h+i,w+j] * filters[b,h,w,i,j]``.
