@@ -34,9 +34,9 @@ def _views(cfg: DictConfig) -> list[TargetView]:
                        OmegaConf.to_container(v.custom), v.only_custom)
 
 
-def check_inputs(cfg: DictConfig) -> list[int] | None:
+def check_inputs(cfg: DictConfig) -> tuple[list[int] | None, list[TargetView]]:
     """Fail fast on bad stage I input (cheap: no decoding); returns the frame indices of a
-    video file (None for the synthetic scene)."""
+    video file (None for the synthetic scene) and the target views."""
     d = cfg.data
     if cfg.depth.source not in DEPTH_SOURCES:
         raise DepthError(f"unknown depth.source {cfg.depth.source!r}; use one of {DEPTH_SOURCES}")
@@ -52,8 +52,7 @@ def check_inputs(cfg: DictConfig) -> list[int] | None:
                                 d.short_video, source=str(d.video))
     if cfg.depth.source == "npy" and not (cfg.depth.npy_dir and Path(cfg.depth.npy_dir).is_dir()):
         raise DepthError(f"depth.source=npy needs depth.npy_dir to be a folder of .npy files, got {cfg.depth.npy_dir!r}")
-    _views(cfg)  # unknown motions, malformed custom views
-    return indices
+    return indices, _views(cfg)  # _views refuses unknown motions and malformed custom views
 
 
 def omega_key(cfg: DictConfig) -> str:
@@ -95,8 +94,7 @@ def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tenso
 
 def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
     """Build (or reuse) the Omega of ``cfg``; returns it loaded from disk."""
-    indices = check_inputs(cfg)
-    views = _views(cfg)
+    indices, views = check_inputs(cfg)
     final = omega_dir(cfg)
     if not force and (final / "manifest.json").is_file():
         try:
