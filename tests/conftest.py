@@ -1,12 +1,23 @@
 """Test-wide settings (never touch the network, deterministic CPU runs) and shared fixtures:
 the tiny random CogVideoX-I2V and a two-view test Omega, written once per session."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest  # noqa: E402
+
+GOLDEN_ROOT = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="session")
+def golden_dir():
+    """The in-repo golden vectors (``tests/golden``); a missing folder fails the test, never skips it."""
+    if not (GOLDEN_ROOT / "README.md").is_file():
+        pytest.fail(f"golden vectors missing: {GOLDEN_ROOT} must hold the reference data (see its PROVENANCE.md)")
+    return GOLDEN_ROOT
 
 
 @pytest.fixture(scope="session")

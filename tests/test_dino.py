@@ -1,14 +1,9 @@
 """DINO ViT port: golden outputs of the reference, official key names and shapes, loader sources."""
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from reangle.nets.dino import HUB_URLS, build_dino, load_dino
-
-GOLDEN = Path("/work/shared/golden/dino_vit")
-
 
 def _expected_keys(depth):
     keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
@@ -18,12 +13,11 @@ def _expected_keys(depth):
     return keys
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden vectors not available")
 @pytest.mark.parametrize("name", ["x", "x_grid"])
-def test_reproduces_reference_outputs(name):
+def test_reproduces_reference_outputs(name, golden_dir):
     """Non-square 4x6 patch grid (bicubic +0.1 resampling of pos_embed) and the native 14x14 grid."""
-    io = load_file(str(GOLDEN / "io.safetensors"))
-    model = load_dino(GOLDEN / "weights.safetensors", num_heads=4)  # case.json: embed 64, depth 3, 4 heads
+    io = load_file(str(golden_dir / "dino_vit" / "io.safetensors"))
+    model = load_dino(golden_dir / "dino_vit" / "weights.safetensors", num_heads=4)  # case.json: embed 64, depth 3, 4 heads
     x = io[f"{name}.input"]
     with torch.no_grad():
         cls = model(x)

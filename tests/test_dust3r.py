@@ -2,7 +2,6 @@
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,21 +9,22 @@ from safetensors.torch import load_file, save_file
 
 from reangle.nets.dust3r import DUSt3R, PRESETS, PairPrediction, load_dust3r
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "dust3r"
 OUTPUTS = {"pts3d_1": "res1.pts3d", "conf_1": "res1.conf", "pts3d_2": "res2.pts3d_in_other_view", "conf_2": "res2.conf"}
 ALIASES = [f"downstream_head{h}.dpt.scratch.layer_rn.{i}.weight" for h in (1, 2) for i in range(4)]
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden folder {GOLDEN} not found")
+@pytest.fixture(scope="module")
+def golden(golden_dir):
+    return golden_dir / "dust3r"
 
 
 @pytest.fixture(scope="module")
-def case():
-    return json.loads((GOLDEN / "case.json").read_text())
+def case(golden):
+    return json.loads((golden / "case.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def io():
-    return load_file(GOLDEN / "io.safetensors")
+def io(golden):
+    return load_file(golden / "io.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +43,16 @@ def _check_outputs(model, io, case):
         torch.testing.assert_close(getattr(out, field), io[key], rtol=tol["rtol"], atol=tol["atol"], msg=field)
 
 
-def test_golden_weights_reproduce_reference_outputs(golden_kwargs, io, case):
+def test_golden_weights_reproduce_reference_outputs(golden_kwargs, io, case, golden):
     model = load_dust3r(golden_kwargs)
-    state = load_file(GOLDEN / "weights.safetensors")
+    state = load_file(golden / "weights.safetensors")
     assert set(ALIASES) <= set(state)  # both spellings of the DPT convs
     model.load_state_dict(state, strict=True)
     _check_outputs(model, io, case)
 
 
-def test_official_pth_loads_without_arbitrary_unpickling(io, case):
-    model = load_dust3r(GOLDEN / "ckpt_style.pth")
+def test_official_pth_loads_without_arbitrary_unpickling(io, case, golden):
+    model = load_dust3r(golden / "ckpt_style.pth")
     head = model.downstream_head1.dpt
     assert [m.out_channels for m in head.scratch.layer_rn] == [case["dpt_head_overrides"]["feature_dim"]] * 4
     assert [seq[0].out_channels for seq in head.act_postprocess] == case["dpt_head_overrides"]["layer_dims"]
@@ -60,9 +60,9 @@ def test_official_pth_loads_without_arbitrary_unpickling(io, case):
     _check_outputs(model, io, case)
 
 
-def test_hf_folder_without_alias_keys_loads(tmp_path, io, case):
+def test_hf_folder_without_alias_keys_loads(tmp_path, io, case, golden):
     export = case["hf_safetensors_export_check"]
-    state = load_file(GOLDEN / "weights.safetensors")
+    state = load_file(golden / "weights.safetensors")
     for key in export["keys_dropped"]:
         del state[key]
     assert len(state) == export["model_safetensors_keys"]
@@ -73,10 +73,10 @@ def test_hf_folder_without_alias_keys_loads(tmp_path, io, case):
     _check_outputs(model, io, case)
 
 
-def test_hub_id_reads_the_downloaded_export(tmp_path, monkeypatch, io, case):
+def test_hub_id_reads_the_downloaded_export(tmp_path, monkeypatch, io, case, golden):
     import huggingface_hub
 
-    state = load_file(GOLDEN / "weights.safetensors")
+    state = load_file(golden / "weights.safetensors")
     save_file({k: v for k, v in state.items() if k not in ALIASES}, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(case["hf_safetensors_export_check"]["config_json_written"])
     requested = []
@@ -93,8 +93,8 @@ def test_hub_id_reads_the_downloaded_export(tmp_path, monkeypatch, io, case):
     assert load_dust3r(tmp_path / "model.safetensors").state_dict().keys() == model.state_dict().keys()
 
 
-def test_mast3r_checkpoint_loads_with_descriptor_head_dropped(tmp_path, io, case):
-    state = load_file(GOLDEN / "weights.safetensors")
+def test_mast3r_checkpoint_loads_with_descriptor_head_dropped(tmp_path, io, case, golden):
+    state = load_file(golden / "weights.safetensors")
     idim = case["constructor_kwargs"]["enc_embed_dim"] + case["constructor_kwargs"]["dec_embed_dim"]
     for h in (1, 2):
         state[f"downstream_head{h}.head_local_features.fc1.weight"] = torch.randn(4 * idim, idim)
@@ -111,8 +111,8 @@ def test_mast3r_checkpoint_loads_with_descriptor_head_dropped(tmp_path, io, case
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_full_size_presets_have_the_official_keys_and_shapes(name):
-    official = json.loads((GOLDEN / "official_state_dict_shapes.json").read_text())["models"][name]
+def test_full_size_presets_have_the_official_keys_and_shapes(name, golden):
+    official = json.loads((golden / "official_state_dict_shapes.json").read_text())["models"][name]
     with torch.device("meta"):
         model = DUSt3R(**PRESETS[name])
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -127,8 +127,8 @@ def test_default_constructor_is_the_512_dpt_checkpoint():
     assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in preset.state_dict().items()}
 
 
-def test_missing_key_is_a_clear_error_naming_key_and_file(tmp_path):
-    ckpt = torch.load(GOLDEN / "ckpt_style.pth", map_location="cpu", weights_only=False)
+def test_missing_key_is_a_clear_error_naming_key_and_file(tmp_path, golden):
+    ckpt = torch.load(golden / "ckpt_style.pth", map_location="cpu", weights_only=False)
     del ckpt["model"]["dec_blocks2.3.cross_attn.projk.bias"]
     path = tmp_path / "broken.pth"
     torch.save(ckpt, path)
@@ -137,9 +137,9 @@ def test_missing_key_is_a_clear_error_naming_key_and_file(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_unexpected_key_is_a_clear_error(tmp_path, case):
+def test_unexpected_key_is_a_clear_error(tmp_path, case, golden):
     export = case["hf_safetensors_export_check"]
-    state = load_file(GOLDEN / "weights.safetensors")
+    state = load_file(golden / "weights.safetensors")
     state["enc_pos_embed"] = torch.zeros(1, 16, 64)
     save_file(state, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(export["config_json_written"])
@@ -196,9 +196,9 @@ def test_batched_pairs_equal_single_pairs_and_views_may_differ_in_size(tiny):
     assert (batch.conf_1 > 1).all()
 
 
-def test_bfloat16_backbone_with_float32_heads_stays_close(io, case):
-    ref = load_dust3r(GOLDEN / "ckpt_style.pth")
-    low = load_dust3r(GOLDEN / "ckpt_style.pth", dtype=torch.bfloat16, head_dtype=torch.float32)
+def test_bfloat16_backbone_with_float32_heads_stays_close(io, case, golden):
+    ref = load_dust3r(golden / "ckpt_style.pth")
+    low = load_dust3r(golden / "ckpt_style.pth", dtype=torch.bfloat16, head_dtype=torch.float32)
     assert low.enc_blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     assert low.downstream_head2.dpt.head[4].weight.dtype == torch.float32
     with torch.no_grad():
