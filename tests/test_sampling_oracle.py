@@ -1,5 +1,5 @@
 """Our sampler equals diffusers' CogVideoXImageToVideoPipeline on the tiny model (same inputs and seeds),
-with and without an exported LoRA."""
+with and without an exported LoRA, with constant and dynamic (``use_dynamic_cfg``) guidance."""
 import copy
 
 import pytest
@@ -19,14 +19,14 @@ def parts(tiny_model_dir):
     return load_components(str(tiny_model_dir), COMPONENTS)
 
 
-def _stock(parts, transformer, scheduler, request, steps, guidance, attention_kwargs=None):
+def _stock(parts, transformer, scheduler, request, steps, guidance, attention_kwargs=None, dynamic=False):
     pipe = copy.copy(parts)
     pipe.transformer, pipe.scheduler = transformer, scheduler
     pipe = pipe.pipeline()
     pipe.set_progress_bar_config(disable=True)
     out = pipe(image=request.image[None], prompt=request.prompt, height=H, width=W, num_frames=N,
                num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(request.seed),
-               output_type="pt", attention_kwargs=attention_kwargs,
+               output_type="pt", attention_kwargs=attention_kwargs, use_dynamic_cfg=dynamic,
                max_sequence_length=transformer.config.max_text_seq_length)
     return out.frames[0]
 
@@ -53,6 +53,18 @@ def test_sampler_equals_stock_pipeline_without_lora(parts, scheduler_kind, guida
         reference = _stock(parts, parts.transformer, scheduler, request, STEPS, guidance)
         assert video.shape == reference.shape == (N, 3, H, W)
         assert (video - reference).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("scheduler_kind", ["ddim", "dpm"])
+def test_dynamic_guidance_equals_stock_pipeline_use_dynamic_cfg(parts, scheduler_kind):
+    scheduler = parts.scheduler if scheduler_kind == "ddim" else CogVideoXDPMScheduler.from_config(parts.scheduler.config)
+    requests = _requests()[:1]
+    settings = SamplingSettings(steps=STEPS, guidance=6.0, dynamic_guidance=True)
+    ours = _ours(parts, parts.transformer, scheduler, requests, settings)[0]
+    reference = _stock(parts, parts.transformer, scheduler, requests[0], STEPS, 6.0, dynamic=True)
+    constant = _stock(parts, parts.transformer, scheduler, requests[0], STEPS, 6.0)
+    assert (ours - reference).abs().max().item() <= 1e-5
+    assert (reference - constant).abs().max().item() > 1e-3  # the ramp changes the video
 
 
 def _random_lora_file(parts, folder):
