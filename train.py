@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.progress import StepProgressBar
 from callbacks.video_sampling import VideoSampling
 from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
 from reangle.data.omega import OmegaError
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
-    trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg)])
+    trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg), StepProgressBar()])
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)
     return trainer

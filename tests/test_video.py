@@ -79,3 +79,28 @@ def test_tile_videos_lays_out_rows_and_shrinks_tiles():
     assert grid[:, :, 8:, 12:].abs().max() == 0  # the empty cell is black
     small = tile_videos(videos, max_width=12)
     assert small.shape == (2, 3, 8, 12) and torch.allclose(small[0, 0, 0, 0], torch.tensor(0.2))
+
+
+def test_tile_labels_name_each_tile_and_leave_the_rest_unchanged():
+    from reangle.io.grid import label_ink, tile_videos
+    videos = [torch.full((2, 3, 40, 120), value) for value in (0.2, 0.5, 0.8)]
+    names = ["input", "orbit_left_00", "dolly_in_01"]
+    plain, labelled = tile_videos(videos), tile_videos(videos, labels=names)
+    assert labelled.shape == plain.shape == (2, 3, 80, 240)
+    for i, name in enumerate(names):
+        r, c = divmod(i, 2)
+        tile, ref = labelled[..., r * 40:(r + 1) * 40, c * 120:(c + 1) * 120], videos[i]
+        ink = label_ink(name, 120)
+        h, w = ink.shape
+        assert 8 <= h <= 20 and w > 4 * len(name)  # one small line of text, as wide as its letters
+        corner = tile[..., :h, :w]
+        assert (corner - ref[..., :h, :w]).abs().amax() > 0.1
+        assert torch.equal(corner[0], corner[1])  # the same label on every frame
+        assert corner.amax() > 0.95 and corner.amin() < ref.amin() - 0.1  # white text on a dark box
+        outside = torch.ones(40, 120, dtype=torch.bool)
+        outside[:h, :w] = False
+        assert torch.equal(tile[..., outside], ref[..., outside])
+    different = tile_videos(videos, labels=["a", "b", "c"])
+    assert not torch.equal(different[..., :20, :60], labelled[..., :20, :60])  # the text itself is drawn
+    with pytest.raises(ValueError, match="one label per video"):
+        tile_videos(videos, labels=names[:2])

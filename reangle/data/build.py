@@ -119,7 +119,7 @@ def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
                                   view.motion, view.magnitude, d.fps))
         previews.append(warped)
     if cfg.warp.preview:
-        grid = tile_videos(previews, max_width=PREVIEW_MAX_WIDTH)
+        grid = tile_videos(previews, max_width=PREVIEW_MAX_WIDTH, labels=[INPUT_VIEW] + [v.name for v in views])
         write_mp4(grid, staging / "preview.mp4", fps=d.fps)
         write_gif(grid, staging / "preview.gif", fps=d.fps)
     omega = Omega(root=staging, key=final.name, mode=cfg.mode, num_frames=d.num_frames, height=d.height,

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from reangle.data.omega import INPUT_VIEW
 from reangle.io.video import to_uint8
 from reangle.sampling.outputs import view_metadata, write_grid, write_view
 from reangle.sampling.plan import ViewJob
@@ -65,5 +66,6 @@ def sample_views(sampler: CogVideoXSampler, jobs: Sequence[ViewJob], settings: S
     if rank == 0 and input_video is not None and views:
         frames = [input_video.float().cpu()] + [torch.from_numpy(v.frames).permute(0, 3, 1, 2).float() / 255
                                                for v in views]
-        grid = write_grid(out_dir, frames, fps, max_width=grid_max_width)
+        grid = write_grid(out_dir, frames, fps, max_width=grid_max_width,
+                          labels=[INPUT_VIEW] + [v.name for v in views])
     return MultiViewResult(views=views, grid=grid)

@@ -39,8 +39,9 @@ def write_view(out_dir: str | os.PathLike, video: torch.Tensor, metadata: Mappin
 
 
 def write_grid(out_dir: str | os.PathLike, videos: Sequence[torch.Tensor], fps: float,
-               max_width: int | None = None) -> tuple[Path, Path]:
-    """Tile ``videos`` (the input first, then the views) into ``grid.mp4`` and ``grid.gif``."""
+               max_width: int | None = None, labels: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """Tile ``videos`` (the input first, then the views; ``labels`` their names) into ``grid.mp4``
+    and ``grid.gif``."""
     out_dir = Path(out_dir)
-    grid = tile_videos(videos, max_width=max_width)
+    grid = tile_videos(videos, max_width=max_width, labels=labels)
     return write_mp4(grid, out_dir / "grid.mp4", fps=fps), write_gif(grid, out_dir / "grid.gif", fps=fps)

@@ -1,0 +1,32 @@
+"""Training progress as optimizer steps out of ``train.steps`` (one bar for the whole fit).
+
+Lightning's default bars count batches per epoch and label them ``Epoch i/max_epochs - 1``,
+which reads ``Epoch 0/-2`` for a run bounded by steps (``max_epochs=-1``).
+"""
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+
+
+class StepProgressBar(TQDMProgressBar):
+    """``training: <global step>/<max_steps>`` with the logged metrics; a resumed run starts at its step."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=convert_inf(trainer.max_steps if trainer.max_steps > 0 else None))
+        self.train_progress_bar.initial = trainer.global_step
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_description("training")
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar across epochs
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass  # the bar stays open until training ends
