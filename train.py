@@ -15,7 +15,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.lora_export import LoraExport
 from callbacks.progress import StepProgressBar
+from callbacks.step_stats import StepStats
 from callbacks.video_sampling import VideoSampling
 from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
 from reangle.data.omega import OmegaError
@@ -32,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def training_callbacks(cfg) -> list[L.Callback]:
+    """Callbacks of every stage II fit: the LoRA export (``run.dir/lora``), step statistics and the
+    step progress bar."""
+    return [LoraExport(Path(cfg.run.dir) / "lora"), StepStats(), StepProgressBar()]
+
+
 def main(argv: list[str] | None = None) -> L.Trainer:
     args = parse_args(argv)
     cfg = config_from_args(args)
@@ -40,7 +48,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
-    trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg), StepProgressBar()])
+    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), VideoSampling.from_config(cfg)])
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)
     return trainer

@@ -11,6 +11,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from reangle.config import load_config  # noqa: E402
+import train  # noqa: E402
 from reangle.training import build  # noqa: E402
 
 
@@ -35,5 +36,5 @@ if __name__ == "__main__":
     cfg = load_config([Path(__file__).resolve().parent.parent / "configs/presets/tiny.yaml"], overrides)
     L.seed_everything(cfg.run.seed)
     spec = build.build_spec(cfg)
-    trainer = build.build_trainer(cfg, [CompareRanks(out)])
+    trainer = build.build_trainer(cfg, [*train.training_callbacks(cfg), CompareRanks(out)])
     trainer.fit(build.build_module(cfg, spec), datamodule=build.build_datamodule(cfg, spec))

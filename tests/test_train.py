@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from callbacks.progress import StepProgressBar
 from reangle.config import config_from_args
 from reangle.models.cogvideox import COMPONENTS, load_components
 from reangle.training import build
@@ -25,7 +26,7 @@ def test_run_writes_a_lora_that_the_diffusers_pipeline_loads_and_that_changes_it
         tmp_path, tiny_omega, tiny_model_dir):
     trainer = train.main(_args(tmp_path, tiny_omega, tiny_model_dir, "e2e", "train.lr=1e-2"))
     run = tmp_path / "e2e"
-    assert trainer.global_step == 4
+    assert trainer.global_step == 4 and isinstance(trainer.progress_bar_callback, StepProgressBar)
     assert (run / "config.yaml").is_file() and (run / "logs" / "version_0" / "metrics.csv").is_file()
     assert json.loads((run / "omega.json").read_text())["path"] == str(Path(tiny_omega).resolve())
     assert sorted(p.name for p in (run / "lora").iterdir()) == ["final", "step-000002", "step-000004"]
@@ -71,7 +72,7 @@ def _fit(argv, callbacks=()):
 
     L.seed_everything(cfg.run.seed)
     spec = build.build_spec(cfg)
-    trainer = build.build_trainer(cfg, list(callbacks))
+    trainer = build.build_trainer(cfg, [*train.training_callbacks(cfg), *callbacks])
     trainer.fit(build.build_module(cfg, spec), datamodule=build.build_datamodule(cfg, spec),
                 ckpt_path=build.resume_path(cfg))
     return trainer

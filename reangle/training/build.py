@@ -106,10 +106,9 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
+    """The trainer with checkpointing, the learning-rate monitor and ``callbacks`` (the entry point
+    passes the pipeline's own: LoRA export, step statistics, sampling, progress)."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-
-    from callbacks.lora_export import LoraExport
-    from callbacks.step_stats import StepStats
 
     run_dir, t = Path(cfg.run.dir), cfg.train
     if t.steps < 1 or t.checkpoint_every < 1:
@@ -120,8 +119,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=build_strategy(cfg.trainer.strategy), precision=cfg.trainer.precision, max_steps=t.steps,
         max_epochs=-1, gradient_clip_val=t.grad_clip, logger=build_loggers(cfg), default_root_dir=run_dir,
-        callbacks=[checkpoints, LoraExport(run_dir / "lora"), StepStats(), LearningRateMonitor("step"),
-                   *(callbacks or [])],
+        callbacks=[checkpoints, LearningRateMonitor("step"), *(callbacks or [])],
         log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False,
         enable_model_summary=False, num_sanity_val_steps=0)
 
