@@ -104,3 +104,73 @@ def test_tile_labels_name_each_tile_and_leave_the_rest_unchanged():
     assert not torch.equal(different[..., :20, :60], labelled[..., :20, :60])  # the text itself is drawn
     with pytest.raises(ValueError, match="one label per video"):
         tile_videos(videos, labels=names[:2])
+
+
+BITS = 8
+
+
+def _coded_frames(n, h, w):
+    """uint8 ``[n, h, w, 3]``: frame i shows i in binary as BITS vertical black/white bands."""
+    edges = np.linspace(0, w, BITS + 1).round().astype(int)
+    bits = (np.arange(n)[:, None] >> np.arange(BITS)) & 1  # [n, BITS]
+    columns = np.repeat(bits, np.diff(edges), axis=1) * 255  # [n, w]
+    return np.broadcast_to(columns[:, None, :, None], (n, h, w, 3)).astype(np.uint8)
+
+
+def _frame_numbers(frames):
+    """Read the binary code back from ``[N, 3, H, W]`` frames in [0, 1] (band centres only)."""
+    w = frames.shape[-1]
+    edges = np.linspace(0, w, BITS + 1).round().astype(int)
+    bands = torch.stack([frames[..., a + 2:b - 2].mean(dim=(1, 2, 3)) for a, b in zip(edges[:-1], edges[1:])], 1)
+    return ((bands > 0.5).long() << torch.arange(BITS)).sum(1).tolist()
+
+
+def _encode(path, frames, *codec_args, raw_stream=None):
+    """Encode uint8 frames with the ffmpeg of imageio-ffmpeg; with ``raw_stream`` (a suffix) encode an
+    elementary stream first and copy it into ``path``'s container (packets without timestamps)."""
+    import subprocess
+
+    import imageio_ffmpeg
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    n, h, w, _ = frames.shape
+    target = path.with_suffix(raw_stream) if raw_stream else path
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+                    "-r", "25", "-i", "-", *codec_args, str(target)], input=frames.tobytes(), check=True)
+    if raw_stream:
+        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-r", "25", "-i", str(target), "-c", "copy", str(path)],
+                       check=True)
+
+
+SPARSE_KEYFRAME_FILES = {
+    "mjpeg_odd.avi": dict(size=(77, 131), codec=("-c:v", "mjpeg", "-q:v", "3")),
+    "mpeg4_bframes_odd.avi": dict(size=(77, 131), codec=("-c:v", "mpeg4", "-g", "250", "-bf", "2", "-q:v", "4",
+                                                         "-f", "m4v"), raw_stream=".m4v"),
+    "h264_no_timestamps.avi": dict(size=(78, 132), codec=("-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p",
+                                                          "-f", "h264"), raw_stream=".h264"),
+    "h264_long_gop.avi": dict(size=(78, 132), codec=("-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p")),
+    "h264_long_gop.mp4": dict(size=(78, 132), codec=("-c:v", "libx264", "-g", "250", "-pix_fmt", "yuv420p")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_KEYFRAME_FILES))
+def test_frames_from_the_middle_are_the_frames_asked_for(tmp_path, name):
+    """Seeking in files with one keyframe and B-frames or no timestamps lands elsewhere; reading must not."""
+    spec = SPARSE_KEYFRAME_FILES[name]
+    h, w = spec["size"]
+    path = tmp_path / name
+    _encode(path, _coded_frames(150, h, w), *spec["codec"], raw_stream=spec.get("raw_stream"))
+    frames = read_video(path, num_frames=16, height=h, width=w, start=70, stride=3)
+    assert frames.shape == (16, 3, h, w)
+    assert _frame_numbers(frames) == list(range(70, 118, 3))
+    near_the_end = read_video(path, num_frames=4, height=h, width=w, start=140, stride=3)
+    assert _frame_numbers(near_the_end) == [140, 143, 146, 149]
+
+
+def test_narrow_video_is_read_through_ffmpeg(tmp_path):
+    """decord cannot convert frames this narrow; the frame number is the grey level (6 per frame)."""
+    path = tmp_path / "narrow.mp4"
+    grey = np.arange(40, dtype=np.uint8)[:, None, None, None] * 6
+    _encode(path, np.broadcast_to(grey, (40, 64, 16, 3)).copy(), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "250")
+    frames = read_video(path, num_frames=5, height=64, width=16, start=20, stride=4)
+    assert frames.shape == (5, 3, 64, 16)
+    assert (frames.mean(dim=(1, 2, 3)) * 255 / 6).round().long().tolist() == [20, 24, 28, 32, 36]

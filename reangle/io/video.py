@@ -1,14 +1,15 @@
 """Reading and writing videos.
 
 Frames are ``[N, 3, H, W]`` float tensors in [0, 1]. Sources: video files read with
-decord (mp4, avi, mov, webm, mkv), GIFs (Pillow) and folders of image frames (sorted by
-name). Writers: mp4 (H.264 through imageio-ffmpeg) and GIF.
+decord (mp4, avi, mov, webm, mkv; decoded from the first frame, never seeking), GIFs
+(Pillow) and folders of image frames (sorted by name). Writers: mp4 (H.264 through imageio-ffmpeg) and GIF.
 """
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,17 +76,54 @@ def frame_indices(available: int, num_frames: int, start: int = 0, stride: int =
     return usable + [usable[-1]] * (num_frames - len(usable))
 
 
+def _decode_sequentially(frames: Iterator[np.ndarray], unique: list[int]) -> np.ndarray:
+    """Keep the frames at the sorted indices ``unique`` of a stream decoded from frame 0, stopping
+    after the last one."""
+    keep, kept, i = set(unique), [], -1
+    with closing(frames):  # stops the decoder (an ffmpeg process) at the last frame needed
+        for i, frame in enumerate(frames):
+            if i in keep:
+                kept.append(frame)
+            if i == unique[-1]:
+                break
+    if len(kept) != len(unique):
+        raise VideoError(f"the stream ended after {i + 1} frames; frame {unique[-1]} was asked for")
+    return np.stack(kept)
+
+
+class _DecordCannotConvert(Exception):
+    """decord returned a frame that is not ``[H, W, 3]`` (it happens for very narrow frames)."""
+
+
+def _decord_frames(path: Path) -> Iterator[np.ndarray]:
+    import decord
+    reader = decord.VideoReader(str(path), num_threads=1)
+    for _ in range(len(reader)):
+        frame = reader.next().asnumpy()
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise _DecordCannotConvert(f"decord returned a frame of shape {frame.shape}")
+        yield frame
+
+
+def _ffmpeg_frames(path: Path) -> Iterator[np.ndarray]:
+    import imageio_ffmpeg
+    # passthrough: every decoded frame once, whatever the timestamps say (no duplicated or dropped frames)
+    stream = imageio_ffmpeg.read_frames(str(path), output_params=["-fps_mode", "passthrough"])
+    width, height = next(stream)["size"]
+    for raw in stream:
+        yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+
+
 def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
-    """decord first; ffmpeg (imageio) when decord cannot convert the stream (e.g. very narrow frames)."""
+    """Decode from the first frame up to the last index asked for, never seeking: seeks land on the
+    wrong frame in files with sparse keyframes and no usable timestamps (e.g. some AVIs), and
+    decoding the frames before a short clip costs about what a seek does. decord first; ffmpeg
+    (imageio-ffmpeg) when decord cannot convert the stream (e.g. very narrow frames)."""
     import decord
     try:
-        return decord.VideoReader(str(path), num_threads=1).get_batch(unique).asnumpy()
-    except decord.DECORDError:
-        import imageio.v2 as imageio
-        keep = set(unique)
-        with imageio.get_reader(path, format="FFMPEG") as reader:
-            frames = [f for i, f in enumerate(reader) if i in keep]
-        return np.stack(frames)
+        return _decode_sequentially(_decord_frames(path), unique)
+    except (decord.DECORDError, _DecordCannotConvert):
+        return _decode_sequentially(_ffmpeg_frames(path), unique)
 
 
 def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
