@@ -154,3 +154,21 @@ def test_warp_cli_rejects_an_unknown_key(tiny_overrides, capsys):
     with pytest.raises(SystemExit):
         warp_main(["--config", TINY, *tiny_overrides, "warp.splatting=nearest"])
     assert "unknown config key 'warp.splatting'" in capsys.readouterr().err
+
+
+def test_mask_file_holds_the_keys_the_format_documents(tiny_omega):
+    """The layout in reangle/data/omega.py's docstring names the arrays of mask.npz; a reader following
+    it (np.unpackbits of "bits", reshaped to "shape") gets the mask Omega reads."""
+    import re
+
+    import numpy as np
+
+    from reangle.data import omega as omega_module
+    doc = omega_module.__doc__
+    documented = set(re.findall(r'"(\w+)"', doc[doc.index("mask.npz"):doc.index("<view>/camera.json")]))
+    omega = Omega.load(tiny_omega)
+    view = omega.views[-1]
+    with np.load(omega.root / view.mask) as data:
+        assert set(data.files) == documented == {"bits", "shape"}
+        mask = np.unpackbits(data["bits"])[: int(np.prod(data["shape"]))].reshape(tuple(data["shape"])).astype(bool)
+    assert torch.equal(torch.from_numpy(mask), omega.read_mask(view)) and not mask.all()

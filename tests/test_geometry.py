@@ -182,9 +182,10 @@ def test_hole_dilation_grows_holes_by_the_kernel():
     assert torch.equal(dilate_holes(mask, 1), mask)
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("motion,magnitude", [("orbit_left", 12.0), ("orbit_down", 8.0), ("dolly_in", 0.15),
                                               ("dolly_out", 0.1)])
-def test_warping_the_synthetic_scene_matches_rendering_it(motion, magnitude):
+def test_warping_the_synthetic_scene_matches_rendering_it(motion, magnitude, mode):
     h, w = 240, 360
     K = intrinsics(h, w)
     scene = SyntheticScene(seed=0)
@@ -192,7 +193,7 @@ def test_warping_the_synthetic_scene_matches_rendering_it(motion, magnitude):
     frames, depth = scene.render(EYE, K, h, w, times)
     target = motion_pose(motion, magnitude, 200.0)
     truth, _ = scene.render(target, K, h, w, times)
-    warped, mask = warp_video(frames, depth, K, EYE, target, mode="bilinear", hole_dilation=5)
+    warped, mask = warp_video(frames, depth, K, EYE, target, mode=mode, hole_dilation=5)
     agree = ((warped - truth).abs().amax(dim=1) < 0.1) & mask
     fraction = agree.sum().item() / mask.sum().item()
     print(f"{motion} {magnitude}: {fraction:.4f} of {mask.float().mean().item():.2%} visible pixels agree")
@@ -218,3 +219,22 @@ def test_warp_is_the_same_for_any_chunking_blocking_and_thread_count():
     whole = splat(frames, depth, K, src_to_dst, block_points=None)
     blocked = splat(frames, depth, K, src_to_dst, block_points=64 * 7)  # 7 rows per block
     assert torch.equal(whole[1], blocked[1]) and torch.allclose(whole[0], blocked[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("forward", [15.0, 45.0])  # magnification 100/85 = 1.18 and 100/55 = 1.82
+def test_nearest_splat_leaves_no_cracks_where_the_warp_magnifies(forward):
+    """A fronto-parallel plane filling the view, the camera dollied in: every target pixel sees the
+    plane, and shows the source pixel nearest to where it came from (closed form)."""
+    h, w, z = 60, 90, 100.0
+    K = intrinsics(h, w, focal=100.0, reference_height=h)
+    torch.manual_seed(0)
+    frames = torch.rand(1, 3, h, w)
+    out, mask = warp_video(frames, torch.full((1, h, w), z), K, EYE, translation(z=forward), mode="nearest",
+                           hole_dilation=5)
+    assert mask.all()
+    scale = (z - forward) / z  # target pixel p came from c + (p - c) * scale
+    cx, cy = K[0, 2].item(), K[1, 2].item()
+    xs = ((torch.arange(w) - cx) * scale + cx).round().long()
+    ys = ((torch.arange(h) - cy) * scale + cy).round().long()
+    expected = frames[0][:, ys][:, :, xs]
+    assert (out[0] == expected).all(dim=0).float().mean() > 0.97  # all but exact half-pixel ties

@@ -4,10 +4,11 @@ Layout of an Omega folder::
 
     manifest.json          format, key, mode, frames/size/fps, caption, views (below)
     <view>/video.mp4       [N, H, W] RGB, holes black
-    <view>/mask.npz        "mask": bool [N, H, W], 1 = visible
+    <view>/mask.npz        "bits": the bool [N, H, W] mask (1 = visible) as np.packbits of its
+                           C-order values, "shape": [N, H, W]
     <view>/camera.json     "K" 3x3 pixels, "w2c" [N, 4, 4] world-to-camera (OpenCV axes)
     <view>/prompt.txt      the training prompt of the view
-    preview.mp4 / .gif     all views in a grid (optional)
+    preview.mp4 / .gif     all views in a grid, each tile labelled with its view name (optional)
 
 ``manifest.json`` is written last: a folder without it (an interrupted build) is never
 trusted. Each view entry holds ``name``, ``motion`` (null for the input), ``magnitude``,

@@ -3,10 +3,13 @@
 Each source pixel becomes a 3D point (its depth along the optical axis), moves into the
 target camera and lands on the target image:
 
-- ``nearest``: on the closest pixel; the nearest point wins (ties averaged).
 - ``bilinear``: on its four neighbours with bilinear weights; per target pixel only
   contributions within ``depth_tolerance`` (relative) of the nearest one are blended
   (a soft z-buffer), so surfaces blend and occluded points drop out.
+- ``nearest``: no blending. A point covers the same neighbours (the pixel centres less than
+  one pixel away in x and in y, its footprint), so a surface magnified up to 2x leaves no
+  cracks; per target pixel, among the contributions within ``depth_tolerance`` of the
+  nearest one, the point landing closest to the pixel centre wins (ties averaged).
 
 Everything is batched over frames with scatter operations: the same code runs on CPU
 and CUDA, with no Python loop over pixels or points.
@@ -75,37 +78,42 @@ def project_depth(depth: torch.Tensor, K: torch.Tensor, src_to_dst: torch.Tensor
     return u, v, z
 
 
+CORNER_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))  # (dx, dy) of the four neighbours of floor(u, v)
+
+
 def _corners(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, h: int, w: int, mode: str,
              frame_base: torch.Tensor):
-    """Canvas indices, weights and depth keys ``[C*M]`` of the C corners each point lands on.
+    """Canvas indices, weights, depth keys and (``nearest``) squared distances ``[4*M]`` of the
+    four neighbours each point lands on.
 
     The canvas has a one-pixel border, so the four corners of a point are
     ``base + (0, 1, W+2, W+3)`` in flat indices; ``frame_base [N, 1]`` offsets each frame.
-    Corners with zero weight get an infinite depth key: they take no part in the z-buffer.
+    Weights are bilinear; ``nearest`` uses them only as the footprint (weight > 0), with the
+    squared distance from the landing point to the corner's centre. Corners with zero
+    weight get an infinite depth key and distance: they take no part in the z-buffer.
     """
     device, dtype = u.device, u.dtype
     wp = w + 2
-    if mode == "nearest":
-        x0, y0 = u.round(), v.round()
-        offsets = torch.zeros(1, 1, 1, dtype=torch.long, device=device)
-    else:
-        x0, y0 = u.floor(), v.floor()
-        offsets = torch.tensor([0, 1, wp, wp + 1], device=device).view(4, 1, 1)
+    x0, y0 = u.floor(), v.floor()
+    offsets = torch.tensor([dx + dy * wp for dx, dy in CORNER_OFFSETS], device=device).view(4, 1, 1)
     inside = (z > 1e-6) & (x0 >= -1) & (x0 <= w - 1) & (y0 >= -1) & (y0 <= h - 1)
     # Canvas indices are below 2^24, so float arithmetic is exact before the conversion.
     base = torch.addcmul(x0.clamp(-1, w - 1) + (wp + 1), y0.clamp(-1, h - 1), torch.tensor(float(wp), device=device))
     target = (base.long().add_(frame_base).unsqueeze(0) + offsets).view(-1)
+    fx, fy = u - x0, v - y0
+    distance = None
     if mode == "nearest":
-        weights = inside.to(dtype).unsqueeze(0)                                 # [1, N, M]
-    else:
-        fx, fy = u - x0, v - y0
-        gx, gy = (1 - fx).mul_(inside), 1 - fy
-        fx.mul_(inside)
-        weights = torch.empty(4, *u.shape, dtype=dtype, device=device)          # [4, N, M]
-        for k, (a, b) in enumerate(((gx, gy), (fx, gy), (gx, fy), (fx, fy))):
-            torch.mul(a, b, out=weights[k])
-    depth_key = torch.where(weights > 0, z, float("inf")).view(-1)
-    return target, weights.view(-1), depth_key
+        distance = torch.stack([(fx - dx).square_().add_((fy - dy).square_()) for dx, dy in CORNER_OFFSETS])
+    gx, gy = (1 - fx).mul_(inside), 1 - fy
+    fx.mul_(inside)
+    weights = torch.empty(4, *u.shape, dtype=dtype, device=device)              # [4, N, M]
+    for k, (a, b) in enumerate(((gx, gy), (fx, gy), (gx, fy), (fx, fy))):
+        torch.mul(a, b, out=weights[k])
+    covers = weights > 0
+    depth_key = torch.where(covers, z, float("inf")).view(-1)
+    if distance is not None:
+        distance = distance.masked_fill_(~covers, float("inf")).view(-1)
+    return target, weights.view(-1), depth_key, distance
 
 
 def splat(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_to_dst: torch.Tensor,
@@ -136,18 +144,24 @@ def splat(frames: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, src_to_dst
     for fs, rs in blocks:
         u, v, z = project_depth(depth[fs, rs], K, src_to_dst[fs], rs.start)
         frame_base = torch.arange(fs.start, fs.stop, device=device).view(-1, 1) * (hp * wp)
-        target, weights, depth_key = _corners(u, v, z, h, w, mode, frame_base)
+        target, weights, depth_key, distance = _corners(u, v, z, h, w, mode, frame_base)
         nearest.scatter_reduce_(0, target, depth_key, reduce="amin")
-        landed.append((fs, rs, target, weights, depth_key))
+        landed.append((fs, rs, target, weights, depth_key, distance))
 
-    # Pass 2: blend the contributions near the front (soft z-buffer) or at it (nearest).
+    # Contributions near the front (within the tolerance) count; nearest: only the closest of those.
+    for _, _, target, weights, depth_key, distance in landed:
+        weights.mul_(depth_key.le_(nearest.index_select(0, target).mul_(1 + depth_tolerance)))
+    if mode == "nearest":
+        closest = torch.full_like(nearest, float("inf"))
+        for _, _, target, weights, _, distance in landed:
+            distance.masked_fill_(weights == 0, float("inf"))
+            closest.scatter_reduce_(0, target, distance, reduce="amin")
+        for _, _, target, weights, _, distance in landed:
+            weights.copy_(distance.eq(closest.index_select(0, target)).logical_and_(distance.isfinite()))
+
+    # Pass 2: sum the weights and the weighted colours.
     sums = torch.zeros(c + 1, n * hp * wp, dtype=dtype, device=device)  # weight, then weighted colours
-    for fs, rs, target, weights, depth_key in landed:
-        front = nearest.index_select(0, target)
-        if mode == "bilinear":
-            weights.mul_(depth_key.le_(front.mul_(1 + depth_tolerance)))
-        else:
-            weights.mul_(depth_key.eq_(front))
+    for fs, rs, target, weights, depth_key, _ in landed:
         sums[0].scatter_add_(0, target, weights)
         colors = frames[fs, :, rs].transpose(0, 1).reshape(c, 1, -1)            # [C, 1, N*M]
         corners = weights.view(-1, colors.shape[-1])
