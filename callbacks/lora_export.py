@@ -2,13 +2,17 @@
 
 Folders: ``<dirpath>/step-<global step>/`` at each checkpoint and ``<dirpath>/final/`` when
 fitting ends, each holding ``pytorch_lora_weights.safetensors`` for
-``CogVideoXImageToVideoPipeline.load_lora_weights``. Only global rank 0 writes.
+``CogVideoXImageToVideoPipeline.load_lora_weights``. Every rank takes part in gathering the
+weights (FSDP and DeepSpeed ZeRO-3 shard them); only global rank 0 writes.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+
+from reangle.models.lora import lora_state_dict
+from reangle.training.full_params import full_parameters
 
 
 class LoraExport(L.Callback):
@@ -17,8 +21,10 @@ class LoraExport(L.Callback):
         self._exported_step: int | None = None
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
+        with full_parameters(trainer.strategy, pl_module):  # collective: every rank
+            state = lora_state_dict(pl_module.spec.transformer)
         if trainer.is_global_zero:
-            pl_module.spec.save_lora(self.dirpath / name)
+            pl_module.spec.save_lora(self.dirpath / name, state)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if self._exported_step != trainer.global_step:  # "last" and "step-N" are saved at the same step

@@ -4,7 +4,9 @@ The views are split over the ranks (each view exactly once), every rank samples 
 share, the results are gathered, and rank 0 writes the grid and logs the videos to every
 logger that can (``log_video``, e.g. W&B). The model comes from ``pl_module.spec`` (its
 transformer with the live LoRA, its scheduler, and its encoders, loaded for the
-duration of a sampling round when they are not loaded already).
+duration of a sampling round when they are not loaded already). Under FSDP or DeepSpeed
+ZeRO-3 the transformer's parameters are gathered on every rank for the round (one full copy
+per rank) and its wrappers set aside, so each rank samples its share with the full network.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import plan_views
 from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
 from reangle.sampling.settings import SampleOptions
+from reangle.training.full_params import full_parameters
 
 
 class VideoSampling(L.Callback):
@@ -63,13 +66,14 @@ class VideoSampling(L.Callback):
             enc = spec.encoders
             if opts.vae_tiling:
                 enc.vae.enable_tiling()
-            sampler = CogVideoXSampler(spec.transformer, enc.vae, make_scheduler(opts.scheduler, spec.scheduler),
-                                       enc.text_encoder, enc.tokenizer, device=pl_module.device)
             input_video = omega.read_frames(omega.view(INPUT_VIEW)) if trainer.is_global_zero else None
-            result = sample_views(sampler, jobs, opts.settings, omega.num_frames, out_dir, self.fps,
-                                  input_video=input_video, rank=trainer.global_rank, world_size=trainer.world_size,
-                                  grid_max_width=opts.grid_max_width,
-                                  extra_metadata={"mode": self.mode, "global_step": trainer.global_step})
+            with full_parameters(trainer.strategy, pl_module):  # collective: every rank
+                sampler = CogVideoXSampler(spec.transformer, enc.vae, make_scheduler(opts.scheduler, spec.scheduler),
+                                           enc.text_encoder, enc.tokenizer, device=pl_module.device)
+                result = sample_views(sampler, jobs, opts.settings, omega.num_frames, out_dir, self.fps,
+                                      input_video=input_video, rank=trainer.global_rank,
+                                      world_size=trainer.world_size, grid_max_width=opts.grid_max_width,
+                                      extra_metadata={"mode": self.mode, "global_step": trainer.global_step})
         finally:
             if loaded_here:
                 spec.unload_encoders()

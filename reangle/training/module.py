@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from reangle.models.spec import ModelSpec
+from reangle.training.full_params import plain_name
 from reangle.training.loss import NORMALIZATIONS, masked_loss
 
 
@@ -36,13 +37,25 @@ class Stage2Module(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable weights only; checked below
 
     def trainable_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """Names of the trainable weights as state dicts hold them (without FSDP's wrapper parts)."""
+        return {plain_name(name) for name, p in self.named_parameters() if p.requires_grad}
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("the model has no trainable parameters; check lora.targets")
         return torch.optim.AdamW(params, **self.optim)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Under FSDP, clip by the norm over all shards with FSDP's own ``clip_grad_norm_`` (a collective;
+        Lightning's FSDP precision refuses norm clipping); otherwise Lightning's clipping."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = self.trainer.strategy.model
+        if gradient_clip_val and isinstance(model, FullyShardedDataParallel):
+            model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def step_generator(self) -> torch.Generator:
         seed = (self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2 ** 63)
