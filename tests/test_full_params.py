@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 from diffusers.loaders import PeftAdapterMixin
-from lightning.pytorch.strategies import DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, SingleDeviceStrategy
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from reangle.models.lora import add_lora, lora_state_dict
@@ -70,3 +70,8 @@ def test_unsharded_strategies_gather_nothing_and_zero3_needs_deepspeed():
                     gathering_context(strategy, model)
             else:
                 assert isinstance(gathering_context(strategy, model), deepspeed.zero.GatheredParameters)
+
+
+def test_fsdp_without_original_parameters_is_a_clear_error():
+    with pytest.raises(ValueError, match="use_orig_params: true"):
+        gathering_context(FSDPStrategy(use_orig_params=False), _model_with_lora())

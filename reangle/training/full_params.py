@@ -34,8 +34,8 @@ def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
 def wrappers_removed(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Inside: every FSDP / activation-checkpoint wrapper below ``module`` is replaced by the module
     it wraps (plain names, plain forward); restored on exit."""
-    swaps = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
-             if _unwrap(child) is not child]
+    swaps = [(parent, name, child) for parent in module.modules() if _unwrap(parent) is parent
+             for name, child in parent.named_children() if _unwrap(child) is not child]
     try:
         for parent, name, child in swaps:
             setattr(parent, name, _unwrap(child))
@@ -53,6 +53,10 @@ def gathering_context(strategy, module: torch.nn.Module):
 
     if isinstance(strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if not strategy.kwargs.get("use_orig_params"):
+            raise ValueError("FSDP with use_orig_params=false hides the LoRA weights from export and sampling; "
+                             "set use_orig_params: true in the strategy's params (configs/strategy/fsdp.yaml)")
 
         return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False)
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
