@@ -2,7 +2,8 @@
 
 Frames are ``[N, 3, H, W]`` float tensors in [0, 1]. Sources: video files read with
 decord (mp4, avi, mov, webm, mkv; decoded from the first frame, never seeking), GIFs
-(Pillow) and folders of image frames (sorted by name). Writers: mp4 (H.264 through imageio-ffmpeg) and GIF.
+(Pillow) and folders of image frames (sorted by name). Writers: mp4 (H.264 through
+imageio-ffmpeg) and GIF.
 """
 from __future__ import annotations
 
@@ -108,17 +109,18 @@ def _decord_frames(path: Path) -> Iterator[np.ndarray]:
 def _ffmpeg_frames(path: Path) -> Iterator[np.ndarray]:
     import imageio_ffmpeg
     # passthrough: every decoded frame once, whatever the timestamps say (no duplicated or dropped frames)
-    stream = imageio_ffmpeg.read_frames(str(path), output_params=["-fps_mode", "passthrough"])
-    width, height = next(stream)["size"]
-    for raw in stream:
-        yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+    with closing(imageio_ffmpeg.read_frames(str(path), output_params=["-fps_mode", "passthrough"])) as stream:
+        width, height = next(stream)["size"]
+        for raw in stream:
+            yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
 
 
 def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
     """Decode from the first frame up to the last index asked for, never seeking: seeks land on the
-    wrong frame in files with sparse keyframes and no usable timestamps (e.g. some AVIs), and
-    decoding the frames before a short clip costs about what a seek does. decord first; ffmpeg
-    (imageio-ffmpeg) when decord cannot convert the stream (e.g. very narrow frames)."""
+    wrong frame in files with sparse keyframes and no usable timestamps (e.g. some AVIs); for the
+    usual clip from the start this is as fast as random access, a large start offset costs the
+    decoding of the frames before it. decord first; ffmpeg (imageio-ffmpeg) when decord cannot
+    convert the stream (e.g. very narrow frames)."""
     import decord
     try:
         return _decode_sequentially(_decord_frames(path), unique)
