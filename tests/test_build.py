@@ -27,10 +27,14 @@ def tiny_config(overrides, *extra):
     return load_config([TINY], [*overrides, *extra])
 
 
-def test_static_omega_holds_every_view_with_masks_cameras_and_prompts(tiny_overrides):
+def test_static_omega_holds_every_view_with_masks_cameras_and_prompts(tiny_overrides, monkeypatch):
+    labels = []
+    tile = build_module.tile_videos
+    monkeypatch.setattr(build_module, "tile_videos", lambda videos, **kw: labels.append(kw["labels"]) or tile(videos, **kw))
     omega = build_omega(tiny_config(tiny_overrides, "views.per_motion=2"))
     names = [v.name for v in omega.views]
     assert names == ["input", "orbit_left_00", "orbit_left_01", "dolly_in_00", "dolly_in_01"]
+    assert labels == [names]  # the preview's tiles carry the view names
     assert Omega.load(omega.root).views == omega.views
     assert omega.read_mask(omega.view("input")).all()
     assert omega.read_frames(omega.view("input")).shape == (5, 3, 64, 96)

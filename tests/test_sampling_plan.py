@@ -74,3 +74,29 @@ def test_bad_inputs_give_clear_errors(omega, tmp_path):
         plan_views(omega, "static", 0, user_frames={"orbit_left_0": str(tmp_path / "broken.png")})
     with pytest.raises(SamplingInputError, match="unknown mode"):
         plan_views(omega, "sideways", 0)
+
+
+def test_sample_grid_tiles_are_labelled_with_the_view_names(omega, tmp_path, monkeypatch):
+    """sample_views passes the input and view names to the grid (the drawing itself: test_video.py)."""
+    from reangle.sampling import outputs
+    from reangle.sampling.multiview import sample_views
+    from reangle.sampling.sampler import SamplingSettings
+
+    class Sampler:  # stands in for the diffusion model: grey videos
+        scheduler = None
+
+        def encode_prompts(self, prompts):
+            return {}
+
+        def release_text_encoder(self):
+            pass
+
+        def sample(self, requests, embeddings, settings):
+            return [torch.full((omega.num_frames, 3, omega.height, omega.width), 0.5) for _ in requests]
+
+    seen = []
+    monkeypatch.setattr(outputs, "tile_videos", lambda videos, **kw: seen.append(kw["labels"]) or videos[0])
+    jobs = plan_views(omega, "static", 0, ["input", "orbit_left_0"], run_dir=tmp_path)
+    sample_views(Sampler(), jobs, SamplingSettings(steps=1), omega.num_frames, tmp_path, 8,
+                 input_video=torch.zeros(omega.num_frames, 3, omega.height, omega.width))
+    assert seen == [["source", "input", "orbit_left_0"]]

@@ -8,12 +8,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from reangle.data.omega import INPUT_VIEW
 from reangle.io.video import to_uint8
 from reangle.sampling.outputs import view_metadata, write_grid, write_view
 from reangle.sampling.plan import ViewJob
 from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
 from reangle.sampling.shard import gather, shard
+
+
+SOURCE_LABEL = "source"  # the grid's first tile: the input video itself (a sampled "input" view may follow)
 
 
 @dataclass
@@ -67,5 +69,5 @@ def sample_views(sampler: CogVideoXSampler, jobs: Sequence[ViewJob], settings: S
         frames = [input_video.float().cpu()] + [torch.from_numpy(v.frames).permute(0, 3, 1, 2).float() / 255
                                                for v in views]
         grid = write_grid(out_dir, frames, fps, max_width=grid_max_width,
-                          labels=[INPUT_VIEW] + [v.name for v in views])
+                          labels=[SOURCE_LABEL] + [v.name for v in views])
     return MultiViewResult(views=views, grid=grid)
