@@ -31,7 +31,7 @@ def _views(cfg: DictConfig) -> list[TargetView]:
     v = cfg.views
     return build_views(cfg.mode, cfg.data.num_frames, cfg.camera.pivot_distance, list(v.motions),
                        OmegaConf.to_container(v.ranges), v.per_motion, v.seed,
-                       OmegaConf.to_container(v.custom), v.only_custom)
+                       OmegaConf.to_container(v.custom), v.only_custom, v.dolly_profile)
 
 
 def check_inputs(cfg: DictConfig) -> tuple[list[int] | None, list[TargetView]]:
