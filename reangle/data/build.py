@@ -84,9 +84,10 @@ def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tenso
         frames = read_video(d.video, d.num_frames, d.height, d.width, d.frame_start, d.frame_stride, d.short_video)
     if cfg.depth.source == "synthetic":
         return frames, true_depth
-    if cfg.depth.source == "npy":
-        return frames, cached_depth(NpyDepth(cfg.depth.npy_dir, indices), frames, cache)
     p = cfg.depth
+    if p.source == "npy":
+        return frames, cached_depth(NpyDepth(p.npy_dir, indices, p.output, p.disparity_scale, p.disparity_eps,
+                                             tuple(p.clip)), frames, cache)
     estimator = DepthAnything(p.model, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip),
                               p.input_size, p.batch_size, p.device)
     return frames, cached_depth(estimator, frames, cache)

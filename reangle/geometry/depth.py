@@ -31,6 +31,24 @@ def disparity_to_depth(disparity: torch.Tensor, scale: float = 1e4, eps: float =
     return (scale / disparity.clamp_min(eps)).clamp(clip[0], clip[1])
 
 
+DEPTH_OUTPUTS = ("disparity", "depth")
+
+
+def check_output(output: str) -> str:
+    if output not in DEPTH_OUTPUTS:
+        raise DepthError(f"depth.output must be 'disparity' or 'depth', got {output!r}")
+    return output
+
+
+def prediction_to_depth(prediction: torch.Tensor, output: str, scale: float = 1e4, eps: float = 1e-5,
+                        clip: Sequence[float] = (1e-4, 1e4)) -> torch.Tensor:
+    """Depth from a map holding ``output`` (``disparity``: :func:`disparity_to_depth`; ``depth``: as
+    is), clipped to ``clip``."""
+    if check_output(output) == "disparity":
+        return disparity_to_depth(prediction, scale, eps, clip)
+    return prediction.clamp(clip[0], clip[1])
+
+
 def tiny_depth_anything_config():
     """A random Depth Anything small enough for tests (about 0.2 M parameters)."""
     from transformers import DepthAnythingConfig, Dinov2Config
@@ -71,8 +89,7 @@ class DepthAnything:
     _net: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.output not in ("disparity", "depth"):
-            raise DepthError(f"depth.output must be 'disparity' or 'depth', got {self.output!r}")
+        check_output(self.output)
 
     def key(self) -> dict:
         return {"source": "depth_anything", "model": self.model, "output": self.output,
@@ -98,17 +115,27 @@ class DepthAnything:
             pred = self._net(pixel_values=batch).predicted_depth.unsqueeze(1).float()
             pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
             out[start:start + len(batch)] = pred.cpu()
-        if self.output == "disparity":
-            return disparity_to_depth(out, self.disparity_scale, self.disparity_eps, self.clip)
-        return out.clamp(self.clip[0], self.clip[1])
+        return prediction_to_depth(out, self.output, self.disparity_scale, self.disparity_eps, self.clip)
 
 
 @dataclass
 class NpyDepth:
-    """Depth maps from a folder of per-frame ``.npy`` files (sorted by name), resized to the frames."""
+    """Maps from a folder of per-frame ``.npy`` files (sorted by name), resized to the frames.
+
+    ``output`` says what the files hold: ``disparity`` (what Depth Anything predicts, as the
+    released code saves it), converted like the model's output, or ``depth``. NaN or
+    infinite values, and non-positive depth, are errors naming the file.
+    """
 
     folder: str
     indices: Sequence[int] | None = None  # which files to use (the video's frame indices); None = the first N
+    output: str = "disparity"
+    disparity_scale: float = 1e4
+    disparity_eps: float = 1e-5
+    clip: Sequence[float] = (1e-4, 1e4)
+
+    def __post_init__(self):
+        check_output(self.output)
 
     def files(self) -> list[Path]:
         folder = Path(self.folder)
@@ -118,7 +145,8 @@ class NpyDepth:
 
     def key(self) -> dict:
         return {"source": "npy", "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.files()],
-                "indices": list(self.indices) if self.indices is not None else None}
+                "indices": list(self.indices) if self.indices is not None else None, "output": self.output,
+                "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip)}
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         n, _, h, w = frames.shape
@@ -129,7 +157,17 @@ class NpyDepth:
         maps = torch.stack([torch.from_numpy(np.load(files[i]).astype(np.float32)) for i in indices])
         if maps.dim() != 3:
             raise DepthError(f"depth files in {self.folder} must hold 2D arrays, got shape {tuple(maps.shape[1:])}")
-        return F.interpolate(maps.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+        nonfinite = ~torch.isfinite(maps).flatten(1).all(dim=1)
+        if nonfinite.any():
+            raise DepthError(f"depth file {files[indices[int(nonfinite.nonzero()[0])]]} holds NaN or infinite "
+                             f"values; fix or regenerate it")
+        if self.output == "depth":
+            nonpositive = (maps <= 0).flatten(1).any(dim=1)
+            if nonpositive.any():
+                raise DepthError(f"depth file {files[indices[int(nonpositive.nonzero()[0])]]} holds depth <= 0; "
+                                 f"depth must be positive (if the files hold disparity, set depth.output=disparity)")
+        maps = F.interpolate(maps.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+        return prediction_to_depth(maps, self.output, self.disparity_scale, self.disparity_eps, self.clip)
 
 
 def cached_depth(estimator, frames: torch.Tensor, cache_dir: str | os.PathLike | None) -> torch.Tensor:
