@@ -6,6 +6,7 @@ the camera convention (see ``paper.md``: depth = 10000 / max(disparity, 1e-5), c
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,41 +77,62 @@ def load_depth_anything(source: str, device: torch.device, dtype: torch.dtype):
 
 @dataclass
 class DepthAnything:
-    """Batched Depth Anything V2 inference; half precision on GPU."""
+    """Batched Depth Anything V2 inference; half precision on GPU.
+
+    ``input_size``: ``None`` runs the model at the frames' own resolution, each side raised
+    to a multiple of 14 (the released code); an int scales the shorter side to it first
+    (518: Depth Anything's training size).
+    """
 
     model: str = "depth-anything/Depth-Anything-V2-Large-hf"
     output: str = "disparity"
     disparity_scale: float = 1e4
     disparity_eps: float = 1e-5
     clip: Sequence[float] = (1e-4, 1e4)
-    input_size: int = 518
+    input_size: int | None = None
     batch_size: int = 8
     device: str = "auto"
     _net: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         check_output(self.output)
+        if self.input_size is not None and (isinstance(self.input_size, bool) or not isinstance(self.input_size, int)
+                                            or self.input_size < 14):
+            raise DepthError(f"depth.input_size must be null (the frames' own size) or an integer >= 14, "
+                             f"got {self.input_size!r}")
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        device = resolve_device(self.device)
+        return device, torch.float16 if device.type == "cuda" else torch.float32
 
     def key(self) -> dict:
         return {"source": "depth_anything", "model": self.model, "output": self.output,
                 "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip),
                 "input_size": self.input_size}
 
-    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
-        scale = self.input_size / min(height, width)
-        return (max(14, round(height * scale / 14) * 14), max(14, round(width * scale / 14) * 14))
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Model input size, as Depth Anything V2's own lower-bound resize computes it: scale the
+        frame so both sides reach the target (the frame's own size, or ``input_size`` squared),
+        round each side to a multiple of 14, and round up where that fell below the target."""
+        target = (height, width) if self.input_size is None else (self.input_size, self.input_size)
+        scale = max(target[0] / height, target[1] / width)
+
+        def side(length: int, bound: int) -> int:
+            size = 14 * round(length * scale / 14)
+            return size if size >= bound else 14 * math.ceil(length * scale / 14)
+
+        return side(height, target[0]), side(width, target[1])
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        device = resolve_device(self.device)
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        device, dtype = self._device_dtype()
         if self._net is None:
             self._net = load_depth_anything(self.model, device, dtype)
         n, _, h, w = frames.shape
         out = torch.empty(n, h, w)
         for start in tqdm(range(0, n, self.batch_size), desc="depth", unit="batch", leave=False):
             batch = frames[start:start + self.batch_size].to(device)
-            batch = F.interpolate(batch, size=self._input_shape(h, w), mode="bicubic", align_corners=False)
+            batch = F.interpolate(batch, size=self.input_shape(h, w), mode="bicubic", align_corners=False)
             batch = imagenet_normalize(batch.clamp(0, 1)).to(dtype)
             pred = self._net(pixel_values=batch).predicted_depth.unsqueeze(1).float()
             pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
