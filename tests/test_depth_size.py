@@ -1,11 +1,12 @@
-"""Depth Anything's inference size (depth.input_size) ."""
+"""Depth Anything's inference size (depth.input_size) and what the depth cache key holds."""
 import math
 
 import pytest
 import torch
 
 from reangle.config import load_config
-from reangle.geometry.depth import DepthAnything, DepthError
+from reangle.geometry import depth as depth_module
+from reangle.geometry.depth import DepthAnything, DepthError, cached_depth
 
 
 def _released_size(height, width, target_h, target_w):
@@ -51,3 +52,22 @@ def test_the_model_sees_the_chosen_size_and_the_key_records_it():
     with pytest.raises(DepthError, match="depth.input_size"):
         DepthAnything(model="tiny", input_size=5)
 
+
+def test_depth_cache_key_holds_device_type_and_dtype(tmp_path, monkeypatch):
+    frames = torch.rand(1, 3, 28, 42)
+    calls = []
+
+    class Counting(DepthAnything):
+        def __call__(self, frames):
+            calls.append(self._device_dtype())
+            return torch.ones(frames.shape[0], *frames.shape[-2:])
+
+    cpu_key = Counting(model="tiny", device="cpu").key()
+    assert (cpu_key["device_type"], cpu_key["dtype"]) == ("cpu", "torch.float32")
+    cached_depth(Counting(model="tiny", device="cpu"), frames, tmp_path)
+    monkeypatch.setattr(depth_module, "resolve_device", lambda name: torch.device("cuda"))
+    cuda_key = Counting(model="tiny", device="cuda").key()
+    assert (cuda_key["device_type"], cuda_key["dtype"]) == ("cuda", "torch.float16")
+    cached_depth(Counting(model="tiny", device="cuda"), frames, tmp_path)  # not the CPU entry
+    assert [d.type for d, _ in calls] == ["cpu", "cuda"]
+    assert len(list((tmp_path / "depth").glob("*.npy"))) == 2

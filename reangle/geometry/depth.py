@@ -82,6 +82,7 @@ class DepthAnything:
     ``input_size``: ``None`` runs the model at the frames' own resolution, each side raised
     to a multiple of 14 (the released code); an int scales the shorter side to it first
     (518: Depth Anything's training size).
+    The cache key holds the device type and dtype the model runs in.
     """
 
     model: str = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -106,9 +107,10 @@ class DepthAnything:
         return device, torch.float16 if device.type == "cuda" else torch.float32
 
     def key(self) -> dict:
+        device, dtype = self._device_dtype()
         return {"source": "depth_anything", "model": self.model, "output": self.output,
                 "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip),
-                "input_size": self.input_size}
+                "input_size": self.input_size, "device_type": device.type, "dtype": str(dtype)}
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """Model input size, as Depth Anything V2's own lower-bound resize computes it: scale the
