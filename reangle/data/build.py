@@ -55,17 +55,38 @@ def check_inputs(cfg: DictConfig) -> tuple[list[int] | None, list[TargetView]]:
     return indices, _views(cfg)  # _views refuses unknown motions and malformed custom views
 
 
+def depth_estimator(cfg: DictConfig, indices: list[int] | None = None) -> DepthAnything | NpyDepth | None:
+    """The depth source of ``cfg`` (``None``: the synthetic scene's true depth)."""
+    p = cfg.depth
+    if p.source == "synthetic":
+        return None
+    if p.source == "npy":
+        return NpyDepth(p.npy_dir, indices, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip))
+    return DepthAnything(p.model, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip), p.input_size,
+                         p.batch_size, p.device)
+
+
+def _views_key(cfg: DictConfig) -> dict:
+    """``views`` with each custom pose file's content hash beside its path."""
+    views = OmegaConf.to_container(cfg.views)
+    for entry in views["custom"]:
+        poses = entry.get("poses")
+        if isinstance(poses, str) and Path(poses).is_file():
+            entry["poses_sha256"] = file_fingerprint(poses)
+    return views
+
+
 def omega_key(cfg: DictConfig) -> str:
-    """Cache key of the Omega that ``cfg`` describes: input bytes + every stage I parameter."""
+    """Cache key of the Omega that ``cfg`` describes: input bytes + every stage I parameter
+    (depth as its estimator keys it; ``.npy`` depth files and custom pose files by content)."""
     source = ("synthetic", OmegaConf.to_container(cfg.data.synthetic)) if cfg.data.video == SYNTHETIC \
         else file_fingerprint(cfg.data.video)
+    estimator = depth_estimator(cfg)
     params = {"source": source, "mode": cfg.mode,
               "data": {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("video", "synthetic")},
-              "depth": OmegaConf.to_container(cfg.depth), "camera": OmegaConf.to_container(cfg.camera),
-              "views": OmegaConf.to_container(cfg.views),
+              "depth": {"source": "synthetic"} if estimator is None else estimator.key(),
+              "camera": OmegaConf.to_container(cfg.camera), "views": _views_key(cfg),
               "warp": {k: v for k, v in OmegaConf.to_container(cfg.warp).items() if k not in ("device", "chunk_frames")}}
-    params["depth"].pop("device")
-    params["depth"].pop("batch_size")
     return fingerprint(params)
 
 
@@ -84,13 +105,7 @@ def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tenso
         frames = read_video(d.video, d.num_frames, d.height, d.width, d.frame_start, d.frame_stride, d.short_video)
     if cfg.depth.source == "synthetic":
         return frames, true_depth
-    p = cfg.depth
-    if p.source == "npy":
-        return frames, cached_depth(NpyDepth(p.npy_dir, indices, p.output, p.disparity_scale, p.disparity_eps,
-                                             tuple(p.clip)), frames, cache)
-    estimator = DepthAnything(p.model, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip),
-                              p.input_size, p.batch_size, p.device)
-    return frames, cached_depth(estimator, frames, cache)
+    return frames, cached_depth(depth_estimator(cfg, indices), frames, cache)
 
 
 def build_omega(cfg: DictConfig, force: bool = False) -> Omega:

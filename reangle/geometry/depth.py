@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reangle.utils import atomic_save_npy, fingerprint, imagenet_normalize, resolve_device
+from reangle.utils import atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, resolve_device
 
 TINY = "tiny"
 
@@ -148,7 +148,8 @@ class NpyDepth:
 
     ``output`` says what the files hold: ``disparity`` (what Depth Anything predicts, as the
     released code saves it), converted like the model's output, or ``depth``. NaN or
-    infinite values, and non-positive depth, are errors naming the file.
+    infinite values, and non-positive depth, are errors naming the file. The key holds each
+    file's name and content hash, so files regenerated in place are read again.
     """
 
     folder: str
@@ -168,7 +169,7 @@ class NpyDepth:
         return sorted(folder.glob("*.npy"))
 
     def key(self) -> dict:
-        return {"source": "npy", "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.files()],
+        return {"source": "npy", "files": [(p.name, file_fingerprint(p)) for p in self.files()],
                 "indices": list(self.indices) if self.indices is not None else None, "output": self.output,
                 "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip)}
 
