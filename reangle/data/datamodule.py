@@ -4,8 +4,8 @@
 under ``cache_dir`` with the model spec's encoders (VAE, text encoder), skipping valid
 entries and rebuilding missing or corrupt ones:
 
-* ``latents/<key>``: one per view, key = spec fingerprint + Omega key + view name + the
-  video file's sha256;
+* ``latents/<key>``: one per view, key = spec fingerprint + view name + the video file's
+  sha256 (so Omegas that differ only in their caption share them);
 * ``text/<key>``: one per prompt, key = spec fingerprint + prompt.
 
 The encoders are dropped afterwards, so training holds only the diffusion model.
@@ -96,8 +96,8 @@ class OmegaDataModule(L.LightningDataModule):
         return [omega.view(name) for name in self.views]
 
     def _video_key(self, omega: Omega, view) -> str:
-        return fingerprint([self.spec.fingerprint("video"), omega.key, view.name,
-                            file_fingerprint(omega.root / view.video)], length=32)
+        return fingerprint([self.spec.fingerprint("video"), view.name, file_fingerprint(omega.root / view.video)],
+                           length=32)
 
     def _text_key(self, prompt: str) -> str:
         return fingerprint([self.spec.fingerprint("text"), prompt], length=32)
