@@ -2,9 +2,10 @@
 image-to-video recipe, with the tiny model, against ``CogVideoXI2V.training_pair``.
 
 The oracle draws its random numbers from a generator with the same seed, in the order the
-step documents (video posterior, image posterior, image dropout, timestep, noise); the
-schedule is checked against its closed form, the rotary embeddings come from diffusers'
-image-to-video pipeline."""
+step documents (video posterior; the image latent: per step, sigma, pixel noise and the
+posterior of diffusers' VAE encoding, or the cached posterior; image dropout; timestep;
+noise); the schedule is checked against its closed form, the rotary embeddings come from
+diffusers' image-to-video pipeline."""
 import json
 
 import pytest
@@ -17,11 +18,13 @@ B, F, C, H, W = 4, 3, 16, 8, 12  # latents of 9 frames of 64 x 96 (the tiny mode
 DROPOUT = 0.5
 
 
-@pytest.fixture(scope="module")
-def spec(tiny_model_dir):
+@pytest.fixture(scope="module", params=["per_step", "cached"])
+def spec(request, tiny_model_dir):
     spec = CogVideoXI2V("tiny", cache_dir=str(tiny_model_dir.parent.parent), weights_dtype="fp32", lora_rank=4,
-                        lora_alpha=4, gradient_checkpointing=False, image_dropout=DROPOUT)
+                        lora_alpha=4, gradient_checkpointing=False, image_dropout=DROPOUT,
+                        image_condition=request.param)
     spec.load_diffusion_model()
+    spec.load_training_encoders(torch.device("cpu"))
     return spec
 
 
@@ -31,6 +34,7 @@ def _batch():
             "video_logvar": torch.rand(B, F, C, H, W, generator=g) * 4 - 6,
             "image_mean": torch.randn(B, 1, C, H, W, generator=g),
             "image_logvar": torch.rand(B, 1, C, H, W, generator=g) * 4 - 6,
+            "first_frame_pm1": torch.rand(B, 3, 1, H * 8, W * 8, generator=g) * 2 - 1,
             "prompt_embeds": torch.randn(B, 226, 32, generator=g)}
 
 
@@ -48,7 +52,7 @@ def _alphas_cumprod(config):
 
 
 def test_training_pair_matches_the_step_built_from_the_formulas(spec, tiny_model_dir):
-    batch, seed = _batch(), 7
+    batch, seed = {k: v for k, v in _batch().items() if k in (*spec.cached_video_tensors(), "prompt_embeds")}, 7
     pair = spec.training_pair(batch, torch.Generator().manual_seed(seed))
 
     vae_config = json.loads((tiny_model_dir / "vae" / "config.json").read_text())
@@ -61,7 +65,16 @@ def test_training_pair_matches_the_step_built_from_the_formulas(spec, tiny_model
     scale = vae_config["scaling_factor"]
     # z = (mu + sigma * eps) * scaling_factor: a sample of the VAE posterior, scaled
     x0 = (batch["video_mean"] + (0.5 * batch["video_logvar"]).exp() * torch.randn(B, F, C, H, W, generator=g)) * scale
-    image = (batch["image_mean"] + (0.5 * batch["image_logvar"]).exp() * torch.randn(B, 1, C, H, W, generator=g)) * scale
+    if spec.image_condition == "per_step":
+        # the first frame + Gaussian noise of sigma = exp(N(-3, 0.5)) per sample, VAE-encoded at every step
+        sigma = torch.exp(-3.0 + 0.5 * torch.randn(B, generator=g))
+        noisy = batch["first_frame_pm1"] + sigma.view(B, 1, 1, 1, 1) * torch.randn(B, 3, 1, H * 8, W * 8, generator=g)
+        with torch.no_grad():
+            posterior = pipe.vae.encode(noisy).latent_dist
+        image_mean, image_logvar = posterior.mean.transpose(1, 2), posterior.logvar.transpose(1, 2)
+    else:
+        image_mean, image_logvar = batch["image_mean"], batch["image_logvar"]
+    image = (image_mean + (0.5 * image_logvar).exp() * torch.randn(B, 1, C, H, W, generator=g)) * scale
     keep = torch.rand(B, generator=g) >= DROPOUT                 # the image latent is dropped with p = 0.05 (here 0.5)
     assert keep.any() and not keep.all()                          # this seed exercises both
     image = torch.where(keep.view(B, 1, 1, 1, 1), image, torch.zeros_like(image))
@@ -90,3 +103,23 @@ def test_the_step_depends_on_its_generator_only(spec):
     other = spec.training_pair(batch, torch.Generator().manual_seed(2))
     assert torch.equal(one.prediction, again.prediction) and torch.equal(one.target, again.target)
     assert not torch.equal(one.target, other.target)
+
+
+def test_per_step_image_condition_encodes_a_new_noisy_frame_each_step(tiny_model_dir, monkeypatch):
+    spec = CogVideoXI2V("tiny", cache_dir=str(tiny_model_dir.parent.parent), weights_dtype="fp32", lora_rank=4,
+                        lora_alpha=4, gradient_checkpointing=False, image_dropout=0.0)
+    spec.load_diffusion_model()
+    batch = {k: v for k, v in _batch().items() if k != "image_mean" and k != "image_logvar"}
+    with pytest.raises(RuntimeError, match="load_training_encoders"):
+        spec.training_pair(batch, torch.Generator().manual_seed(1))
+    spec.load_training_encoders(torch.device("cpu"))
+    encoded = []
+    real_encode = spec.image_vae.encode
+    monkeypatch.setattr(spec.image_vae, "encode", lambda x: encoded.append(x.clone()) or real_encode(x))
+    spec.training_pair(batch, torch.Generator().manual_seed(1))
+    spec.training_pair(batch, torch.Generator().manual_seed(2))
+    assert len(encoded) == 2 and encoded[0].shape == (B, 3, 1, 64, 96)
+    noise = [e - batch["first_frame_pm1"] for e in encoded]
+    assert not torch.equal(noise[0], noise[1])                       # a new draw every step
+    sigmas = torch.stack([n.flatten(1).std(dim=1) for n in noise])   # one sigma per sample, around exp(-3)
+    assert (sigmas > 0.005).all() and (sigmas < 0.5).all() and sigmas[0].unique().numel() == B
