@@ -41,11 +41,13 @@ MIN_BASELINE = 1e-9  # camera centres closer than this have no epipolar geometry
 
 @dataclass
 class SedResult:
-    """SED of view pairs: ``pairs`` ``[(i, j), ...]``, ``medians`` ``[P]`` float64 pixels
-    (NaN without matches), ``num_matches`` ``[P]`` int64, ``sed`` (mean median over pairs
-    with at least ``min_matches`` matches; NaN when there is none) and ``tsed`` in [0, 1]."""
+    """SED of view pairs: ``pairs`` ``[(i, j), ...]`` of view indices and ``frames`` (the time
+    step of each pair; 0 for single images), ``medians`` ``[P]`` float64 pixels (NaN without
+    matches), ``num_matches`` ``[P]`` int64, ``sed`` (mean median over pairs with at least
+    ``min_matches`` matches; NaN when there is none) and ``tsed`` in [0, 1]."""
 
     pairs: list[tuple[int, int]]
+    frames: list[int]
     medians: Tensor
     num_matches: Tensor
     sed: float
@@ -144,6 +146,13 @@ def nearest_view_pairs(w2c: Tensor) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+def _checked_pairs(pairs: Sequence[tuple[int, int]] | None, num_views: int) -> list[tuple[int, int]]:
+    pairs = consecutive_pairs(num_views) if pairs is None else [tuple(map(int, p)) for p in pairs]
+    if not pairs or any(not (0 <= i < num_views and 0 <= j < num_views and i != j) for i, j in pairs):
+        raise ValueError(f"pairs must be non-empty pairs of distinct view indices in [0, {num_views}), got {pairs}")
+    return pairs
+
+
 def sed_tsed(images: Tensor, K: Tensor, w2c: Tensor, pairs: Sequence[tuple[int, int]] | None = None,
              ratio: float = RATIO, cross_check: bool = True, max_error: float = MAX_ERROR,
              min_matches: int = MIN_MATCHES) -> SedResult:
@@ -159,9 +168,7 @@ def sed_tsed(images: Tensor, K: Tensor, w2c: Tensor, pairs: Sequence[tuple[int, 
     if w2c.shape != (num_views, 4, 4):
         raise ValueError(f"w2c must be [{num_views}, 4, 4] (one camera per image), got {tuple(w2c.shape)}")
     K = K.double().expand(num_views, 3, 3)
-    pairs = consecutive_pairs(num_views) if pairs is None else [tuple(map(int, p)) for p in pairs]
-    if not pairs or any(not (0 <= i < num_views and 0 <= j < num_views and i != j) for i, j in pairs):
-        raise ValueError(f"pairs must be non-empty pairs of distinct view indices in [0, {num_views}), got {pairs}")
+    pairs = _checked_pairs(pairs, num_views)
     first, second = torch.tensor(pairs).T
     F = fundamental_matrix(K[first], K[second], w2c[first], w2c[second])
     features = sift_features(images)
@@ -175,5 +182,31 @@ def sed_tsed(images: Tensor, K: Tensor, w2c: Tensor, pairs: Sequence[tuple[int, 
     medians, counts = torch.stack(medians), torch.tensor(counts)
     enough = counts >= min_matches
     sed = medians[enough].mean().item() if enough.any() else float("nan")
-    return SedResult(pairs=pairs, medians=medians, num_matches=counts, sed=sed,
+    return SedResult(pairs=pairs, frames=[0] * len(pairs), medians=medians, num_matches=counts, sed=sed,
                      tsed=tsed(medians, counts, max_error, min_matches))
+
+
+def sed_tsed_video(videos: Tensor, K: Tensor, w2c: Tensor, pairs: Sequence[tuple[int, int]] | None = None,
+                   frames: Sequence[int] | None = None, **options) -> SedResult:
+    """SED and TSED of synchronised videos, pairing views at the same time step.
+
+    ``videos [V, N, 3, H, W]`` in [0, 1]; ``K [3, 3]`` or ``[V, 3, 3]``; ``w2c [V, N, 4, 4]``
+    (per-frame cameras); ``pairs`` of view indices (default :func:`consecutive_pairs`);
+    ``frames`` the time steps to use (default all). Every (pair, frame) counts as one pair
+    for TSED; ``options`` go to :func:`sed_tsed`.
+    """
+    if videos.ndim != 5 or w2c.shape != (*videos.shape[:2], 4, 4):
+        raise ValueError(f"videos must be [V, N, 3, H, W] with w2c [V, N, 4, 4], got {tuple(videos.shape)} "
+                         f"and {tuple(w2c.shape)}")
+    num_views, num_frames = videos.shape[:2]
+    frames = list(range(num_frames)) if frames is None else [int(t) for t in frames]
+    if not frames or any(not 0 <= t < num_frames for t in frames):
+        raise ValueError(f"frames must be non-empty time steps in [0, {num_frames}), got {frames}")
+    pairs = _checked_pairs(pairs, num_views)
+    images = videos[:, frames].flatten(0, 1)                     # image v * len(frames) + k
+    K = K.double().expand(num_views, 3, 3).repeat_interleave(len(frames), dim=0)
+    flat = [(i * len(frames) + k, j * len(frames) + k) for k in range(len(frames)) for i, j in pairs]
+    result = sed_tsed(images, K, w2c[:, frames].flatten(0, 1), flat, **options)
+    result.pairs = [p for _ in frames for p in pairs]
+    result.frames = [t for t in frames for _ in pairs]
+    return result

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.sed import (fundamental_matrix, match_descriptors, nearest_view_pairs, sed_tsed,
+from eval.sed import (fundamental_matrix, match_descriptors, nearest_view_pairs, sed_tsed, sed_tsed_video,
                       symmetric_epipolar_distance, tsed)
 from reangle.geometry.camera import intrinsics, look_at, project, transform
-from reangle.geometry.trajectory import motion_pose
+from reangle.geometry.trajectory import motion_pose, motion_trajectory
 from reangle.io.synthetic import SyntheticScene
 
 K = intrinsics(240, 360, focal=260.0)
@@ -122,3 +122,22 @@ def test_sed_tsed_checks_its_inputs(rendered_views):
         sed_tsed(frames, K_img, w2c[:2])
     with pytest.raises(ValueError, match="distinct view indices"):
         sed_tsed(frames, K_img, w2c, pairs=[(0, 0)])
+
+
+def test_video_sed_pairs_views_at_each_time_step():
+    K_img = intrinsics(120, 180)
+    times = torch.tensor([0.0, 0.5])
+    w2c = torch.stack([torch.eye(4, dtype=torch.float64).expand(2, 4, 4),
+                       motion_trajectory("orbit_left", 5.0, 2, 200.0, dynamic=True)])   # [V=2, N=2]
+    w2c[1, 0] = motion_pose("dolly_in", 0.1, 200.0)    # frame 0 of view 1 needs a baseline too
+    scene = SyntheticScene(seed=1)
+    videos = torch.stack([scene.render(w2c[v], K_img, 120, 180, times)[0] for v in range(2)])
+    result = sed_tsed_video(videos, K_img, w2c)
+    assert result.pairs == [(0, 1), (0, 1)] and result.frames == [0, 1]
+    single = sed_tsed(videos[:, 1], K_img, w2c[:, 1])
+    torch.testing.assert_close(result.medians[1:], single.medians)
+    assert result.medians.max() < 1.0 and result.tsed == 1.0
+    with pytest.raises(ValueError, match="distinct view indices"):
+        sed_tsed_video(videos, K_img, w2c, pairs=[(0, 2)])
+    with pytest.raises(ValueError, match="time steps"):
+        sed_tsed_video(videos, K_img, w2c, frames=[2])

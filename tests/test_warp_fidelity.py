@@ -32,7 +32,8 @@ def test_uniform_error_on_visible_pixels_gives_the_closed_form_psnr_whatever_lie
     warped, mask = _videos(seed=1)
     error = 0.1
     visible = mask.unsqueeze(1)
-    generated = torch.where(visible, warped + error, torch.rand(warped.shape, generator=torch.Generator().manual_seed(2)))
+    hidden = torch.rand(warped.shape, generator=torch.Generator().manual_seed(2))
+    generated = torch.where(visible, warped + error, hidden)
     other = torch.where(visible, generated, torch.zeros_like(warped))
     expected = 10 * math.log10(1.0 / error ** 2)        # 20 dB
     assert masked_psnr(generated, warped, mask) == pytest.approx(expected, abs=1e-4)
