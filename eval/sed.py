@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -90,6 +89,10 @@ def symmetric_epipolar_distance(x1: Tensor, x2: Tensor, F: Tensor) -> Tensor:
 def sift_features(images: Tensor) -> list[tuple[Tensor, Tensor]]:
     """SIFT of ``images [B, 3, H, W]`` in [0, 1]: per image keypoints ``[K, 2]`` (x, y pixels,
     float64) and descriptors ``[K, 128]`` float32 (OpenCV ``SIFT_create`` defaults)."""
+    try:
+        import cv2
+    except ImportError as exc:
+        raise ImportError("SED needs OpenCV's SIFT: pip install opencv-python-headless") from exc
     sift = cv2.SIFT_create()
     features = []
     for rgb in to_uint8(images):

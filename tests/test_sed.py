@@ -1,4 +1,6 @@
 """SED / TSED: fundamental matrix against OpenCV, closed-form distances, thresholds, SIFT on a rendered pair."""
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -114,6 +116,15 @@ def test_sift_on_rendered_views_agrees_with_their_cameras(rendered_views):
     wrong = sed_tsed(frames, K_img, w2c[[0, 2, 1]], pairs=[(0, 1), (0, 2)])
     assert torch.equal(wrong.num_matches, result.num_matches)
     assert wrong.medians.min() > 2 * 1.25 and wrong.tsed == 0.0
+
+
+def test_a_featureless_view_has_no_matches_and_is_inconsistent(rendered_views):
+    frames, K_img, w2c = rendered_views
+    blank = frames.clone()
+    blank[1] = 0.0
+    result = sed_tsed(blank, K_img, w2c, pairs=[(0, 1), (0, 2)])
+    assert result.num_matches[0] == 0 and math.isnan(result.medians[0]) and result.tsed == 0.5
+    assert result.sed == pytest.approx(result.medians[1].item())
 
 
 def test_sed_tsed_checks_its_inputs(rendered_views):
