@@ -70,5 +70,5 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         load_amt_s(other)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="could not be read"):
+    with pytest.raises(ValueError, match="could not be read as a state dict"):
         load_amt_s(garbage)

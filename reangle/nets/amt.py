@@ -17,11 +17,11 @@ Flows are in pixels, ``(x, y)`` channel order, backward: ``flow0`` maps frame t 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from reangle.nets.dino import read_state_dict
 
 MIN_SIZE = 128
 """Smallest height/width the four-level correlation pyramid accepts."""
@@ -347,19 +347,6 @@ class AMTS(nn.Module):
         return candidates.mean(dim=1) + self.comb_block(candidates.reshape(b, n * 3, h, w))
 
 
-def read_amt_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or an official ``.pth`` (``{"state_dict": ...}``, ``weights_only``)."""
-    from reangle.nets.dino import read_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"AMT-S checkpoint not found: {path} (download amt-s.pth, see README 'Evaluation models')")
-    try:
-        return read_state_dict(path)
-    except Exception as error:  # unreadable pickle / safetensors header
-        raise ValueError(f"AMT-S checkpoint {path} could not be read: {error}") from error
-
-
 def load_amt_s(source: str | os.PathLike, *, device: str | torch.device = "cpu") -> AMTS:
     """AMT-S in eval mode with frozen weights: ``"tiny"`` (the full architecture at seeded random
     init, for tests) or a local ``.pth`` / ``.safetensors`` checkpoint (loaded strictly)."""
@@ -368,7 +355,7 @@ def load_amt_s(source: str | os.PathLike, *, device: str | torch.device = "cpu")
             torch.manual_seed(0)
             model = AMTS()
     else:
-        state = read_amt_state_dict(source)
+        state = read_state_dict(source, "AMT-S checkpoint")
         with torch.device("meta"):
             model = AMTS()
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
