@@ -29,7 +29,7 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
+import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
 from reangle.nets.amt import AMTS, MIN_SIZE, SIZE_MULTIPLE, load_amt_s
