@@ -53,9 +53,8 @@ TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": 1, "wi
 TINY_MUSIQ = {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 1}
 TINY_SEED = 0
 
-_PYIQA_HINT = ("imaging quality needs pyiqa's MUSIQ: install it without its optional heavy dependencies with "
-               "`pip install --no-deps pyiqa==0.1.16` (it then needs only torch, torchvision, numpy, scipy, "
-               "opencv-python-headless, pyyaml)")
+_PYIQA_HINT = ("imaging quality needs pyiqa's MUSIQ; install it without its heavy optional requirements: "
+               "`pip install -e .[imaging]` then `pip install --no-deps pyiqa==0.1.16`")
 
 
 # ----------------------------------------------------------------------------- preprocessing helpers
