@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from reangle.nets.amt import AMTS, MIN_SIZE, SIZE_MULTIPLE, load_amt_s
 from reangle.nets.dino import VisionTransformer, load_dino, read_state_dict
-from reangle.utils import imagenet_normalize
+from reangle.utils import build_with_weights, imagenet_normalize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -181,13 +181,8 @@ def _load_clip(model_name: str, source: str | os.PathLike) -> CLIPImageFeatures:
     if name == "tiny":
         visual = _seeded(lambda: build_clip_visual("tiny"))
     elif Path(name).is_file():
-        state = _read_clip_state(Path(name))
-        with torch.device("meta"):
-            visual = build_clip_visual(model_name)
-        missing, unexpected = visual.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{name} is not a {model_name} checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        visual = build_with_weights(lambda: build_clip_visual(model_name), _read_clip_state(Path(name)),
+                                    f"{model_name} checkpoint {name}")
     else:
         import open_clip
 
@@ -280,14 +275,8 @@ def load_imaging_model(source: str | os.PathLike) -> ImagingQuality:
     if str(source) == "tiny":
         musiq = _seeded(lambda: build_musiq(**TINY_MUSIQ))
     else:
-        state = read_state_dict(source, "MUSIQ checkpoint")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        with torch.device("meta"):
-            musiq = build_musiq()
-        missing, unexpected = musiq.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{source} is not a single-output MUSIQ checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        state = {k.removeprefix("module."): v for k, v in read_state_dict(source, "MUSIQ checkpoint").items()}
+        musiq = build_with_weights(build_musiq, state, f"single-output MUSIQ checkpoint {source}")
     return _frozen(ImagingQuality(musiq))
 
 
@@ -360,12 +349,7 @@ def load_flow_model(source: str | os.PathLike) -> OpticalFlow:
         raft = _seeded(build_raft)
     else:
         state = convert_raft_checkpoint(read_state_dict(source, "RAFT checkpoint"))
-        with torch.device("meta"):
-            raft = build_raft()
-        missing, unexpected = raft.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{source} is not a RAFT-large checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        raft = build_with_weights(build_raft, state, f"RAFT-large checkpoint {source}")
     return _frozen(OpticalFlow(raft))
 
 

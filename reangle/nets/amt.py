@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reangle.nets.dino import read_state_dict
+from reangle.utils import build_with_weights
 
 MIN_SIZE = 128
 """Smallest height/width the four-level correlation pyramid accepts."""
@@ -355,11 +356,5 @@ def load_amt_s(source: str | os.PathLike, *, device: str | torch.device = "cpu")
             torch.manual_seed(0)
             model = AMTS()
     else:
-        state = read_state_dict(source, "AMT-S checkpoint")
-        with torch.device("meta"):
-            model = AMTS()
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{source} is not an AMT-S checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        model = build_with_weights(AMTS, read_state_dict(source, "AMT-S checkpoint"), f"AMT-S checkpoint {source}")
     return model.to(device).eval().requires_grad_(False)
