@@ -132,7 +132,7 @@ def test_imaging_model_resizes_the_longer_side_to_512_like_vbench():
 def test_raft_things_layout_converts_and_loads(tmp_path):
     reference = json.loads((DATA / "raft_things_keys.json").read_text())["keys"]
     gen = torch.Generator().manual_seed(0)
-    state = {k: (torch.tensor(3) if not shape else torch.randn(*shape, generator=gen)) for k, shape in reference.items()}
+    state = {k: torch.randn(*shape, generator=gen) if shape else torch.tensor(3) for k, shape in reference.items()}
     path = tmp_path / "raft-things.pth"
     torch.save(state, path)
     model = vb.load_flow_model(path)
@@ -200,6 +200,7 @@ def test_musiq_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(loaded.state_dict(), source.state_dict())
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
 def test_clip_file_sources_state_dict_and_torchscript(tmp_path):
     visual = vb.build_clip_visual("tiny")
     state = {f"visual.{k}": v for k, v in visual.state_dict().items()}

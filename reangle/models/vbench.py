@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -49,7 +50,8 @@ BACKGROUND_CLIP = "ViT-B-32-quickgelu"  # OpenAI ViT-B/32 (QuickGELU) in open_cl
 AESTHETIC_CLIP = "ViT-L-14-quickgelu"   # OpenAI ViT-L/14
 
 TINY_DINO = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 16}
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16}}
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16}}
 TINY_MUSIQ = {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 1}
 TINY_SEED = 0
 
@@ -160,18 +162,21 @@ def build_clip_visual(model_name: str) -> nn.Module:
     return _build_vision_tower(config["embed_dim"], config["vision_cfg"], quick_gelu=config.get("quick_gelu", False))
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip holding ``constants.pkl``), as OpenAI's CLIP releases are."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
 def _read_clip_state(path: Path) -> dict[str, Tensor]:
     """``visual.*`` tensors of an OpenAI TorchScript ``.pt`` (read with ``torch.jit.load``) or of a
     ``.safetensors`` / state-dict ``.pth``/``.bin`` in the OpenAI/open_clip layout."""
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
-    try:
+    if _is_torchscript(path):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
         state = read_state_dict(path, "CLIP checkpoint")
-    except ValueError:
-        try:  # the OpenAI release is a TorchScript archive, which weights_only cannot open
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as error:
-            raise ValueError(f"CLIP checkpoint {path} is neither a state dict nor a TorchScript archive: {error}") from error
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
 
@@ -335,7 +340,8 @@ class OpticalFlow(nn.Module):
         """two [N, 3, H, W] in [0, 1] -> flow [N, 2, H, W] in pixels ((x, y): a(p) ~ b(p + flow(p)))."""
         _check_frames(frames_a, "frames_a")
         if frames_a.shape != frames_b.shape:
-            raise ValueError(f"frames_a and frames_b differ in shape: {tuple(frames_a.shape)} vs {tuple(frames_b.shape)}")
+            raise ValueError(f"frames_a and frames_b differ in shape: {tuple(frames_a.shape)} vs "
+                             f"{tuple(frames_b.shape)}")
         pair, (rows, cols) = pad_to_multiple(torch.cat((frames_a, frames_b)) * 2 - 1, FLOW_MULTIPLE, FLOW_MIN_SIZE)
         first, second = pair.chunk(2)
         flow = self.raft(first.contiguous(), second.contiguous(), num_flow_updates=self.num_updates)[-1]

@@ -171,7 +171,8 @@ class IntermediateDecoder(nn.Module):
         self.convblock = nn.Sequential(conv_prelu(in_ch * 3 + 4, in_ch * 3), ResBlock(in_ch * 3, skip_ch),
                                        nn.ConvTranspose2d(in_ch * 3, out_ch + 4, 4, 2, 1))
 
-    def forward(self, ft: Tensor, f0: Tensor, f1: Tensor, flow0: Tensor, flow1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, ft: Tensor, f0: Tensor, f1: Tensor, flow0: Tensor,
+                flow1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.convblock(torch.cat((ft, warp(f0, flow0), warp(f1, flow1), flow0, flow1), dim=1))
         flow0 = out[:, 0:2] + 2.0 * resize(flow0, 2.0)
         flow1 = out[:, 2:4] + 2.0 * resize(flow1, 2.0)
