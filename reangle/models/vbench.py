@@ -56,7 +56,7 @@ TINY_MUSIQ = {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 1}
 TINY_SEED = 0
 
 _PYIQA_HINT = ("imaging quality needs pyiqa's MUSIQ; install it without its heavy optional requirements: "
-               "`pip install -e .[imaging]` then `pip install --no-deps pyiqa==0.1.16`")
+               "`pip install --no-deps pyiqa==0.1.16`")
 
 
 # ----------------------------------------------------------------------------- preprocessing helpers
