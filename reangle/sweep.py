@@ -1,14 +1,15 @@
 """Offline sweeps over benchmark videos, and their results tables.
 
-    python -m reangle.sweep SWEEP.yaml [--manifest M] [--dry-run] [--shard i/n] [--out DIR]
-                            [--metrics a,b] [--count N] [--seed S] [--wandb-mode MODE] [--timeout S]
+    python -m reangle.sweep SWEEP.yaml [--manifest M] [--dry-run] [--shard i/n] [--out DIR] [--metrics a,b]
+                            [--count N] [--seed S] [--wandb-mode MODE] [--retry-failed] [--timeout S]
     python -m reangle.sweep report DIR
 
 Reads a W&B sweep file (``configs/sweeps/``), runs every trial on every video of the manifest
 (``configs/benchmark/``), each as its own processes (``train.py``, then ``python -m eval`` when
 ``--metrics`` names any), into ``DIR/trials/<unit id>/``, and writes ``DIR/results.csv``,
-``DIR/results.md`` and ``DIR/plots/``. Re-running skips the finished units and restarts the
-others from scratch; a failed unit is recorded and the rest go on (exit code 1 at the end).
+``DIR/results.md`` and ``DIR/plots/``. A failed unit is recorded and the rest go on (exit
+code 1 at the end). Re-running skips every unit with a recorded result (``--retry-failed``:
+except the failed ones) and restarts interrupted ones from scratch.
 Run it from the project root (the sweep's command names ``train.py`` and config files
 relative to it), as a W&B agent would.
 """
@@ -26,7 +27,7 @@ from reangle.experiments.manifest import ManifestError, load_manifest
 from reangle.experiments.plan import Unit, parse_shard, plan_units, shard
 from reangle.experiments.report import TRIALS, SweepResults, setting_label
 from reangle.experiments.sweep_spec import SweepError, SweepSpec, load_sweep
-from reangle.experiments.trial import is_finished, run_unit
+from reangle.experiments.trial import read_result, run_unit
 
 WANDB_MODES = ("offline", "online", "auto", "disabled")
 
@@ -68,7 +69,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         bad = dict((u.id, e) for u, e in invalid)
         for unit in units:
-            state = "finished" if is_finished(trials_dir / unit.id) else "to run"
+            result = read_result(trials_dir / unit.id)
+            state = {None: "to run", "ok": "finished"}.get(result and result.get("status"), "failed")
             print(f"{_describe(unit)}  {state if unit.id not in bad else 'INVALID: ' + bad[unit.id]}")
         print(f"{len(units)} units ({spec.method} sweep {spec.name!r}"
               + (f" x {len(manifest.videos)} videos of {manifest.name!r}" if manifest else "")
@@ -77,20 +79,19 @@ def run_sweep(args: argparse.Namespace) -> int:
     if invalid:
         lines = "\n".join(f"  {u.id}: {e}" for u, e in invalid)
         raise SweepError(f"{len(invalid)} unit(s) have an invalid config; fix the sweep or manifest:\n{lines}")
-    todo = [u for u in units if not is_finished(trials_dir / u.id)]
-    print(f"sweep {spec.name!r}: {len(units)} units, {len(units) - len(todo)} already finished, {len(todo)} to run "
+    recorded = {u.id: read_result(trials_dir / u.id) for u in units}
+    todo = [u for u in units if recorded[u.id] is None or (args.retry_failed and recorded[u.id]["status"] != "ok")]
+    print(f"sweep {spec.name!r}: {len(units)} units, {len(units) - len(todo)} already recorded, {len(todo)} to run "
           f"-> {out}")
-    failed = []
     for unit in tqdm(todo, desc=f"sweep {spec.name}", unit="trial"):
-        result = run_unit(spec, unit, trials_dir, metrics, args.wandb_mode, args.timeout)
+        result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, args.wandb_mode, args.timeout)
         tqdm.write(f"{result['status']:>6}  {_describe(unit)}  {result['seconds']:.0f} s"
                    + (f"  {result['error']}" if result["error"] else ""))
-        if result["status"] != "ok":
-            failed.append(result)
     paths = SweepResults(out).write()
     print(f"results: {', '.join(str(p) for p in paths[:2])} and {len(paths) - 2} plot(s) in {out / 'plots'}")
+    failed = [r for r in recorded.values() if r["status"] != "ok"]
     if failed:
-        print(f"{len(failed)} unit(s) failed (re-run the same command to retry them):")
+        print(f"{len(failed)} unit(s) failed (logs in {trials_dir}/<unit>/trial.log; --retry-failed runs them again):")
         for result in failed:
             print(f"  {result['id']}: {result['error']}")
         return 1
@@ -127,6 +128,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
     parser.add_argument("--wandb-mode", default="offline", choices=WANDB_MODES, help="logger.wandb_mode of every "
                                                                                      "trial (default offline)")
+    parser.add_argument("--retry-failed", action="store_true", help="run units whose recorded result is a failure "
+                                                                   "again (default: keep the recorded failure)")
     parser.add_argument("--timeout", type=float, help="seconds each process of a unit may run (default: no limit)")
     args = parser.parse_args(argv)
     args.command = run_sweep

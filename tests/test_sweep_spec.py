@@ -1,7 +1,7 @@
 """Sweep files: every shipped sweep's dry run, grid and random draws, sharding, unit ids."""
 import itertools
-from dataclasses import replace
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -44,11 +44,6 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def is_finished(run_dir: str | Path) -> bool:
-    result = read_result(run_dir)
-    return result is not None and result.get("status") == "ok"
-
-
 def final_train_loss(run_dir: str | Path) -> float | None:
     """The last ``train/loss`` in ``run_dir/logs/version_*/metrics.csv`` (the newest version)."""
     versions = sorted((Path(run_dir) / "logs").glob("version_*/metrics.csv"),
