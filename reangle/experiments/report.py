@@ -133,13 +133,14 @@ class SweepResults:
             ok = sum(r.get("status") == "ok" for r in results)
             lines.append(f"| {setting} | {ok} | {len(results) - ok} | {_number(self.mean(setting, 'train_loss'))} | "
                          f"{_number(self.mean(setting, 'seconds'))} |")
-        table1 = {m: t for m, t in TABLE1_METRICS.items() if m in self.metrics}
-        table2 = {m: t for m, t in TABLE2_METRICS.items() if m in self.metrics}
+        table1 = any(m in self.metrics for m in TABLE1_METRICS)
+        table2 = any(m in self.metrics for m in ("sed", "tsed"))
         if table1:
-            lines += ["", "## Video quality (layout of the paper's Tab. 1)", "", *self._table(table1, paper_table1_row)]
-        if "sed" in table2 or "tsed" in table2:
+            lines += ["", "## Video quality (layout of the paper's Tab. 1)", "",
+                      *self._table(TABLE1_METRICS, paper_table1_row)]
+        if table2:
             lines += ["", "## Start-frame consistency (layout of the paper's Tab. 2)", "",
-                      *self._table(table2, paper_table2_row)]
+                      *self._table(TABLE2_METRICS, paper_table2_row)]
         other = [m for m in self.metrics if m not in TABLE1_METRICS and m not in TABLE2_METRICS]
         if other:
             lines += ["", "## Other metrics", "", *self._table({m: m for m in other}, lambda config: None)]
