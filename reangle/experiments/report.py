@@ -56,7 +56,7 @@ def setting_label(params: dict[str, Any]) -> str:
 def _number(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return ""
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{value:.5g}"
 
 
 def _mean(values: list[float]) -> float | None:
