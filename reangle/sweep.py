@@ -1,7 +1,8 @@
 """Offline sweeps over benchmark videos, and their results tables.
 
-    python -m reangle.sweep SWEEP.yaml [--manifest M] [--dry-run] [--shard i/n] [--out DIR] [--metrics a,b]
-                            [--count N] [--seed S] [--wandb-mode MODE] [--retry-failed] [--timeout S]
+    python -m reangle.sweep SWEEP.yaml [key=value ...] [--manifest M] [--dry-run] [--shard i/n] [--out DIR]
+                            [--metrics a,b] [--count N] [--seed S] [--wandb-mode MODE] [--retry-failed]
+                            [--timeout S]
     python -m reangle.sweep report DIR
 
 Reads a W&B sweep file (``configs/sweeps/``), runs every trial on every video of the manifest
@@ -32,18 +33,18 @@ from reangle.experiments.trial import read_result, run_unit
 WANDB_MODES = ("offline", "online", "auto", "disabled")
 
 
-def unit_config(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str):
+def unit_config(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, extra: list[str] = ()):
     """The resolved config of a unit's command line, parsed as train.py parses it (ConfigError if invalid)."""
     parser = argparse.ArgumentParser(add_help=False)
     add_config_arguments(parser)
-    return config_from_args(parser.parse_args(spec.program_args(unit.overrides(spec.name, str(trials_dir),
-                                                                                wandb_mode))))
+    overrides = unit.overrides(spec.name, str(trials_dir), wandb_mode, extra)
+    return config_from_args(parser.parse_args(spec.program_args(overrides)))
 
 
-def validate(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str) -> str | None:
+def validate(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, extra: list[str] = ()) -> str | None:
     """None when the unit's config is valid, else the error."""
     try:
-        unit_config(spec, unit, trials_dir, wandb_mode)
+        unit_config(spec, unit, trials_dir, wandb_mode, extra)
     except ConfigError as exc:
         return str(exc)
     return None
@@ -65,7 +66,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         units = shard(units, *parse_shard(args.shard))
     out = Path(args.out) if args.out else Path("sweeps") / spec.name
     trials_dir = out / TRIALS
-    invalid = [(u, e) for u in units if (e := validate(spec, u, trials_dir, args.wandb_mode)) is not None]
+    invalid = [(u, e) for u in units if (e := validate(spec, u, trials_dir, args.wandb_mode, args.overrides))
+               is not None]
     if args.dry_run:
         bad = dict((u.id, e) for u, e in invalid)
         for unit in units:
@@ -84,7 +86,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {spec.name!r}: {len(units)} units, {len(units) - len(todo)} already recorded, {len(todo)} to run "
           f"-> {out}")
     for unit in tqdm(todo, desc=f"sweep {spec.name}", unit="trial"):
-        result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, args.wandb_mode, args.timeout)
+        result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, args.wandb_mode, args.timeout,
+                                            args.overrides)
         tqdm.write(f"{result['status']:>6}  {_describe(unit)}  {result['seconds']:.0f} s"
                    + (f"  {result['error']}" if result["error"] else ""))
     paths = SweepResults(out).write()
@@ -117,6 +120,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         return args
     parser = argparse.ArgumentParser(prog="python -m reangle.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="a W&B sweep file (configs/sweeps/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides for every unit (before the swept parameters), e.g. run.cache_dir=DIR")
     parser.add_argument("--manifest", help="a benchmark manifest (configs/benchmark/*.yaml); every trial runs on "
                                            "every video")
     parser.add_argument("--dry-run", action="store_true", help="list the units and validate their configs, run nothing")
@@ -131,7 +136,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--retry-failed", action="store_true", help="run units whose recorded result is a failure "
                                                                    "again (default: keep the recorded failure)")
     parser.add_argument("--timeout", type=float, help="seconds each process of a unit may run (default: no limit)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.command = run_sweep
     return args
 

@@ -12,10 +12,10 @@ from reangle.experiments.trial import LOG, RESULT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _sweep_file(tmp_path, cache_dir):
+def _sweep_file(tmp_path):
     command = ["${env}", "${interpreter}", "${program}", "--config", "configs/presets/tiny.yaml", "data.height=64",
                "data.width=96", "train.steps=2", "train.checkpoint_every=2", "sample.steps=1",
-               "views.motions=[orbit_left]", f"run.cache_dir={cache_dir}", "${args_no_hyphens}"]
+               "views.motions=[orbit_left]", "${args_no_hyphens}"]
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"name": "e2e", "program": "train.py", "method": "grid", "command": command,
                                     "parameters": {"train.masked": {"values": [True, False]}}}))
@@ -39,8 +39,8 @@ def _results(out):
 
 def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out"
-    args = [str(_sweep_file(tmp_path, tiny_model_dir.parent.parent)), "--manifest", str(_manifest(tmp_path)),
-            "--out", str(out)]
+    args = [str(_sweep_file(tmp_path)), "--manifest", str(_manifest(tmp_path)), "--out", str(out),
+            f"run.cache_dir={tiny_model_dir.parent.parent}"]
 
     # first machine: shard 0 of 2 = units 0, 2, 4 of [masked x (balls-0, balls-1, gone), unmasked x (...)]
     assert sweep.main(args + ["--shard", "0/2"]) == 1
@@ -83,6 +83,7 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_di
         last = [row.split(",")[header.index("train/loss")] for row in logged[1:]]
         assert float([v for v in last if v][-1]) == result["train_loss"]
         assert "run.name=" + json.dumps(key) in result["command"] and (out / "trials" / key / LOG).is_file()
+        assert f"run.cache_dir={tiny_model_dir.parent.parent}" in result["command"]
 
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

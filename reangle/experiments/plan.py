@@ -26,13 +26,14 @@ class Unit:
     params: dict[str, Any]
     video: BenchmarkVideo | None
 
-    def overrides(self, sweep: str, trials_dir: str, wandb_mode: str) -> list[str]:
+    def overrides(self, sweep: str, trials_dir: str, wandb_mode: str, extra: list[str] = ()) -> list[str]:
         """The ``key=value`` list of this unit, in the order the config loader applies them: W&B
-        settings, the video's overrides, the swept parameters, then where the run goes."""
+        settings, the video's overrides, ``extra`` (the runner's own), the swept parameters, then
+        where the run goes."""
         out = [format_override("logger.group", sweep), format_override("logger.wandb_mode", wandb_mode)]
         if self.video is not None:
             out += self.video.config_overrides()
-        out += [format_override(key, value) for key, value in self.params.items()]
+        out += list(extra) + [format_override(key, value) for key, value in self.params.items()]
         return out + [format_override("run.root", trials_dir), format_override("run.name", self.id)]
 
 

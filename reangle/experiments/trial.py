@@ -83,15 +83,16 @@ def _eval_metrics(run_dir: Path, metrics: list[str]) -> tuple[dict[str, float], 
 
 
 def run_unit(spec: SweepSpec, unit: Unit, trials_dir: str | Path, metrics: list[str] = (),
-             wandb_mode: str = "offline", timeout: float | None = None) -> dict[str, Any]:
-    """Run ``unit`` from scratch and record its ``result.json``; returns the result."""
+             wandb_mode: str = "offline", timeout: float | None = None, extra: list[str] = ()) -> dict[str, Any]:
+    """Run ``unit`` from scratch (``extra``: more ``key=value`` for every unit) and record its
+    ``result.json``; returns the result."""
     trials_dir = Path(trials_dir)
     run_dir = trials_dir / unit.id
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     log = run_dir / LOG
-    argv = spec.argv(unit.overrides(spec.name, str(trials_dir), wandb_mode))
+    argv = spec.argv(unit.overrides(spec.name, str(trials_dir), wandb_mode, extra))
     steps = [("train", argv)]
     if metrics:
         steps.append(("eval", [sys.executable, "-m", "eval", "--run", str(run_dir), "--metrics", ",".join(metrics)]))
