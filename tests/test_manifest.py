@@ -54,7 +54,8 @@ videos:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("videos: []", "non-empty 'videos'"),
+    ("videos: []", "non-empty .videos."),
+    ("- a list", "must hold a mapping"),
     ("videos:\n  - {name: a, video: synthetic}\n  - {name: a, video: x.mp4}", r"\['a'\] appear more than once"),
     ("videos:\n  - {name: a, video: synthetic, fps: 3}", r"unknown field\(s\) \['fps'\]"),
     ("videos:\n  - {name: a, video: synthetic, mode: sideways}", "unknown mode 'sideways'"),

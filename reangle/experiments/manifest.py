@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from reangle.utils import read_yaml_mapping
 
 SYNTHETIC = "synthetic"
 MODES = ("static", "dynamic")
@@ -79,14 +79,9 @@ def format_override(key: str, value: Any) -> str:
 def load_manifest(path: str | os.PathLike) -> Manifest:
     """Read and check a manifest; raises :class:`ManifestError` naming the bad entry."""
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"benchmark manifest not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"cannot parse benchmark manifest {path}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("videos"), list) or not data["videos"]:
-        raise ManifestError(f"benchmark manifest {path} must be a mapping with a non-empty 'videos' list")
+    data = read_yaml_mapping(path, "benchmark manifest", ManifestError)
+    if not isinstance(data.get("videos"), list) or not data["videos"]:
+        raise ManifestError(f"benchmark manifest {path} must hold a non-empty 'videos' list")
     stray = sorted(set(data) - {"name", "videos"})
     if stray:
         raise ManifestError(f"benchmark manifest {path}: unknown top-level key(s) {stray}; use name, videos")

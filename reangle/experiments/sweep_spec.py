@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from reangle.utils import read_yaml_mapping
 
 METHODS = ("grid", "random")
 ARGS = "${args_no_hyphens}"
@@ -65,14 +65,7 @@ class SweepSpec:
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Read and check a W&B sweep file; raises :class:`SweepError` naming what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SweepError(f"cannot parse sweep file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SweepError(f"sweep file {path} must hold a mapping")
+    data = read_yaml_mapping(path, "sweep file", SweepError)
     method = data.get("method")
     if method not in METHODS:
         raise SweepError(f"sweep file {path}: method {method!r} cannot run offline; use one of {METHODS}")
