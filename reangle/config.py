@@ -141,8 +141,16 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def save_config(cfg: DictConfig, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
-    """Write the resolved ``cfg`` to ``run_dir/name`` atomically; returns the path."""
-    return atomic_write_text(Path(run_dir) / name, OmegaConf.to_yaml(cfg, resolve=True))
+    """Write the resolved ``cfg`` to ``run_dir/name`` atomically; returns the path.
+
+    The experiment files are merged into ``cfg`` already, so the file names them in a header
+    comment and holds ``experiment: []``: loading it again gives ``cfg`` back.
+    """
+    data = OmegaConf.to_container(cfg, resolve=True)
+    merged = data.get("experiment") or []
+    data["experiment"] = []
+    header = f"# merged experiments: {', '.join(map(str, merged))}\n" if merged else ""
+    return atomic_write_text(Path(run_dir) / name, header + OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def import_target(dotted: str) -> Any:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from reangle.config import CONFIG_DIR, ConfigError, load_config
+from reangle.config import CONFIG_DIR, ConfigError, load_config, save_config
 from reangle.data.omega import INPUT_VIEW
 from reangle.geometry.trajectory import TrajectoryError
 from reangle.sampling.plan import plan_views
@@ -49,6 +49,18 @@ def test_overrides_win_over_experiments_and_experiments_over_files(tmp_path):
     mode_file = tmp_path / "mine.yaml"
     mode_file.write_text("experiment: [unmasked]\ntrain:\n  masked: true\n")
     assert load_config([mode_file], VIDEO).train.masked is False
+
+
+def test_a_saved_run_config_loads_back_to_the_same_values(tmp_path):
+    cfg = load_config([CONFIG_DIR / "static.yaml"], [*VIDEO, "experiment=[unmasked,unseen_views]",
+                                                     "train.exclude_motions=[dolly_in]"])
+    path = save_config(cfg, tmp_path)
+    assert path.read_text().startswith("# merged experiments: unmasked, unseen_views\n")
+    again = load_config([path])
+    assert list(again.experiment) == [] and again.train.masked is False
+    assert list(again.train.exclude_motions) == ["dolly_in"]
+    cfg.experiment = []
+    assert again == cfg
 
 
 def test_unknown_or_nested_experiments_are_clear_errors(tmp_path):
