@@ -129,3 +129,16 @@ def test_the_command_runs_the_program_with_the_overrides_in_place(tmp_path):
     argv = spec.argv(["a=1", "b=2"])
     assert argv[1:] == ["train.py", "--config", "configs/presets/tiny.yaml", "a=1", "b=2"]
     assert Path(argv[0]).name.startswith("python")
+
+
+def test_units_log_to_wandb_offline_grouped_by_the_sweep(tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from reangle.training.build import build_loggers
+
+    spec = load_sweep(CONFIG_DIR / "sweeps" / "ablations.yaml")
+    unit = plan_units(spec, load_manifest(SYNTHETIC))[0]
+    cfg = sweep.unit_config(spec, unit, tmp_path / "trials", "offline")
+    wandb_logger = next(lg for lg in build_loggers(cfg) if isinstance(lg, WandbLogger))
+    assert wandb_logger._wandb_init["group"] == "ablations" and wandb_logger._wandb_init["mode"] == "offline"
+    assert wandb_logger._wandb_init["name"] == unit.id
