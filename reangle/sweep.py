@@ -56,6 +56,9 @@ def _describe(unit: Unit) -> str:
 
 def run_sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep)
+    if not Path(spec.program).is_file():
+        raise SweepError(f"the sweep's program {spec.program!r} is not in {Path.cwd()}; run the sweep from the "
+                         f"project root")
     manifest = load_manifest(args.manifest) if args.manifest else None
     metrics = [m for m in (args.metrics or "").split(",") if m]
     if metrics and importlib.util.find_spec("eval") is None:

@@ -10,6 +10,7 @@ from reangle import sweep
 from reangle.experiments.trial import LOG, RESULT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _sweep_file(tmp_path):
@@ -37,7 +38,8 @@ def _results(out):
     return {p.parent.name: json.loads(p.read_text()) for p in (out / "trials").glob(f"*/{RESULT}")}
 
 
-def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_dir, capsys):
+def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the sweep's command names train.py and configs/ relative to the project root
     out = tmp_path / "out"
     args = [str(_sweep_file(tmp_path)), "--manifest", str(_manifest(tmp_path)), "--out", str(out),
             f"run.cache_dir={tiny_model_dir.parent.parent}"]

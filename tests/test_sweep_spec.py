@@ -124,6 +124,13 @@ def test_shards_split_every_unit_exactly_once():
             parse_shard(bad)
 
 
+def test_a_sweep_started_outside_the_project_root_is_refused(tmp_path, monkeypatch, capsys):
+    path = _write_sweep(tmp_path, run_cap=1)
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main([str(path), "--dry-run"]) == 2
+    assert "run the sweep from the project root" in capsys.readouterr().err
+
+
 def test_the_command_runs_the_program_with_the_overrides_in_place(tmp_path):
     spec = load_sweep(_write_sweep(tmp_path, run_cap=1))
     argv = spec.argv(["a=1", "b=2"])
