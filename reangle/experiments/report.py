@@ -199,6 +199,10 @@ class SweepResults:
         for label, points in lines.items():
             xs = sorted(points)
             ax.plot(xs, [_mean(points[x]) for x in xs], "o-", label=label)
+        ticks = sorted({x for points in lines.values() for x in points})
+        if ticks[0] > 0 and ticks[-1] / ticks[0] >= 8:  # e.g. ranks 16 ... 256: even spacing on a log axis
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
         ax.set_xlabel(key)
         ax.set_ylabel(column)
         ax.set_title(f"{column} vs {key} (mean over videos)", fontsize=9)
