@@ -33,6 +33,14 @@ from reangle.experiments.trial import read_result, run_unit
 WANDB_MODES = ("offline", "online", "auto", "disabled")
 
 
+def has_eval_cli() -> bool:
+    """Whether ``python -m eval`` (the evaluation package) can run here."""
+    try:
+        return importlib.util.find_spec("eval.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def unit_config(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, extra: list[str] = ()):
     """The resolved config of a unit's command line, parsed as train.py parses it (ConfigError if invalid)."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -61,7 +69,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                          f"project root")
     manifest = load_manifest(args.manifest) if args.manifest else None
     metrics = [m for m in (args.metrics or "").split(",") if m]
-    if metrics and importlib.util.find_spec("eval") is None:
+    if metrics and not has_eval_cli():
         raise SweepError("--metrics needs the evaluation package (python -m eval), which is not installed; "
                          "install reangle with its eval package or run without --metrics")
     units = plan_units(spec, manifest, args.count, args.seed)

@@ -131,6 +131,14 @@ def test_a_sweep_started_outside_the_project_root_is_refused(tmp_path, monkeypat
     assert "run the sweep from the project root" in capsys.readouterr().err
 
 
+def test_metrics_without_the_evaluation_package_are_refused_before_any_trial(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "has_eval_cli", lambda: False)
+    code = sweep.main([str(CONFIG_DIR / "sweeps" / "tiny.yaml"), "--manifest", str(SYNTHETIC), "--out", str(tmp_path),
+                       "--metrics", "met3r"])
+    assert code == 2 and "needs the evaluation package" in capsys.readouterr().err
+    assert not (tmp_path / "trials").exists()
+
+
 def test_the_command_runs_the_program_with_the_overrides_in_place(tmp_path):
     spec = load_sweep(_write_sweep(tmp_path, run_cap=1))
     argv = spec.argv(["a=1", "b=2"])
