@@ -1,5 +1,6 @@
-"""Configuration: YAML files merged onto ``configs/base.yaml``, ``key=value``
-overrides, validation, ``instantiate()`` and saving into a run directory.
+"""Configuration: YAML files merged onto ``configs/base.yaml``, the ``experiment`` files
+(``configs/experiment/``), ``key=value`` overrides, validation, ``instantiate()`` and saving
+into a run directory.
 
 ``configs/base.yaml`` is the schema: it names every key. A key that a user file
 or override adds is an error naming it; a key left at ``???`` is a missing-key
@@ -131,32 +132,30 @@ def _dotted_key(exc: OmegaConfBaseException) -> str:
 
 def load_config(files: Sequence[str | os.PathLike] = (), overrides: Iterable[str] = (),
                 base: str | os.PathLike = BASE_CONFIG) -> DictConfig:
-    """Merge ``base`` + ``files`` (in order) + ``key=value`` ``overrides``; validate; resolve;
-    check the types (:func:`check_types`).
+    """Merge ``base`` + ``files`` (in order) + the ``experiment`` files + ``key=value`` ``overrides``;
+    validate; resolve; check the types (:func:`check_types`).
 
+    The ``experiment`` key (a list of names of ``configs/experiment/*.yaml`` or of YAML paths),
+    set in a file or an override, adds those files after ``files`` and before the overrides.
     Raises :class:`ConfigError` naming the unknown or missing key, or the mistyped value.
     """
-    cfg = _read_yaml(base)
-    schema = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    OmegaConf.set_struct(cfg, True)
-    _open_params(cfg)
+    schema = OmegaConf.to_container(_read_yaml(base), resolve=True, throw_on_missing=False)
     layers = [(str(f), _read_yaml(f)) for f in files]
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-    if overrides:
-        layers.append(("command line", OmegaConf.from_dotlist(overrides)))
-    for source, layer in layers:
-        try:
-            cfg = OmegaConf.merge(cfg, layer)
-        except ConfigKeyError as exc:
-            raise ConfigError(f"unknown config key {_dotted_key(exc)!r} (from {source}); "
-                              f"see configs/base.yaml for the keys that exist") from exc
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"bad value for config key {_dotted_key(exc)!r} (from {source}): "
-                              f"{str(exc).splitlines()[0]}") from exc
-        _open_params(cfg)
+    command_line = [("command line", OmegaConf.from_dotlist(overrides))] if overrides else []
+    cfg = _merge(base, layers + command_line)
+    if not isinstance(cfg.experiment, ListConfig):
+        raise ConfigError(f"config key experiment={cfg.experiment!r}: expected a list of names, "
+                          f"e.g. experiment=[unmasked]")
+    experiments = [(str(path), _read_yaml(path)) for path in experiment_files(cfg.experiment)]
+    for source, layer in experiments:
+        if "experiment" in layer:
+            raise ConfigError(f"experiment file {source} sets 'experiment'; an experiment cannot name others")
+    if experiments:
+        cfg = _merge(base, layers + experiments + command_line)
     missing = sorted(_missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing config key(s) {', '.join(missing)}: give a value in a config "
@@ -168,6 +167,38 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Iterable[str
                           f"{str(exc).splitlines()[0]}") from exc
     check_types(cfg, schema)
     return cfg
+
+
+def _merge(base: str | os.PathLike, layers: list[tuple[str, DictConfig]]) -> DictConfig:
+    """``base`` (strict: only its keys) with ``(source, layer)`` merged in order."""
+    cfg = _read_yaml(base)
+    OmegaConf.set_struct(cfg, True)
+    _open_params(cfg)
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except ConfigKeyError as exc:
+            raise ConfigError(f"unknown config key {_dotted_key(exc)!r} (from {source}); "
+                              f"see configs/base.yaml for the keys that exist") from exc
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"bad value for config key {_dotted_key(exc)!r} (from {source}): "
+                              f"{str(exc).splitlines()[0]}") from exc
+        _open_params(cfg)
+    return cfg
+
+
+def experiment_files(names: Iterable[str]) -> list[Path]:
+    """The files of ``experiment`` names: ``configs/experiment/<name>.yaml``, or a path ending in .yaml."""
+    out = []
+    for name in names or ():
+        name = str(name)
+        path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / "experiment" / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+            raise ConfigError(f"experiment {name!r} not found ({path}); use one of {', '.join(known)} "
+                              f"or a YAML file path")
+        out.append(path)
+    return out
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -183,8 +214,16 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def save_config(cfg: DictConfig, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
-    """Write the resolved ``cfg`` to ``run_dir/name`` atomically; returns the path."""
-    return atomic_write_text(Path(run_dir) / name, OmegaConf.to_yaml(cfg, resolve=True))
+    """Write the resolved ``cfg`` to ``run_dir/name`` atomically; returns the path.
+
+    The experiment files are merged into ``cfg`` already, so the file names them in a header
+    comment and holds ``experiment: []``: loading it again gives ``cfg`` back.
+    """
+    data = OmegaConf.to_container(cfg, resolve=True)
+    merged = data.get("experiment") or []
+    data["experiment"] = []
+    header = f"# merged experiments: {', '.join(map(str, merged))}\n" if merged else ""
+    return atomic_write_text(Path(run_dir) / name, header + OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def import_target(dotted: str) -> Any:

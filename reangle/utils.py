@@ -51,6 +51,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> dict:
+    """The mapping a YAML file holds; ``error`` saying which ``what`` (e.g. "sweep file") is missing,
+    unparsable or not a mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"cannot parse {what} {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a mapping")
+    return data
+
+
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save ``array`` to ``path`` through a temporary file and a rename."""
     path = Path(path)

@@ -63,12 +63,15 @@ class OmegaDataModule(L.LightningDataModule):
 
     ``omega``: an Omega folder, or a callable returning the Omega (building it when missing;
     called on the preparing process first and then on every process, where it must reuse it).
-    ``views``: names to train on (``None``: all). ``masked``: use the visibility masks.
+    ``views``: names to train on (``None``: all). ``exclude_motions``: camera motions whose views
+    are left out of training (unseen views; sampling still uses every view of Omega).
+    ``masked``: use the visibility masks.
     ``omega_pointer``: a JSON file that ``setup`` writes with the Omega folder and key.
     """
 
     def __init__(self, spec: ModelSpec, omega: str | os.PathLike | Callable[[], Omega], cache_dir: str | os.PathLike,
-                 batch_size: int = 1, seed: int = 42, views: Sequence[str] | None = None, masked: bool = True,
+                 batch_size: int = 1, seed: int = 42, views: Sequence[str] | None = None,
+                 exclude_motions: Sequence[str] = (), masked: bool = True,
                  encode_device: str = "auto", omega_pointer: str | os.PathLike | None = None):
         super().__init__()
         if batch_size < 1:
@@ -76,6 +79,7 @@ class OmegaDataModule(L.LightningDataModule):
         self.spec, self.batch_size, self.seed = spec, batch_size, seed
         self._omega_source = omega
         self.views = list(views) if views is not None else None
+        self.exclude_motions = set(exclude_motions)
         self.masked = masked
         self.encode_device = encode_device
         self.omega_pointer = Path(omega_pointer) if omega_pointer else None
@@ -90,9 +94,8 @@ class OmegaDataModule(L.LightningDataModule):
         return source() if callable(source) else Omega.load(source)
 
     def _selected(self, omega: Omega):
-        if self.views is None:
-            return list(omega.views)
-        return [omega.view(name) for name in self.views]
+        views = list(omega.views) if self.views is None else [omega.view(name) for name in self.views]
+        return [view for view in views if view.motion not in self.exclude_motions]
 
     def _video_key(self, omega: Omega, view) -> str:
         return fingerprint([self.spec.fingerprint("video"), view.name, file_fingerprint(omega.root / view.video)],

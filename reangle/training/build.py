@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reangle.config import ConfigError, import_target
 from reangle.data.datamodule import OmegaDataModule
+from reangle.geometry.trajectory import check_motion
 from reangle.models.cogvideox_i2v import CogVideoXI2V
 from reangle.training.module import Stage2Module
 
@@ -54,8 +55,9 @@ def omega_source(cfg: DictConfig):
 
 def build_datamodule(cfg: DictConfig, spec: CogVideoXI2V) -> OmegaDataModule:
     views = _plain(cfg.train.views)
+    exclude = [check_motion(motion) for motion in cfg.train.exclude_motions]
     return OmegaDataModule(spec, omega_source(cfg), Path(cfg.run.cache_dir) / "stage2", batch_size=cfg.train.batch_size,
-                           seed=cfg.run.seed, views=views, masked=cfg.train.masked,
+                           seed=cfg.run.seed, views=views, exclude_motions=exclude, masked=cfg.train.masked,
                            encode_device=cfg.train.encode_device, omega_pointer=Path(cfg.run.dir) / "omega.json")
 
 
@@ -99,7 +101,7 @@ def build_loggers(cfg: DictConfig) -> list:
         if mode != "disabled":
             from lightning.pytorch.loggers import WandbLogger
 
-            loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name,
+            loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name, group=lg.group,
                                           save_dir=str(run_dir), mode=mode, tags=list(lg.tags),
                                           config=OmegaConf.to_container(cfg, resolve=True)))
     return loggers

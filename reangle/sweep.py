@@ -1,0 +1,165 @@
+"""Offline sweeps over benchmark videos, and their results tables.
+
+    python -m reangle.sweep SWEEP.yaml [key=value ...] [--manifest M] [--dry-run] [--shard i/n] [--out DIR]
+                            [--metrics a,b] [--count N] [--seed S] [--wandb-mode MODE] [--retry-failed]
+                            [--timeout S]
+    python -m reangle.sweep report DIR
+
+Reads a W&B sweep file (``configs/sweeps/``), runs every trial on every video of the manifest
+(``configs/benchmark/``), each as its own processes (``train.py``, then ``python -m eval`` when
+``--metrics`` names any), into ``DIR/trials/<unit id>/``, and writes ``DIR/results.csv``,
+``DIR/results.md`` and ``DIR/plots/``. A failed unit is recorded and the rest go on (exit
+code 1 at the end). Re-running skips every unit with a recorded result (``--retry-failed``:
+except the failed ones) and restarts interrupted ones from scratch.
+Run it from the project root (the sweep's command names ``train.py`` and config files
+relative to it), as a W&B agent would.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from reangle.config import ConfigError, add_config_arguments, config_from_args
+from reangle.experiments.manifest import ManifestError, load_manifest
+from reangle.experiments.plan import Unit, parse_shard, plan_units, shard
+from reangle.experiments.report import TRIALS, SweepResults, setting_label
+from reangle.experiments.sweep_spec import SweepError, SweepSpec, load_sweep
+from reangle.experiments.trial import read_result, run_unit
+
+WANDB_MODES = ("offline", "online", "auto", "disabled")
+
+
+def has_eval_cli() -> bool:
+    """Whether ``python -m eval`` (the evaluation package) can run here."""
+    try:
+        return importlib.util.find_spec("eval.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def unit_config(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, extra: list[str] = ()):
+    """The resolved config of a unit's command line, parsed as train.py parses it (ConfigError if invalid)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_config_arguments(parser)
+    overrides = unit.overrides(spec.name, str(trials_dir), wandb_mode, extra)
+    return config_from_args(parser.parse_args(spec.program_args(overrides)))
+
+
+def validate(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, extra: list[str] = ()) -> str | None:
+    """None when the unit's config is valid, else the error."""
+    try:
+        unit_config(spec, unit, trials_dir, wandb_mode, extra)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _describe(unit: Unit) -> str:
+    return f"{unit.id}  [{setting_label(unit.params)}]" + (f"  video={unit.video.name}" if unit.video else "")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    spec = load_sweep(args.sweep)
+    if not Path(spec.program).is_file():
+        raise SweepError(f"the sweep's program {spec.program!r} is not in {Path.cwd()}; run the sweep from the "
+                         f"project root")
+    manifest = load_manifest(args.manifest) if args.manifest else None
+    metrics = [m for m in (args.metrics or "").split(",") if m]
+    if metrics and not has_eval_cli():
+        raise SweepError("--metrics needs the evaluation package (python -m eval), which is not installed; "
+                         "install reangle with its eval package or run without --metrics")
+    units = plan_units(spec, manifest, args.count, args.seed)
+    if args.shard:
+        units = shard(units, *parse_shard(args.shard))
+    out = Path(args.out) if args.out else Path("sweeps") / spec.name
+    trials_dir = out / TRIALS
+    invalid = [(u, e) for u in units if (e := validate(spec, u, trials_dir, args.wandb_mode, args.overrides))
+               is not None]
+    if args.dry_run:
+        bad = dict((u.id, e) for u, e in invalid)
+        for unit in units:
+            result = read_result(trials_dir / unit.id)
+            state = {None: "to run", "ok": "finished"}.get(result and result.get("status"), "failed")
+            print(f"{_describe(unit)}  {state if unit.id not in bad else 'INVALID: ' + bad[unit.id]}")
+        print(f"{len(units)} units ({spec.method} sweep {spec.name!r}"
+              + (f" x {len(manifest.videos)} videos of {manifest.name!r}" if manifest else "")
+              + f"), {len(invalid)} invalid; results would go to {out}")
+        return 1 if invalid else 0
+    if invalid:
+        lines = "\n".join(f"  {u.id}: {e}" for u, e in invalid)
+        raise SweepError(f"{len(invalid)} unit(s) have an invalid config; fix the sweep or manifest:\n{lines}")
+    recorded = {u.id: read_result(trials_dir / u.id) for u in units}
+    todo = [u for u in units if recorded[u.id] is None or (args.retry_failed and recorded[u.id]["status"] != "ok")]
+    print(f"sweep {spec.name!r}: {len(units)} units, {len(units) - len(todo)} already recorded, {len(todo)} to run "
+          f"-> {out}")
+    for unit in tqdm(todo, desc=f"sweep {spec.name}", unit="trial"):
+        result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, args.wandb_mode, args.timeout,
+                                            args.overrides)
+        tqdm.write(f"{result['status']:>6}  {_describe(unit)}  {result['seconds']:.0f} s"
+                   + (f"  {result['error']}" if result["error"] else ""))
+    paths = SweepResults(out).write()
+    print(f"results: {', '.join(str(p) for p in paths[:2])} and {len(paths) - 2} plot(s) in {out / 'plots'}")
+    failed = [r for r in recorded.values() if r["status"] != "ok"]
+    if failed:
+        print(f"{len(failed)} unit(s) failed (logs in {trials_dir}/<unit>/trial.log; --retry-failed runs them again):")
+        for result in failed:
+            print(f"  {result['id']}: {result['error']}")
+        return 1
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    results = SweepResults(args.dir)
+    if not results.units:
+        raise SweepError(f"no results under {Path(args.dir) / TRIALS}; run a sweep into this folder first")
+    paths = results.write()
+    print("\n".join(map(str, paths)))
+    return 1 if results.failures() else 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if argv and argv[0] == "report":
+        parser = argparse.ArgumentParser(prog="python -m reangle.sweep report",
+                                         description="Write results.csv, results.md and plots of a sweep folder.")
+        parser.add_argument("dir", help="the sweep folder (--out of the run)")
+        args = parser.parse_args(argv[1:])
+        args.command = report
+        return args
+    parser = argparse.ArgumentParser(prog="python -m reangle.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="a W&B sweep file (configs/sweeps/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides for every unit (before the swept parameters), e.g. run.cache_dir=DIR")
+    parser.add_argument("--manifest", help="a benchmark manifest (configs/benchmark/*.yaml); every trial runs on "
+                                           "every video")
+    parser.add_argument("--dry-run", action="store_true", help="list the units and validate their configs, run nothing")
+    parser.add_argument("--shard", help="i/n: run units i, i+n, i+2n, ... (0 <= i < n), e.g. one shard per machine")
+    parser.add_argument("--out", help="sweep folder (default: sweeps/<sweep name>)")
+    parser.add_argument("--metrics", default="", help="comma-separated metrics of `python -m eval` to compute per "
+                                                      "unit (default: none, no evaluation)")
+    parser.add_argument("--count", type=int, help="number of trials (random sweeps; default: the file's run_cap)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    parser.add_argument("--wandb-mode", default="offline", choices=WANDB_MODES, help="logger.wandb_mode of every "
+                                                                                     "trial (default offline)")
+    parser.add_argument("--retry-failed", action="store_true", help="run units whose recorded result is a failure "
+                                                                   "again (default: keep the recorded failure)")
+    parser.add_argument("--timeout", type=float, help="seconds each process of a unit may run (default: no limit)")
+    args = parser.parse_intermixed_args(argv)
+    args.command = run_sweep
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return args.command(args)
+    except (SweepError, ManifestError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

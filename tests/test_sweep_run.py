@@ -1,0 +1,103 @@
+"""The offline sweep end to end on the tiny preset: 2 trials x 2 synthetic videos (+ one bad video),
+interrupted and resumed, with its results table, CSV and plots."""
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from reangle import sweep
+from reangle.experiments.trial import LOG, RESULT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sweep_file(tmp_path):
+    command = ["${env}", "${interpreter}", "${program}", "--config", "configs/presets/tiny.yaml", "data.height=64",
+               "data.width=96", "train.steps=2", "train.checkpoint_every=2", "sample.steps=1",
+               "views.motions=[orbit_left]", "${args_no_hyphens}"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "e2e", "program": "train.py", "method": "grid", "command": command,
+                                    "parameters": {"train.masked": {"values": [True, False]}}}))
+    return path
+
+
+def _manifest(tmp_path):
+    path = tmp_path / "videos.yaml"
+    path.write_text(yaml.safe_dump({"videos": [
+        {"name": "balls-0", "video": "synthetic", "overrides": {"data.synthetic.seed": 0, "depth.source": "synthetic"}},
+        {"name": "balls-1", "video": "synthetic", "overrides": {"data.synthetic.seed": 1, "depth.source": "synthetic"}},
+        {"name": "gone", "video": "clips/missing.mp4", "prompt": "nothing",
+         "overrides": {"depth.source": "depth_anything", "depth.model": "tiny"}},
+    ]}))
+    return path
+
+
+def _results(out):
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "trials").glob(f"*/{RESULT}")}
+
+
+def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the sweep's command names train.py and configs/ relative to the project root
+    out = tmp_path / "out"
+    args = [str(_sweep_file(tmp_path)), "--manifest", str(_manifest(tmp_path)), "--out", str(out),
+            f"run.cache_dir={tiny_model_dir.parent.parent}"]
+
+    # first machine: shard 0 of 2 = units 0, 2, 4 of [masked x (balls-0, balls-1, gone), unmasked x (...)]
+    assert sweep.main(args + ["--shard", "0/2"]) == 1
+    first = _results(out)
+    assert sorted((r["params"]["train.masked"], r["video"], r["status"]) for r in first.values()) == [
+        (False, "balls-1", "ok"), (True, "balls-0", "ok"), (True, "gone", "failed")]
+    finished_before = {k: (out / "trials" / k / RESULT).stat().st_mtime_ns for k, r in first.items()
+                       if r["status"] == "ok"}
+
+    # an interrupted unit: its folder exists with partial output but no result
+    dry = capsys.readouterr()
+    sweep.main(args + ["--dry-run"])
+    listing = capsys.readouterr().out.splitlines()[:-1]
+    to_run = [line.split()[0] for line in listing if line.endswith("to run")]
+    interrupted = next(u for u in to_run if "balls" in u)
+    (out / "trials" / interrupted / "checkpoints").mkdir(parents=True)
+    (out / "trials" / interrupted / "checkpoints" / "last.ckpt").write_text("half a checkpoint")
+
+    assert sweep.main(args) == 1
+    printed = capsys.readouterr().out
+    results = _results(out)
+    assert len(results) == 6
+    ok = {k: r for k, r in results.items() if r["status"] == "ok"}
+    failed = {k: r for k, r in results.items() if r["status"] != "ok"}
+    assert sorted((r["params"]["train.masked"], r["video"]) for r in ok.values()) == [
+        (False, "balls-0"), (False, "balls-1"), (True, "balls-0"), (True, "balls-1")]
+    assert {k: (out / "trials" / k / RESULT).stat().st_mtime_ns for k in finished_before} == finished_before
+    assert (out / "trials" / interrupted / RESULT).is_file()
+    assert not (out / "trials" / interrupted / "checkpoints" / "last.ckpt").read_bytes().startswith(b"half")
+    assert sorted(r["video"] for r in failed.values()) == ["gone", "gone"]
+    for key, result in failed.items():
+        assert result["stage"] == "train" and "missing.mp4" in result["error"] and key in printed
+    recorded_failure = next(k for k, r in first.items() if r["status"] != "ok")
+    assert results[recorded_failure]["seconds"] == first[recorded_failure]["seconds"]  # kept, not run again
+    for key, result in ok.items():
+        assert (out / "trials" / key / "lora" / "final").is_dir() and (out / "trials" / key / "samples").is_dir()
+        assert result["train_loss"] > 0 and result["seconds"] > 0 and result["metrics"] == {}
+        logged = (out / "trials" / key / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+        header = logged[0].split(",")
+        last = [row.split(",")[header.index("train/loss")] for row in logged[1:]]
+        assert float([v for v in last if v][-1]) == result["train_loss"]
+        assert "run.name=" + json.dumps(key) in result["command"] and (out / "trials" / key / LOG).is_file()
+        assert f"run.cache_dir={tiny_model_dir.parent.parent}" in result["command"]
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and {"train.masked", "video", "status", "train_loss", "error"} <= set(rows[0])
+    assert {r["train.masked"] for r in rows} == {"True", "False"}
+    assert sorted(r["status"] for r in rows) == ["failed"] * 2 + ["ok"] * 4
+    table = (out / "results.md").read_text()
+    assert "| train.masked=True | 2 | 1 |" in table and "| train.masked=False | 2 | 1 |" in table
+    assert "## Failures" in table and all(k in table for k in failed)
+    plot = out / "plots" / "train_loss_by_setting.png"
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+    plot.unlink()
+    assert sweep.main(["report", str(out)]) == 1
+    assert plot.read_bytes()[:8] == PNG_MAGIC
