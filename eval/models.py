@@ -1,0 +1,103 @@
+"""The networks of the metrics: each loaded once per evaluation from its ``eval.models`` key
+(a local checkpoint, a hub id where the loader takes one, or ``"tiny"``) and freed after.
+
+The VBench networks come from ``reangle.models.vbench``; FID's Inception and FVD's I3D
+from :mod:`eval.fid` / :mod:`eval.fvd`; MEt3R from :func:`reangle.consistency.load_met3r`.
+"""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY = "tiny"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".pkl")
+# tiny MEt3R networks (random weights) at the MEt3R working size of the tiny preset
+TINY_DUST3R = dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=2, dec_num_heads=2,
+                   head_type="linear")
+TINY_FEATUP = {"dino": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "key_dim": 8}
+
+
+class EvalConfigError(ValueError):
+    """An evaluation setting that cannot be used, naming its config key."""
+
+
+def checked_source(eval_cfg, key: str, allow_hub: bool = False) -> str:
+    """``eval.models.<key>``: ``"tiny"`` or an existing path (or a hub id when ``allow_hub``);
+    anything else is an error naming the key."""
+    source = eval_cfg.models.get(key)
+    if source is None:
+        raise EvalConfigError(f"eval.models.{key} is not set: give the checkpoint's local path (see "
+                              f"configs/base.yaml and configs/eval/vbench.yaml) or 'tiny'")
+    source = str(source)
+    if source == TINY or Path(source).exists():
+        return source
+    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/")) and \
+        not source.endswith(WEIGHT_SUFFIXES)
+    if allow_hub and looks_like_hub_id:
+        return source
+    raise EvalConfigError(f"checkpoint not found for eval.models.{key}: {source}; download it there or "
+                          f"point eval.models.{key} at it")
+
+
+def _vbench():
+    try:
+        from reangle.models import vbench
+    except ImportError as exc:
+        raise ImportError(f"the VBench networks (reangle.models.vbench) are not available: {exc}") from exc
+    return vbench
+
+
+def _met3r(eval_cfg, device):
+    from reangle.consistency import load_met3r
+
+    opts = eval_cfg.met3r
+    size = int(opts.img_size)
+    point = opts.point_source
+    point = {**TINY_DUST3R, "img_size": (size, size)} if point == TINY else point
+    featup = TINY_FEATUP if opts.featup_source == TINY else opts.featup_source
+    for name, value in (("point_source", point), ("featup_source", featup)):
+        if isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES) and not Path(value).exists():
+            raise EvalConfigError(f"checkpoint not found for eval.met3r.{name}: {value}")
+    return load_met3r(opts.backbone, point_source=point, featup_source=featup, device=device, img_size=size,
+                      radius=float(opts.radius), max_pairs_per_chunk=int(eval_cfg.batch_size))
+
+
+def check_model_config(eval_cfg, model: str) -> None:
+    """Check the config keys ``model`` needs before anything loads."""
+    for key in MODEL_KEYS[model]:
+        checked_source(eval_cfg, key)
+
+
+def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> Any:
+    """Load one metric network (see ``MODEL_KEYS``) on ``device`` in eval mode."""
+    if model == "met3r":
+        return _met3r(eval_cfg, device).eval()
+    sources = [checked_source(eval_cfg, key) for key in MODEL_KEYS[model]]
+    if model == "inception":
+        from eval.fid import build_fid
+        return build_fid(sources[0]).to(device)
+    if model == "i3d":
+        from eval.fvd import build_fvd, load_i3d, materialize_tiny_i3d
+        path = materialize_tiny_i3d(cache_dir) if sources[0] == TINY else sources[0]
+        return build_fvd(load_i3d(path, device)).to(device)
+    loader = getattr(_vbench(), LOADERS[model])
+    return loader(*sources).to(device).eval()
+
+
+def release_memory() -> None:
+    """Return the memory of dropped models (call after dropping the last reference)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# model -> the eval.models keys it is loaded from
+MODEL_KEYS = {"subject": ("subject",), "background": ("background",), "aesthetic": ("aesthetic_clip", "aesthetic_head"),
+              "imaging": ("imaging",), "flow": ("flow",), "interpolation": ("interpolation",),
+              "inception": ("inception",), "i3d": ("i3d",), "met3r": ()}
+LOADERS = {"subject": "load_subject_model", "background": "load_background_model",
+           "aesthetic": "load_aesthetic_model", "imaging": "load_imaging_model", "flow": "load_flow_model",
+           "interpolation": "load_interpolation_model"}
