@@ -1,0 +1,75 @@
+"""`python -m eval` on a tiny trained run: eval.json / eval.md with the expected keys and finite
+values, the same numbers through the engine, and clear errors for bad input."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+from eval.__main__ import main as eval_main
+from eval.models import EvalConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--config", "configs/presets/tiny.yaml"]
+NO_NETS = ["temporal_flickering", "met3r", "fid", "fvd"]  # metrics whose tiny networks live in eval/ and reangle
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_omega, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    train.main([*TINY, f"run.root={root}", f"run.cache_dir={root}/cache", f"train.omega={tiny_omega}",
+                "data.height=64", "data.width=96", "train.steps=1", "train.checkpoint_every=1", "sample.steps=2",
+                "sample.views=[input,orbit_left_0]"])
+    return root / "tiny"
+
+
+def test_eval_cli_writes_json_and_markdown(run_dir):
+    result = eval_main(["--run", str(run_dir), "--metrics", ",".join(NO_NETS)])
+    data = json.loads((run_dir / "eval.json").read_text())
+    assert set(data) == {"aggregate", "videos", "settings"}
+    assert list(data["aggregate"]) == NO_NETS and data["aggregate"] == pytest.approx(result.aggregate)
+    assert all(math.isfinite(v) for v in data["aggregate"].values())
+    assert sorted(data["videos"]) == ["input", "orbit_left_0"]
+    for scores in data["videos"].values():  # FID / FVD are set scores, not per video
+        assert set(scores) == {"temporal_flickering", "met3r"} and all(math.isfinite(v) for v in scores.values())
+    assert 0 < data["aggregate"]["temporal_flickering"] <= 1 and 0 <= data["aggregate"]["met3r"] <= 2
+    assert data["settings"]["num_reference"] == 1 and data["settings"]["eval"]["met3r"]["pairing"] == "auto"
+    table = (run_dir / "eval.md").read_text()
+    assert "| Flick↑ | MEt3R↓ | FID↓ | FVD↓ |" in table and "| orbit_left_0 |" in table
+    assert not list(run_dir.glob(".eval*"))  # no temporary files left
+
+
+def test_eval_module_entry_point_and_reference_folder(run_dir, tmp_path):
+    """The installed entry point in a fresh process, with a reference folder of videos and an out_dir."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (ref / name).write_bytes((run_dir / "samples" / "input.mp4").read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "eval", "--run", str(run_dir), "--metrics", "fid",
+                           "--reference", str(ref), f"eval.out_dir={out}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "eval.json").read_text())
+    assert data["settings"]["num_reference"] == 2 and math.isfinite(data["aggregate"]["fid"])
+
+
+def test_eval_bad_inputs(run_dir, tmp_path):
+    with pytest.raises(EvalConfigError, match="not a run directory"):
+        eval_main(["--run", str(tmp_path)])
+    with pytest.raises(EvalConfigError, match="unknown metric"):
+        eval_main(["--run", str(run_dir), "--metrics", "sharpness"])
+    with pytest.raises(EvalConfigError, match="eval.models.i3d is not set"):
+        eval_main(["--run", str(run_dir), "--metrics", "fvd", "eval.models.i3d=null"])
+    with pytest.raises(EvalConfigError, match="checkpoint not found for eval.models.inception"):
+        eval_main(["--run", str(run_dir), "--metrics", "fid", "eval.models.inception=missing/pt_inception.pth"])
+    with pytest.raises(EvalConfigError, match="reference folder not found"):
+        eval_main(["--run", str(run_dir), "--metrics", "fid", "--reference", str(tmp_path / "nowhere")])
+    with pytest.raises(EvalConfigError, match="samples folder not found"):
+        eval_main(["--run", str(run_dir), f"eval.samples_dir={tmp_path / 'none'}"])
+    proc = subprocess.run([sys.executable, "-m", "eval", "--run", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
