@@ -197,20 +197,24 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or a ``.pth``/``.ckpt`` state dict (``weights_only``)."""
+def read_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pth``/``.ckpt`` state dict (``weights_only``;
+    a ``{"state_dict": ...}`` wrapper is unwrapped). ``what`` names the file in errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, not a checkpoint, or pickled objects beyond tensors
+        raise ValueError(f"{what} {path} could not be read as a state dict: {error}") from error
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+        raise ValueError(f"{what} {path} does not hold a state dict (got {type(obj).__name__})")
     return dict(obj)
 
 
