@@ -27,8 +27,9 @@ class TinyVideoFeatures(nn.Module):
 
     def __init__(self, seed: int = 0):
         super().__init__()
-        torch.manual_seed(seed)
-        self.conv = nn.Conv3d(3, 16, 3, stride=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conv = nn.Conv3d(3, 16, 3, stride=2)
 
     def forward(self, videos: Tensor, rescale: bool = False, resize: bool = False,
                 return_features: bool = False) -> Tensor:

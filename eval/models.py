@@ -18,6 +18,7 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".pkl")
 TINY_DUST3R = dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=2, dec_num_heads=2,
                    head_type="linear")
 TINY_FEATUP = {"dino": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "key_dim": 8}
+TINY_SEED = 0
 
 
 class EvalConfigError(ValueError):
@@ -61,8 +62,10 @@ def _met3r(eval_cfg, device):
     for name, value in (("point_source", point), ("featup_source", featup)):
         if isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES) and not Path(value).exists():
             raise EvalConfigError(f"checkpoint not found for eval.met3r.{name}: {value}")
-    return load_met3r(opts.backbone, point_source=point, featup_source=featup, device=device, img_size=size,
-                      radius=float(opts.radius), max_pairs_per_chunk=int(eval_cfg.batch_size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)  # tiny (random) networks: the same on every rank and in every run
+        return load_met3r(opts.backbone, point_source=point, featup_source=featup, device=device, img_size=size,
+                          radius=float(opts.radius), max_pairs_per_chunk=int(eval_cfg.batch_size))
 
 
 def check_model_config(eval_cfg, model: str) -> None:

@@ -13,12 +13,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from eval.temporal_flickering import to_uint8_levels
-
-PAD_MULTIPLE = 16  # AMT works on a 1/16 feature pyramid
 
 
 def midpoint_pairs(frames: Tensor) -> tuple[Tensor, Tensor]:
@@ -29,16 +26,12 @@ def midpoint_pairs(frames: Tensor) -> tuple[Tensor, Tensor]:
     return kept[:-1], kept[1:]
 
 
-def interpolate_padded(interpolate: Callable[[Tensor, Tensor, Tensor], Tensor], img0: Tensor, img1: Tensor) -> Tensor:
-    """``interpolate(img0, img1, embt=0.5)`` on ``[B, 3, H, W]`` in [0, 1], replicate-padded to a
-    multiple of 16 and cropped back."""
-    h, w = img0.shape[-2:]
-    pad = (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE)
-    if any(pad):
-        img0, img1 = F.pad(img0, pad, mode="replicate"), F.pad(img1, pad, mode="replicate")
+def interpolate_midpoints(interpolate: Callable[[Tensor, Tensor, Tensor], Tensor], img0: Tensor, img1: Tensor) -> Tensor:
+    """``interpolate(img0, img1, embt=0.5)`` on ``[B, 3, H, W]`` in [0, 1] (the interpolator pads
+    to the sizes it needs and crops back, see ``reangle.models.vbench``)."""
     embt = img0.new_full((img0.shape[0], 1, 1, 1), 0.5)
     with torch.no_grad():
-        return interpolate(img0, img1, embt)[..., :h, :w].float()
+        return interpolate(img0, img1, embt).float()
 
 
 def smoothness_score(frames: Tensor, interpolated: Tensor) -> float:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from eval import dynamic_degree as dyn
 from eval.feature_consistency import video_consistency
 from eval.met3r_pairs import FramePair, met3r_pairs
-from eval.motion_smoothness import interpolate_padded, midpoint_pairs, smoothness_score
+from eval.motion_smoothness import interpolate_midpoints, midpoint_pairs, smoothness_score
 from eval.temporal_flickering import temporal_flickering
 
 
@@ -95,7 +95,7 @@ def _smoothness(model, items, inputs, progress):
     videos = [inputs.videos[i.payload] for i in items]
     pairs = [midpoint_pairs(v) for v in videos]
     img0, img1 = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
-    mids = run_batched(lambda a, b: interpolate_padded(model, a, b), [img0, img1], inputs.settings.batch_size,
+    mids = run_batched(lambda a, b: interpolate_midpoints(model, a, b), [img0, img1], inputs.settings.batch_size,
                        _device(model), "interpolation", progress)
     return [smoothness_score(v, m) for v, m in zip(videos, _split(mids, [p[0].shape[0] for p in pairs]))]
 

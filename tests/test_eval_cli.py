@@ -14,7 +14,8 @@ from eval.models import EvalConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--config", "configs/presets/tiny.yaml"]
-NO_NETS = ["temporal_flickering", "met3r", "fid", "fvd"]  # metrics whose tiny networks live in eval/ and reangle
+ALL = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
+       "dynamic_degree", "aesthetic_quality", "imaging_quality", "met3r", "fid", "fvd"]
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +23,31 @@ def run_dir(tiny_omega, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     train.main([*TINY, f"run.root={root}", f"run.cache_dir={root}/cache", f"train.omega={tiny_omega}",
                 "data.height=64", "data.width=96", "train.steps=1", "train.checkpoint_every=1", "sample.steps=2",
-                "sample.views=[input,orbit_left_0]"])
+                "sample.views=[input,orbit_left_0]", "eval.callback.enabled=true", "eval.metrics=[temporal_flickering]"])
     return root / "tiny"
 
 
+def test_training_evaluates_its_samples_when_the_callback_is_on(run_dir):
+    data = json.loads((run_dir / "eval.json").read_text())  # written by the Evaluation callback
+    assert list(data["aggregate"]) == ["temporal_flickering"] and sorted(data["videos"]) == ["input", "orbit_left_0"]
+    assert "(step 1)" in (run_dir / "eval.md").read_text()
+
+
 def test_eval_cli_writes_json_and_markdown(run_dir):
-    result = eval_main(["--run", str(run_dir), "--metrics", ",".join(NO_NETS)])
+    result = eval_main(["--run", str(run_dir), "--metrics", ",".join(ALL)])  # tiny networks (the tiny preset)
     data = json.loads((run_dir / "eval.json").read_text())
     assert set(data) == {"aggregate", "videos", "settings"}
-    assert list(data["aggregate"]) == NO_NETS and data["aggregate"] == pytest.approx(result.aggregate)
+    assert list(data["aggregate"]) == ALL and data["aggregate"] == pytest.approx(result.aggregate)
     assert all(math.isfinite(v) for v in data["aggregate"].values())
     assert sorted(data["videos"]) == ["input", "orbit_left_0"]
     for scores in data["videos"].values():  # FID / FVD are set scores, not per video
-        assert set(scores) == {"temporal_flickering", "met3r"} and all(math.isfinite(v) for v in scores.values())
-    assert 0 < data["aggregate"]["temporal_flickering"] <= 1 and 0 <= data["aggregate"]["met3r"] <= 2
+        assert set(scores) == set(ALL) - {"fid", "fvd"} and all(math.isfinite(v) for v in scores.values())
+    for name in ALL[:5]:
+        assert 0 <= data["aggregate"][name] <= 1
+    assert 0 <= data["aggregate"]["met3r"] <= 2 and data["aggregate"]["fid"] >= 0
     assert data["settings"]["num_reference"] == 1 and data["settings"]["eval"]["met3r"]["pairing"] == "auto"
     table = (run_dir / "eval.md").read_text()
-    assert "| Flick↑ | MEt3R↓ | FID↓ | FVD↓ |" in table and "| orbit_left_0 |" in table
+    assert "| | SubjC↑ | BackC↑ | Flick↑ | Smooth↑ | Dyn↑ | Aesth↑ | Imag↑ | MEt3R↓ | FID↓ | FVD↓ |" in table and "| orbit_left_0 |" in table
     assert not list(run_dir.glob(".eval*"))  # no temporary files left
 
 
