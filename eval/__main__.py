@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None):
     files, overrides = split_config_tokens(args.config, args.overrides)
     result = evaluate_run(args.run, metrics, args.reference, files, overrides)
     for name, value in result.aggregate.items():
-        print(f"{name}: {value:.6g}")
+        print(f"{name}: {'undefined' if value is None else f'{value:.6g}'}")
     return result
 
 

@@ -3,6 +3,7 @@ big batches, the shares gathered, and per-view and dataset scores formed identic
 every rank (so 1 and N processes give the same numbers)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -10,14 +11,15 @@ import torch
 from omegaconf import OmegaConf
 
 from eval.models import EvalConfigError, check_model_config, load_model, release_memory
-from eval.registry import METRICS, EvalInputs, Item
+from eval.registry import METRICS, EvalInputs
 from reangle.sampling.shard import gather, shard
 
 
 @dataclass
 class EvalResult:
     """``aggregate``: {metric: dataset score}; ``videos``: {view: {metric: score}} (item metrics
-    only: FID and FVD are scores of the whole set); ``settings``: what was evaluated and how."""
+    only: FID and FVD are scores of the whole set); ``settings``: what was evaluated and how.
+    A score that is undefined (see :func:`finite_or_none`) is ``None``."""
 
     aggregate: dict[str, float]
     videos: dict[str, dict[str, float]]
@@ -46,42 +48,41 @@ def check_request(metrics: Sequence[str], inputs: EvalInputs) -> None:
                                   f"or evaluate a run whose Omega has its input video")
 
 
-def weighted_scores(items: Sequence[Item], scores: Sequence[float]) -> tuple[float, dict[str, float]]:
-    """Dataset score (weighted mean over items) and per-view scores (over the items of each view)."""
-    total = sum(i.weight for i in items)
-    aggregate = sum(i.weight * s for i, s in zip(items, scores)) / total
-    per_view: dict[str, list[float]] = {}
-    for item, score in zip(items, scores):
-        for view in item.views:
-            acc = per_view.setdefault(view, [0.0, 0.0])
-            acc[0] += item.weight * score
-            acc[1] += item.weight
-    return aggregate, {v: s / w for v, (s, w) in per_view.items()}
+def finite_or_none(value: float) -> float | None:
+    """A score, or ``None`` (JSON null) where it is undefined or infinite (e.g. no SED pair with
+    enough matches, PSNR of identical pixels)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def evaluate(inputs: EvalInputs, metrics: Sequence[str], *, device: torch.device, cache_dir: str,
              rank: int = 0, world_size: int = 1, progress: bool = True) -> EvalResult:
     """Score ``inputs`` with ``metrics`` on this rank's share; every rank returns the full result."""
     check_request(metrics, inputs)
-    aggregate: dict[str, float] = {}
-    videos: dict[str, dict[str, float]] = {name: {} for name in inputs.videos}
+    aggregate: dict[str, float | None] = {}
+    videos: dict[str, dict[str, float | None]] = {name: {} for name in inputs.videos}
+    scored: dict[tuple, tuple[list, list]] = {}  # one scoring pass for metrics that share it
     for name in metrics:
         metric = METRICS[name]
-        model = load_model(metric.model, inputs.settings, device, cache_dir) if metric.model else None
+        shared = (metric.model, metric.items, metric.score)
+        needs_model = metric.model and shared not in scored
+        model = load_model(metric.model, inputs.settings, device, cache_dir) if needs_model else None
         try:
             if metric.update is not None:
                 model.reset()
                 metric.update(model, shard(list(inputs.videos.values()), rank, world_size),
                               shard(inputs.reference, rank, world_size), inputs, progress)
-                aggregate[name] = float(model.compute())
-            else:
+                aggregate[name] = finite_or_none(float(model.compute()))
+                continue
+            if shared not in scored:
                 items = metric.items(inputs)
                 mine = shard(range(len(items)), rank, world_size)
                 scores = metric.score(model, [items[i] for i in mine], inputs, progress) if mine else []
                 gathered = dict(gather(list(zip(mine, scores))))
-                aggregate[name], per_view = weighted_scores(items, [gathered[i] for i in range(len(items))])
-                for view, score in per_view.items():
-                    videos[view][name] = score
+                scored[shared] = (items, [gathered[i] for i in range(len(items))])
+            value, per_view = metric.finalize(*scored[shared])
+            aggregate[name] = finite_or_none(value)
+            for view, score in per_view.items():
+                videos[view][name] = finite_or_none(score)
         finally:
             model = None
             release_memory()

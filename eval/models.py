@@ -71,23 +71,39 @@ def _met3r(eval_cfg, device):
 def check_model_config(eval_cfg, model: str) -> None:
     """Check the config keys ``model`` needs before anything loads."""
     for key in MODEL_KEYS[model]:
-        checked_source(eval_cfg, key)
+        if eval_cfg.models.get(key) != HUB_OR_SPECIAL.get(key):
+            checked_source(eval_cfg, key, allow_hub=key in HUB_OR_SPECIAL)
 
 
 def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> Any:
     """Load one metric network (see ``MODEL_KEYS``) on ``device`` in eval mode."""
     if model == "met3r":
         return _met3r(eval_cfg, device).eval()
-    sources = [checked_source(eval_cfg, key) for key in MODEL_KEYS[model]]
+    if model not in LOADERS:
+        source = checked_source(eval_cfg, MODEL_KEYS[model][0])
     if model == "inception":
         from eval.fid import build_fid
-        return build_fid(sources[0]).to(device)
+        return build_fid(source).to(device)
+    if model == "dust3r":
+        from reangle.nets.dust3r import load_dust3r
+        source = checked_source(eval_cfg, "dust3r", allow_hub=True)
+        size = int(eval_cfg.camera.size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            return load_dust3r({**TINY_DUST3R, "img_size": (size, size)} if source == TINY else source, device=device)
+    if model == "lpips":
+        from eval.warp_fidelity import LPIPS_TORCHVISION, load_lpips
+        source = eval_cfg.models.lpips
+        source = source if source == LPIPS_TORCHVISION else checked_source(eval_cfg, "lpips")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            return load_lpips(source, device=device)
     if model == "i3d":
         from eval.fvd import build_fvd, load_i3d, materialize_tiny_i3d
-        path = materialize_tiny_i3d(cache_dir) if sources[0] == TINY else sources[0]
+        path = materialize_tiny_i3d(cache_dir) if source == TINY else source
         return build_fvd(load_i3d(path, device)).to(device)
     loader = getattr(_vbench(), LOADERS[model])
-    return loader(*sources).to(device).eval()
+    return loader(*(checked_source(eval_cfg, key) for key in MODEL_KEYS[model])).to(device).eval()
 
 
 def release_memory() -> None:
@@ -100,7 +116,8 @@ def release_memory() -> None:
 # model -> the eval.models keys it is loaded from
 MODEL_KEYS = {"subject": ("subject",), "background": ("background",), "aesthetic": ("aesthetic_clip", "aesthetic_head"),
               "imaging": ("imaging",), "flow": ("flow",), "interpolation": ("interpolation",),
-              "inception": ("inception",), "i3d": ("i3d",), "met3r": ()}
+              "inception": ("inception",), "i3d": ("i3d",), "met3r": (), "dust3r": ("dust3r",), "lpips": ("lpips",)}
+HUB_OR_SPECIAL = {"dust3r": "hub id", "lpips": "torchvision"}  # sources that need not be local files
 LOADERS = {"subject": "load_subject_model", "background": "load_background_model",
            "aesthetic": "load_aesthetic_model", "imaging": "load_imaging_model", "flow": "load_flow_model",
            "interpolation": "load_interpolation_model"}

@@ -8,6 +8,7 @@ reference videos; their ``compute`` syncs the states over ranks.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -19,6 +20,7 @@ from eval import dynamic_degree as dyn
 from eval.feature_consistency import video_consistency
 from eval.met3r_pairs import FramePair, met3r_pairs
 from eval.motion_smoothness import interpolate_midpoints, midpoint_pairs, smoothness_score
+from eval.sed import MAX_ERROR, MIN_MATCHES, nearest_view_pairs, sed_tsed
 from eval.temporal_flickering import temporal_flickering
 
 
@@ -33,24 +35,50 @@ class Item(NamedTuple):
 @dataclass
 class EvalInputs:
     """Generated videos ``{view: [N, 3, H, W] in [0, 1]}`` (one frame size), their frame rate,
-    the run's mode, the reference videos (FID/FVD) and the settings (the ``eval`` config)."""
+    the run's mode, the settings (the ``eval`` config), the reference videos (FID/FVD), the
+    views' requested cameras ``{view: {"K": [3, 3], "w2c": [N, 4, 4]}}`` (SED, camera accuracy)
+    and the run's Omega (its input video and cameras, the warped videos and masks)."""
 
     videos: dict[str, Tensor]
     fps: float
     mode: str
     settings: Any
     reference: list[Tensor] = field(default_factory=list)
+    cameras: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    omega: Any = None
+
+
+def weighted_scores(items: Sequence[Item], scores: Sequence[float]) -> tuple[float, dict[str, float]]:
+    """Dataset score (weighted mean over items; NaN without items) and per-view scores (over the
+    items of each view)."""
+    total = sum(i.weight for i in items)
+    if not total:
+        return math.nan, {}
+    aggregate = sum(i.weight * s for i, s in zip(items, scores)) / total
+    per_view: dict[str, list[float]] = {}
+    for item, score in zip(items, scores):
+        for view in item.views:
+            acc = per_view.setdefault(view, [0.0, 0.0])
+            acc[0] += item.weight * score
+            acc[1] += item.weight
+    return aggregate, {v: s / w for v, (s, w) in per_view.items()}
 
 
 @dataclass(frozen=True)
 class MetricDef:
+    """A metric. Item metrics: ``items`` lists the work, ``score`` scores a share of it (one
+    result per item), ``finalize`` turns all results into (dataset score, per-view scores).
+    Metrics with the same network, ``items`` and ``score`` (SED and TSED; the two camera errors; the
+    two warp scores) share one scoring pass. Distribution metrics: ``update``."""
+
     name: str
     label: str                 # column of eval.md (the paper's Tab. 1 abbreviations)
     higher_is_better: bool
     model: str | None          # network (eval/models.py), loaded once per evaluation
-    items: Callable[[EvalInputs], list[Item]] | None = None              # item metrics
-    score: Callable[[Any, list[Item], EvalInputs, bool], list[float]] | None = None
-    update: Callable[[Any, list[Tensor], list[Tensor], EvalInputs, bool], None] | None = None  # distribution
+    items: Callable[[EvalInputs], list[Item]] | None = None
+    score: Callable[[Any, list[Item], EvalInputs, bool], list[Any]] | None = None
+    finalize: Callable[[list[Item], list[Any]], tuple[float, dict[str, float]]] = weighted_scores
+    update: Callable[[Any, list[Tensor], list[Tensor], EvalInputs, bool], None] | None = None
 
 
 def run_batched(fn: Callable[..., Tensor], inputs: Sequence[Tensor], batch_size: int, device: torch.device,
@@ -149,6 +177,87 @@ def _update_fvd(metric, generated, reference, inputs, progress):
                 metric.update(clips, real=real)
 
 
+def _pick(index: int, keep: Callable[[tuple], bool] | None = None):
+    """``finalize`` for tuple results: the weighted mean of element ``index`` over the items whose
+    result passes ``keep`` (default: that element is finite); NaN when none does."""
+    keep = keep or (lambda result: math.isfinite(result[index]))
+
+    def finalize(items, scores):
+        kept = [(i, s[index]) for i, s in zip(items, scores) if keep(s)]
+        if not kept:
+            return math.nan, {}
+        return weighted_scores([i for i, _ in kept], [float(v) for _, v in kept])
+    return finalize
+
+
+def _sed_items(inputs: EvalInputs) -> list[Item]:
+    views = list(inputs.videos)
+    missing = [v for v in views if v not in inputs.cameras]
+    if missing:
+        raise ValueError(f"SED needs the cameras of every view; {missing} have none in their <view>.json")
+    first = torch.stack([inputs.cameras[v]["w2c"][0] for v in views])
+    num_frames = min(v.shape[0] for v in inputs.videos.values())
+    return [Item((views[i], views[j]), 1.0, (views[i], views[j], t))
+            for t in range(0, num_frames, int(inputs.settings.sed.frame_stride)) for i, j in nearest_view_pairs(first)]
+
+
+def _sed(model, items, inputs, progress):
+    """(median SED, number of matches) of each (view pair, time step), grouped by time step."""
+    results: dict[int, tuple[float, int]] = {}
+    for t in tqdm(sorted({i.payload[2] for i in items}), desc="SED", disable=not progress, leave=False):
+        mine = [(n, i.payload) for n, i in enumerate(items) if i.payload[2] == t]
+        views = list(dict.fromkeys(v for _, (a, b, _) in mine for v in (a, b)))
+        index = {v: k for k, v in enumerate(views)}
+        out = sed_tsed(torch.stack([inputs.videos[v][t] for v in views]),
+                       torch.stack([inputs.cameras[v]["K"] for v in views]),
+                       torch.stack([inputs.cameras[v]["w2c"][t] for v in views]),
+                       [(index[a], index[b]) for _, (a, b, _) in mine])
+        for (n, _), median, count in zip(mine, out.medians.tolist(), out.num_matches.tolist()):
+            results[n] = (median, count)
+    return [results[n] for n in range(len(items))]
+
+
+def _tsed_finalize(items, scores):
+    """TSED: the fraction of (pair, time step) items with >= T_m matches and a median SED < T_e."""
+    consistent = [float(count >= MIN_MATCHES and median < MAX_ERROR) for median, count in scores]
+    return weighted_scores(items, consistent)
+
+
+def _target_views(inputs: EvalInputs) -> list[Item]:
+    from reangle.data.omega import INPUT_VIEW
+    if inputs.omega is None:
+        raise ValueError("this metric needs the run's Omega (the input video, cameras and warped videos)")
+    names = {v.name for v in inputs.omega.views}
+    return [Item((v,), 1.0, v) for v in inputs.videos if v != INPUT_VIEW and v in names]
+
+
+def _camera(model, items, inputs, progress):
+    from eval.camera_accuracy import camera_accuracy
+    from reangle.data.omega import INPUT_VIEW
+    record = inputs.omega.view(INPUT_VIEW)
+    frames_a, w2c_a = inputs.omega.read_frames(record), inputs.omega.read_camera(record)["w2c"]
+    out = []
+    for item in tqdm(items, desc="camera accuracy", disable=not progress, leave=False):
+        frames_b = inputs.videos[item.payload]
+        n = min(len(frames_a), len(frames_b))
+        acc = camera_accuracy(model, frames_a[:n], frames_b[:n], w2c_a[:n], inputs.cameras[item.payload]["w2c"][:n],
+                              size=int(inputs.settings.camera.size), batch_size=inputs.settings.batch_size)
+        summary = acc.summary()
+        out.append((summary["rotation_error_deg"], summary["translation_direction_error_deg"]))
+    return out
+
+
+def _warp(model, items, inputs, progress):
+    from eval.warp_fidelity import warp_fidelity
+    out = []
+    for item in tqdm(items, desc="warp fidelity", disable=not progress, leave=False):
+        record = inputs.omega.view(item.payload)
+        scores = warp_fidelity(inputs.videos[item.payload], inputs.omega.read_frames(record),
+                               inputs.omega.read_mask(record), model, inputs.settings.batch_size)
+        out.append((scores["psnr"], scores["lpips"]))
+    return out
+
+
 METRICS: dict[str, MetricDef] = {m.name: m for m in [
     MetricDef("subject_consistency", "SubjC", True, "subject", _consistency_items, _feature_consistency),
     MetricDef("background_consistency", "BackC", True, "background", _consistency_items, _feature_consistency),
@@ -160,4 +269,10 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in [
     MetricDef("met3r", "MEt3R", False, "met3r", _met3r_items, _met3r),
     MetricDef("fid", "FID", False, "inception", update=_update_fid),
     MetricDef("fvd", "FVD", False, "i3d", update=_update_fvd),
+    MetricDef("sed", "SED", False, None, _sed_items, _sed, _pick(0, lambda r: r[1] >= MIN_MATCHES)),
+    MetricDef("tsed", "TSED", True, None, _sed_items, _sed, _tsed_finalize),
+    MetricDef("camera_rot_err", "RotErr", False, "dust3r", _target_views, _camera, _pick(0)),
+    MetricDef("camera_trans_err", "TransErr", False, "dust3r", _target_views, _camera, _pick(1)),
+    MetricDef("warp_psnr", "wPSNR", True, "lpips", _target_views, _warp, _pick(0)),
+    MetricDef("warp_lpips", "wLPIPS", False, "lpips", _target_views, _warp, _pick(1)),
 ]}

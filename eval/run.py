@@ -26,6 +26,7 @@ from reangle.utils import atomic_write_text, resolve_device
 
 RUN_CONFIG = "config.yaml"
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
+OMEGA_METRICS = ("camera_rot_err", "camera_trans_err", "warp_psnr", "warp_lpips")  # need the run's Omega
 
 
 def run_config(run_dir: str | os.PathLike, files: Sequence[str] = (), overrides: Iterable[str] = ()) -> DictConfig:
@@ -84,7 +85,14 @@ def inputs_from_config(cfg: DictConfig, metrics: Sequence[str]) -> EvalInputs:
     fps = float(metadata[0].get("settings", {}).get("fps", cfg.data.fps))
     needs_reference = any(m in ("fid", "fvd") for m in metrics)
     reference = reference_videos(cfg, cfg.eval.reference) if needs_reference else []
-    return EvalInputs(videos=videos, fps=fps, mode=cfg.mode, settings=cfg.eval, reference=reference)
+    cameras = {meta["view"]: {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["camera"].items()}
+               for meta in metadata if meta.get("camera")}
+    omega = None
+    if any(m in OMEGA_METRICS for m in metrics):
+        from reangle.sampling.run import find_omega
+        omega = find_omega(cfg)
+    return EvalInputs(videos=videos, fps=fps, mode=cfg.mode, settings=cfg.eval, reference=reference,
+                      cameras=cameras, omega=omega)
 
 
 def write_results(result: EvalResult, out_dir: str | os.PathLike, title: str) -> tuple[Path, Path]:
@@ -101,7 +109,7 @@ def log_table(loggers: Iterable, result: EvalResult, step: int | None = None) ->
     data = result.to_json()
     names = sorted({n for scores in data["videos"].values() for n in scores})
     for logger in loggers:
-        logger.log_metrics({f"eval/{k}": v for k, v in data["aggregate"].items()}, step=step)
+        logger.log_metrics({f"eval/{k}": v for k, v in data["aggregate"].items() if v is not None}, step=step)
         if hasattr(logger, "log_table") and names:
             rows = [[view] + [scores.get(n) for n in names] for view, scores in data["videos"].items()]
             logger.log_table(key="eval/videos", columns=["view"] + names, data=rows, step=step)

@@ -9,13 +9,12 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from eval import dynamic_degree as dyn
-from eval.evaluate import weighted_scores
 from eval.feature_consistency import frame_consistency, video_consistency
 from eval.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from eval.fvd import build_fvd, load_i3d, video_clips
 from eval.met3r_pairs import FramePair, met3r_pairs
 from eval.motion_smoothness import interpolate_midpoints, midpoint_pairs, smoothness_score
-from eval.registry import Item
+from eval.registry import Item, weighted_scores
 from eval.temporal_flickering import temporal_flickering
 
 
@@ -215,3 +214,35 @@ def test_weighted_aggregation():
     assert aggregate == pytest.approx(4.5 / 7)
     assert per_view == pytest.approx({"a": 4.5 / 5, "b": 0.5 / 3})
     assert not math.isnan(aggregate)
+
+
+# --- registry wiring of SED / TSED -----------------------------------------------------------
+
+def test_sed_through_the_registry_equals_sed_tsed_video():
+    from omegaconf import OmegaConf
+
+    from eval.evaluate import evaluate
+    from eval.registry import EvalInputs
+    from eval.sed import MAX_ERROR, MIN_MATCHES, sed_tsed_video
+
+    g = torch.Generator().manual_seed(4)
+    texture = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(96, 128), mode="bicubic")
+    names = ["a", "b", "c"]
+    videos, cameras = {}, {}
+    for k, name in enumerate(names):  # the same texture shifted: many SIFT matches, cameras apart on x
+        frames = torch.roll(texture, shifts=3 * k, dims=-1).clamp(0, 1).repeat(3, 1, 1, 1)
+        w2c = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
+        w2c[:, 0, 3] = -0.1 * k ** 1.5
+        videos[name] = frames
+        cameras[name] = {"K": torch.tensor([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]], dtype=torch.float64), "w2c": w2c}
+    settings = OmegaConf.create({"batch_size": 4, "sed": {"frame_stride": 2}})
+    inputs = EvalInputs(videos=videos, fps=8, mode="static", settings=settings, cameras=cameras)
+    result = evaluate(inputs, ["sed", "tsed"], device=torch.device("cpu"), cache_dir="unused", progress=False)
+    oracle = sed_tsed_video(torch.stack(list(videos.values())), cameras["a"]["K"],
+                            torch.stack([cameras[n]["w2c"] for n in names]), pairs=[(0, 1), (1, 2)], frames=[0, 2])
+    enough = oracle.num_matches >= MIN_MATCHES
+    assert enough.any()
+    assert result.aggregate["sed"] == pytest.approx(oracle.medians[enough].mean().item())
+    assert result.aggregate["tsed"] == pytest.approx(oracle.tsed)
+    assert set(result.videos["b"]) == {"sed", "tsed"}  # b is in both nearest pairs
+    assert MAX_ERROR == 1.25
