@@ -71,19 +71,17 @@ def _met3r(eval_cfg, device):
 def check_model_config(eval_cfg, model: str) -> None:
     """Check the config keys ``model`` needs before anything loads."""
     for key in MODEL_KEYS[model]:
-        if eval_cfg.models.get(key) != HUB_OR_SPECIAL.get(key):
-            checked_source(eval_cfg, key, allow_hub=key in HUB_OR_SPECIAL)
+        if eval_cfg.models.get(key) not in SPECIAL_SOURCES.get(key, ()):
+            checked_source(eval_cfg, key, allow_hub=key in HUB_KEYS)
 
 
 def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> Any:
     """Load one metric network (see ``MODEL_KEYS``) on ``device`` in eval mode."""
     if model == "met3r":
         return _met3r(eval_cfg, device).eval()
-    if model not in LOADERS:
-        source = checked_source(eval_cfg, MODEL_KEYS[model][0])
     if model == "inception":
         from eval.fid import build_fid
-        return build_fid(source).to(device)
+        return build_fid(checked_source(eval_cfg, "inception")).to(device)
     if model == "dust3r":
         from reangle.nets.dust3r import load_dust3r
         source = checked_source(eval_cfg, "dust3r", allow_hub=True)
@@ -92,14 +90,15 @@ def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> An
             torch.manual_seed(TINY_SEED)
             return load_dust3r({**TINY_DUST3R, "img_size": (size, size)} if source == TINY else source, device=device)
     if model == "lpips":
-        from eval.warp_fidelity import LPIPS_TORCHVISION, load_lpips
+        from eval.warp_fidelity import load_lpips
         source = eval_cfg.models.lpips
-        source = source if source == LPIPS_TORCHVISION else checked_source(eval_cfg, "lpips")
+        source = source if source in SPECIAL_SOURCES["lpips"] else checked_source(eval_cfg, "lpips")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
             return load_lpips(source, device=device)
     if model == "i3d":
         from eval.fvd import build_fvd, load_i3d, materialize_tiny_i3d
+        source = checked_source(eval_cfg, "i3d")
         path = materialize_tiny_i3d(cache_dir) if source == TINY else source
         return build_fvd(load_i3d(path, device)).to(device)
     loader = getattr(_vbench(), LOADERS[model])
@@ -117,7 +116,8 @@ def release_memory() -> None:
 MODEL_KEYS = {"subject": ("subject",), "background": ("background",), "aesthetic": ("aesthetic_clip", "aesthetic_head"),
               "imaging": ("imaging",), "flow": ("flow",), "interpolation": ("interpolation",),
               "inception": ("inception",), "i3d": ("i3d",), "met3r": (), "dust3r": ("dust3r",), "lpips": ("lpips",)}
-HUB_OR_SPECIAL = {"dust3r": "hub id", "lpips": "torchvision"}  # sources that need not be local files
+HUB_KEYS = {"dust3r"}                        # keys that also take a hub id
+SPECIAL_SOURCES = {"lpips": ("torchvision",)}  # sources that are neither files nor hub ids
 LOADERS = {"subject": "load_subject_model", "background": "load_background_model",
            "aesthetic": "load_aesthetic_model", "imaging": "load_imaging_model", "flow": "load_flow_model",
            "interpolation": "load_interpolation_model"}
