@@ -276,3 +276,6 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in [
     MetricDef("warp_psnr", "wPSNR", True, "lpips", _target_views, _warp, _pick(0)),
     MetricDef("warp_lpips", "wLPIPS", False, "lpips", _target_views, _warp, _pick(1)),
 ]}
+
+TABLE_1 = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
+           "dynamic_degree", "aesthetic_quality", "imaging_quality", "met3r", "fid", "fvd"]  # the paper's columns
