@@ -4,6 +4,8 @@ Frames are subsampled to about 8 fps (every round(fps / 8)-th frame). Each conse
 scores the mean of its top 5 % flow magnitudes (int(0.05 H W) pixels). A video of n
 subsampled frames is dynamic when at least round(4 n / 16) pairs score above
 6 min(H, W) / 256 pixels. The dataset score is the fraction of dynamic videos.
+Flows are at the frame size (VBench ranks the flow of the frames padded to a multiple of
+8, which differs only for sizes that are not multiples of 8).
 """
 from __future__ import annotations
 

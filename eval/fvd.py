@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from eval.frechet import frechet_distance, gaussian_from_sums
+from reangle.models.vbench import to_uint8
 from reangle.utils import temporary_path
 
 
@@ -64,7 +65,7 @@ def video_clips(frames: Tensor, clip_length: int, clip_stride: int) -> Tensor:
     if n < clip_length:
         raise ValueError(f"FVD clips need {clip_length} frames but a video has {n}; lower eval.fvd.clip_length")
     starts = range(0, n - clip_length + 1, clip_stride)
-    levels = frames.clamp(0, 1).mul(255).round().to(torch.uint8)
+    levels = to_uint8(frames)
     return torch.stack([levels[s:s + clip_length] for s in starts]).transpose(1, 2)
 
 
