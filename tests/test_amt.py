@@ -66,7 +66,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         load_amt_s(missing)
     other = tmp_path / "other.pth"
     torch.save({"state_dict": {"weight": torch.zeros(1)}}, other)
-    with pytest.raises(ValueError, match="not an AMT-S checkpoint"):
+    with pytest.raises(ValueError, match="AMT-S checkpoint .* does not match the architecture"):
         load_amt_s(other)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")

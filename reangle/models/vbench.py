@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
+import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
 from reangle.nets.amt import AMTS, MIN_SIZE, SIZE_MULTIPLE, load_amt_s
 from reangle.nets.dino import VisionTransformer, load_dino, read_state_dict
-from reangle.utils import imagenet_normalize
+from reangle.utils import build_with_weights, imagenet_normalize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,13 +50,13 @@ BACKGROUND_CLIP = "ViT-B-32-quickgelu"  # OpenAI ViT-B/32 (QuickGELU) in open_cl
 AESTHETIC_CLIP = "ViT-L-14-quickgelu"   # OpenAI ViT-L/14
 
 TINY_DINO = {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 16}
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16}}
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "patch_size": 32, "head_width": 16}}
 TINY_MUSIQ = {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 1}
 TINY_SEED = 0
 
-_PYIQA_HINT = ("imaging quality needs pyiqa's MUSIQ: install it without its optional heavy dependencies with "
-               "`pip install --no-deps pyiqa==0.1.16` (it then needs only torch, torchvision, numpy, scipy, "
-               "opencv-python-headless, pyyaml)")
+_PYIQA_HINT = ("imaging quality needs pyiqa's MUSIQ; install it without its heavy optional requirements: "
+               "`pip install --no-deps pyiqa==0.1.16`")
 
 
 # ----------------------------------------------------------------------------- preprocessing helpers
@@ -161,18 +162,21 @@ def build_clip_visual(model_name: str) -> nn.Module:
     return _build_vision_tower(config["embed_dim"], config["vision_cfg"], quick_gelu=config.get("quick_gelu", False))
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip holding ``constants.pkl``), as OpenAI's CLIP releases are."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
 def _read_clip_state(path: Path) -> dict[str, Tensor]:
     """``visual.*`` tensors of an OpenAI TorchScript ``.pt`` (read with ``torch.jit.load``) or of a
     ``.safetensors`` / state-dict ``.pth``/``.bin`` in the OpenAI/open_clip layout."""
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
-    try:
+    if _is_torchscript(path):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
         state = read_state_dict(path, "CLIP checkpoint")
-    except ValueError:
-        try:  # the OpenAI release is a TorchScript archive, which weights_only cannot open
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception as error:
-            raise ValueError(f"CLIP checkpoint {path} is neither a state dict nor a TorchScript archive: {error}") from error
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
 
@@ -182,13 +186,8 @@ def _load_clip(model_name: str, source: str | os.PathLike) -> CLIPImageFeatures:
     if name == "tiny":
         visual = _seeded(lambda: build_clip_visual("tiny"))
     elif Path(name).is_file():
-        state = _read_clip_state(Path(name))
-        with torch.device("meta"):
-            visual = build_clip_visual(model_name)
-        missing, unexpected = visual.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{name} is not a {model_name} checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        visual = build_with_weights(lambda: build_clip_visual(model_name), _read_clip_state(Path(name)),
+                                    f"{model_name} checkpoint {name}")
     else:
         import open_clip
 
@@ -281,14 +280,8 @@ def load_imaging_model(source: str | os.PathLike) -> ImagingQuality:
     if str(source) == "tiny":
         musiq = _seeded(lambda: build_musiq(**TINY_MUSIQ))
     else:
-        state = read_state_dict(source, "MUSIQ checkpoint")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        with torch.device("meta"):
-            musiq = build_musiq()
-        missing, unexpected = musiq.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{source} is not a single-output MUSIQ checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        state = {k.removeprefix("module."): v for k, v in read_state_dict(source, "MUSIQ checkpoint").items()}
+        musiq = build_with_weights(build_musiq, state, f"single-output MUSIQ checkpoint {source}")
     return _frozen(ImagingQuality(musiq))
 
 
@@ -347,7 +340,8 @@ class OpticalFlow(nn.Module):
         """two [N, 3, H, W] in [0, 1] -> flow [N, 2, H, W] in pixels ((x, y): a(p) ~ b(p + flow(p)))."""
         _check_frames(frames_a, "frames_a")
         if frames_a.shape != frames_b.shape:
-            raise ValueError(f"frames_a and frames_b differ in shape: {tuple(frames_a.shape)} vs {tuple(frames_b.shape)}")
+            raise ValueError(f"frames_a and frames_b differ in shape: {tuple(frames_a.shape)} vs "
+                             f"{tuple(frames_b.shape)}")
         pair, (rows, cols) = pad_to_multiple(torch.cat((frames_a, frames_b)) * 2 - 1, FLOW_MULTIPLE, FLOW_MIN_SIZE)
         first, second = pair.chunk(2)
         flow = self.raft(first.contiguous(), second.contiguous(), num_flow_updates=self.num_updates)[-1]
@@ -361,12 +355,7 @@ def load_flow_model(source: str | os.PathLike) -> OpticalFlow:
         raft = _seeded(build_raft)
     else:
         state = convert_raft_checkpoint(read_state_dict(source, "RAFT checkpoint"))
-        with torch.device("meta"):
-            raft = build_raft()
-        missing, unexpected = raft.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{source} is not a RAFT-large checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        raft = build_with_weights(build_raft, state, f"RAFT-large checkpoint {source}")
     return _frozen(OpticalFlow(raft))
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reangle.nets.dino import read_state_dict
+from reangle.utils import build_with_weights
 
 MIN_SIZE = 128
 """Smallest height/width the four-level correlation pyramid accepts."""
@@ -170,7 +171,8 @@ class IntermediateDecoder(nn.Module):
         self.convblock = nn.Sequential(conv_prelu(in_ch * 3 + 4, in_ch * 3), ResBlock(in_ch * 3, skip_ch),
                                        nn.ConvTranspose2d(in_ch * 3, out_ch + 4, 4, 2, 1))
 
-    def forward(self, ft: Tensor, f0: Tensor, f1: Tensor, flow0: Tensor, flow1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, ft: Tensor, f0: Tensor, f1: Tensor, flow0: Tensor,
+                flow1: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.convblock(torch.cat((ft, warp(f0, flow0), warp(f1, flow1), flow0, flow1), dim=1))
         flow0 = out[:, 0:2] + 2.0 * resize(flow0, 2.0)
         flow1 = out[:, 2:4] + 2.0 * resize(flow1, 2.0)
@@ -355,11 +357,5 @@ def load_amt_s(source: str | os.PathLike, *, device: str | torch.device = "cpu")
             torch.manual_seed(0)
             model = AMTS()
     else:
-        state = read_state_dict(source, "AMT-S checkpoint")
-        with torch.device("meta"):
-            model = AMTS()
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise ValueError(f"{source} is not an AMT-S checkpoint: missing keys {sorted(missing)[:5]}, "
-                             f"unexpected keys {sorted(unexpected)[:5]}")
+        model = build_with_weights(AMTS, read_state_dict(source, "AMT-S checkpoint"), f"AMT-S checkpoint {source}")
     return model.to(device).eval().requires_grad_(False)
