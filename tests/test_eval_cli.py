@@ -58,7 +58,7 @@ def test_eval_cli_writes_json_and_markdown(run_dir):
     assert 0 <= data["aggregate"]["met3r"] <= 2 and data["aggregate"]["fid"] >= 0
     assert data["settings"]["num_reference"] == 1 and data["settings"]["eval"]["met3r"]["pairing"] == "auto"
     table = (run_dir / "eval.md").read_text()
-    assert "| | SubjC↑ | BackC↑ | Flick↑ | Smooth↑ | Dyn↑ | Aesth↑ | Imag↑ | MEt3R↓ | FID↓ | FVD↓ |" in table and "| orbit_left_0 |" in table
+    assert "| static view transport | SubjC↑ | BackC↑ | Flick↑ | Smooth↑ | Dyn↑ | Aesth↑ | Imag↑ | MEt3R↓ | FID↓ | FVD↓ |" in table and "| orbit_left_0 |" in table
     assert not list(run_dir.glob(".eval*"))  # no temporary files left
 
 
@@ -93,3 +93,28 @@ def test_eval_bad_inputs(run_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "eval", "--run", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+class RecordingLogger:
+    """Stands in for a Lightning logger with W&B's ``log_table``."""
+
+    def __init__(self):
+        self.metrics, self.tables = [], []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((metrics, step))
+
+    def log_table(self, key, columns, data, step=None):
+        self.tables.append((key, columns, data, step))
+
+
+def test_scores_and_per_view_table_go_to_the_loggers():
+    from eval.evaluate import EvalResult
+    from eval.run import log_table
+
+    result = EvalResult(aggregate={"fid": 3.0, "sed": None, "met3r": 0.2},
+                        videos={"a": {"met3r": 0.1}, "b": {"met3r": 0.3}}, settings={})
+    logger = RecordingLogger()
+    log_table([logger], result, step=7)
+    assert logger.metrics == [({"eval/fid": 3.0, "eval/met3r": 0.2}, 7)]  # undefined scores are not logged
+    assert logger.tables == [("eval/videos", ["view", "met3r"], [["a", 0.1], ["b", 0.3]], 7)]
