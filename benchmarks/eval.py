@@ -1,13 +1,17 @@
 """Evaluation throughput: frames per second of each metric; prints one JSON object.
 
 Synthetic videos (``--videos`` x ``--frames`` frames of ``--height`` x ``--width``) are scored
-with the tiny random metric networks (the tiny preset's ``eval`` section) on the CPU, and on
-CUDA too when a GPU is present. Each item metric runs two ways with its network loaded once:
+with the tiny random metric networks (the tiny preset's ``eval`` section) on the CPU and, when
+a GPU is present, with the full-size architectures on CUDA (``--full`` forces them on the CPU
+too): DINO ViT-B/16, CLIP ViT-B/32 and ViT-L/14 + head, MUSIQ with random weights written
+once as checkpoint files and read through the real loaders; RAFT-large and AMT-S are full
+size even in the tiny preset. FID, FVD and MEt3R keep their tiny networks (``benchmarks/met3r.py``
+times the full-size MEt3R). Each item metric runs two ways with its network loaded once:
 *batched* (frames of all videos in ``eval.batch_size`` batches, what ``python -m eval`` does)
 and the *per-video* baseline (one video at a time). FID and FVD run batched only. Model
 loading is timed separately and not included in frames/s.
 
-    python benchmarks/eval.py [--videos 6] [--frames 9] [--height 96] [--width 144] [--metrics a,b]
+    python benchmarks/eval.py [--videos 6] [--frames 9] [--height 96] [--width 144] [--metrics a,b] [--full]
 """
 from __future__ import annotations
 
@@ -35,6 +39,28 @@ def _videos(count: int, frames: int, height: int, width: int) -> dict[str, torch
         shift = torch.linspace(0, 0.3, frames).view(-1, 1, 1, 1)
         out[f"view_{i}"] = torch.nn.functional.interpolate((base + shift) % 1, size=(height, width), mode="bilinear")
     return out
+
+
+def full_size_checkpoints(folder: Path) -> list[str]:
+    """Random full-size checkpoints in the released files' layouts; ``eval.models.*`` overrides for them."""
+    from reangle.models import vbench
+    from reangle.nets.dino import build_dino
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"subject": ("dino_b16.pth", lambda: build_dino("vit_base").state_dict()),
+             "background": ("clip_b32.pth", lambda: {f"visual.{k}": v for k, v in
+                                                     vbench.build_clip_visual(vbench.BACKGROUND_CLIP).state_dict().items()}),
+             "aesthetic_clip": ("clip_l14.pth", lambda: {f"visual.{k}": v for k, v in
+                                                         vbench.build_clip_visual(vbench.AESTHETIC_CLIP).state_dict().items()}),
+             "aesthetic_head": ("head.pth", lambda: {"weight": torch.randn(1, 768) * 0.01, "bias": torch.zeros(1)}),
+             "imaging": ("musiq.pth", lambda: vbench.build_musiq().state_dict())}
+    overrides = []
+    for key, (name, make) in files.items():
+        path = folder / name
+        if not path.is_file():
+            torch.save(make(), path)
+        overrides.append(f"eval.models.{key}={path}")
+    return overrides
 
 
 def _timed(fn) -> float:
@@ -87,20 +113,27 @@ def main() -> None:
                         help="metrics to time (those of the paper's Tab. 1; SED, camera accuracy and warp "
                              "fidelity need a run's cameras and Omega)")
     parser.add_argument("--cache-dir", default=".cache/reangle")
+    parser.add_argument("--full", action="store_true", help="full-size architectures on the CPU too")
     args = parser.parse_args()
-    settings = load_config([CONFIG_DIR / "presets" / "tiny.yaml"], ["data.video=synthetic"]).eval
+    preset = CONFIG_DIR / "presets" / "tiny.yaml"
+    settings = tiny = load_config([preset]).eval
+    runs = [("cpu", "tiny", tiny)]
+    if args.full or torch.cuda.is_available():  # writes ~2 GB of random checkpoints once
+        full = load_config([preset], full_size_checkpoints(Path(args.cache_dir) / "eval" / "random_full_size")).eval
+        runs += [("cpu", "full", full)] if args.full else []
+        runs += [("cuda", "tiny", tiny), ("cuda", "full", full)] if torch.cuda.is_available() else []
     videos = _videos(args.videos, args.frames, args.height, args.width)
     inputs = EvalInputs(videos=videos, fps=8.0, mode="static", settings=settings,
                         reference=list(_videos(2, args.frames, args.height, args.width).values()))
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     result = {"machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "videos": args.videos, "frames": args.frames, "size": [args.height, args.width],
-              "batch_size": settings.batch_size, "networks": "tiny (random)", "results": {}}
-    for device in devices:
+              "batch_size": settings.batch_size, "results": {}}
+    for device, size, eval_settings in runs:
         torch.manual_seed(0)
-        result["results"][device] = {name: bench_metric(name, inputs, torch.device(device), args.cache_dir)
-                                     for name in args.metrics.split(",")}
+        inputs.settings = eval_settings
+        result["results"][f"{device}_{size}"] = {name: bench_metric(name, inputs, torch.device(device), args.cache_dir)
+                                                 for name in args.metrics.split(",")}
     print(json.dumps(result, indent=1))
 
 
