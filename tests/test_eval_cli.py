@@ -25,7 +25,8 @@ def run_dir(tiny_omega, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     train.main([*TINY, f"run.root={root}", f"run.cache_dir={root}/cache", f"train.omega={tiny_omega}",
                 "data.height=64", "data.width=96", "train.steps=1", "train.checkpoint_every=1", "sample.steps=2",
-                "sample.views=[input,orbit_left_0]", "eval.callback.enabled=true", "eval.metrics=[temporal_flickering]"])
+                "sample.views=[input,orbit_left_0]", "sample.every_n_steps=1", "eval.callback.enabled=true",
+                "eval.callback.every_n_steps=1", "eval.metrics=[temporal_flickering]"])
     return root / "tiny"
 
 
@@ -33,6 +34,9 @@ def test_training_evaluates_its_samples_when_the_callback_is_on(run_dir):
     data = json.loads((run_dir / "eval.json").read_text())  # written by the Evaluation callback
     assert list(data["aggregate"]) == ["temporal_flickering"] and sorted(data["videos"]) == ["input", "orbit_left_0"]
     assert "(step 1)" in (run_dir / "eval.md").read_text()
+    during = json.loads((run_dir / "samples" / "step_000001" / "eval.json").read_text())  # every k steps
+    assert sorted(during["videos"]) == ["input", "orbit_left_0"]
+    assert during["settings"]["eval"]["samples_dir"].endswith("step_000001")
 
 
 def test_eval_cli_writes_json_and_markdown(run_dir):
