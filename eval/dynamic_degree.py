@@ -3,7 +3,8 @@
 Frames are subsampled to about 8 fps (every round(fps / 8)-th frame). Each consecutive pair
 scores the mean of its top 5 % flow magnitudes (int(0.05 H W) pixels). A video of n
 subsampled frames is dynamic when at least round(4 n / 16) pairs score above
-6 min(H, W) / 256 pixels. The dataset score is the fraction of dynamic videos.
+6 min(H, W) / 256 pixels. The dataset score is the fraction of dynamic videos (the mean of
+the per-video 0/1 scores, ``eval.registry``).
 Flows are at the frame size (VBench ranks the flow of the frames padded to a multiple of
 8, which differs only for sizes that are not multiples of 8).
 """
@@ -39,9 +40,3 @@ def is_dynamic(motion: Tensor, num_frames: int, height: int, width: int) -> bool
     moving = int((motion > motion_threshold(height, width)).sum())
     return moving >= round(4 * num_frames / 16)
 
-
-def dynamic_degree(flags: list[bool]) -> float:
-    """Fraction of dynamic videos."""
-    if not flags:
-        raise ValueError("dynamic degree needs at least one video")
-    return sum(map(bool, flags)) / len(flags)

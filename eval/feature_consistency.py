@@ -7,7 +7,6 @@ ViT-B/16 CLS features, background consistency CLIP ViT-B/32 image features.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -116,7 +116,6 @@ def test_dynamic_threshold_and_count():
     assert dyn.is_dynamic(torch.tensor([7.0] * 4 + [0.0] * 11), 16, 256, 256)
     assert dyn.is_dynamic(torch.tensor([0.0]), 2, 64, 64)  # round(0.5) = 0 pairs needed
     assert not dyn.is_dynamic(torch.zeros(0), 1, 64, 64)
-    assert dyn.dynamic_degree([True, False, False, True]) == 0.5
 
 
 # --- Fréchet distance, FID, FVD -------------------------------------------------------------
