@@ -245,3 +245,55 @@ def test_sed_through_the_registry_equals_sed_tsed_video():
     assert result.aggregate["tsed"] == pytest.approx(oracle.tsed)
     assert set(result.videos["b"]) == {"sed", "tsed"}  # b is in both nearest pairs
     assert MAX_ERROR == 1.25
+
+
+def test_dynamic_degree_through_the_registry_with_given_flows(monkeypatch):
+    """A stand-in flow model (uniform flow of 100 x the brightness change): 24 fps videos are
+    subsampled to every 3rd frame; the static video is not dynamic, the brightening one is."""
+    from omegaconf import OmegaConf
+
+    import eval.evaluate as engine
+    from eval.registry import EvalInputs
+
+    pairs_seen = []
+
+    class BrightnessFlow(nn.Module):
+        def forward(self, a, b):
+            pairs_seen.append(a.shape[0])
+            shift = 100 * (b.mean((1, 2, 3)) - a.mean((1, 2, 3)))
+            return shift.view(-1, 1, 1, 1).expand(-1, 2, *a.shape[-2:]) / math.sqrt(2)
+
+    monkeypatch.setattr(engine, "load_model", lambda *args: BrightnessFlow())
+    static = torch.full((12, 3, 32, 32), 0.5)
+    moving = torch.linspace(0, 0.9, 12).view(-1, 1, 1, 1).expand(12, 3, 32, 32).contiguous()
+    settings = OmegaConf.create({"batch_size": 3, "models": {"flow": "tiny"}})
+    inputs = EvalInputs(videos={"static": static, "moving": moving}, fps=24, mode="static", settings=settings)
+    result = engine.evaluate(inputs, ["dynamic_degree"], device=torch.device("cpu"), cache_dir="unused", progress=False)
+    assert sum(pairs_seen) == 2 * 3  # frames 0, 3, 6, 9 of each video: 3 pairs each
+    # moving: 100 * 0.9 * 3 / 11 = 24.5 px per pair > 6 * 32 / 256 = 0.75 px, in all 3 >= round(4 * 4 / 16) pairs
+    assert result.videos == {"static": {"dynamic_degree": 0.0}, "moving": {"dynamic_degree": 1.0}}
+    assert result.aggregate["dynamic_degree"] == 0.5
+
+
+def test_batches_that_cross_videos_give_the_per_video_formula(monkeypatch):
+    """Frames of all videos go through the network in batches of 4 (crossing video boundaries);
+    each view's score is still its own frames' consistency, the dataset score weights by N - 1."""
+    from omegaconf import OmegaConf
+
+    import eval.evaluate as engine
+    from eval.registry import EvalInputs
+
+    class PooledColour(nn.Module):
+        def forward(self, frames):
+            return frames.mean((2, 3)) - 0.5
+
+    monkeypatch.setattr(engine, "load_model", lambda *args: PooledColour())
+    g = torch.Generator().manual_seed(5)
+    videos = {"a": torch.rand(5, 3, 8, 8, generator=g), "b": torch.rand(7, 3, 8, 8, generator=g)}
+    settings = OmegaConf.create({"batch_size": 4, "models": {"subject": "tiny"}})
+    inputs = EvalInputs(videos=videos, fps=8, mode="static", settings=settings)
+    result = engine.evaluate(inputs, ["subject_consistency"], device=torch.device("cpu"), cache_dir="unused",
+                             progress=False)
+    expected = {k: video_consistency(PooledColour()(v))[0] for k, v in videos.items()}
+    assert {k: s["subject_consistency"] for k, s in result.videos.items()} == pytest.approx(expected)
+    assert result.aggregate["subject_consistency"] == pytest.approx((4 * expected["a"] + 6 * expected["b"]) / 10)
