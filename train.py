@@ -15,10 +15,12 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.evaluation import Evaluation
 from callbacks.lora_export import LoraExport
 from callbacks.progress import StepProgressBar
 from callbacks.step_stats import StepStats
 from callbacks.video_sampling import VideoSampling
+from eval.models import EvalConfigError
 from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
 from reangle.data.omega import OmegaError
 from reangle.geometry.depth import DepthError
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
-    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), VideoSampling.from_config(cfg)])
+    evaluation = Evaluation.from_config(cfg)  # after VideoSampling: evaluates what it sampled
+    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), VideoSampling.from_config(cfg),
+                                            *([evaluation] if evaluation else [])])
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)
     return trainer
@@ -71,5 +75,5 @@ if __name__ == "__main__":
         main()
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
-    except (VideoError, DepthError, TrajectoryError, OmegaError, ModelLoadError) as exc:
+    except (VideoError, DepthError, TrajectoryError, OmegaError, ModelLoadError, EvalConfigError) as exc:
         sys.exit(f"error: {exc}")

@@ -1,0 +1,55 @@
+"""FID between generated frames and reference frames: torchmetrics' ``FrechetInceptionDistance``.
+
+Real use: the 2048-d pool features of torch-fidelity's FID Inception
+(``pt_inception-2015-12-05``) loaded from a local weights file
+(``feature_extractor_weights_path``). ``"tiny"``: a small fixed random convolutional
+feature extractor (tests, demo). Every frame of every video is one sample; the metric's
+states are sums, so ranks that each update with their own videos agree after
+torchmetrics' state sync.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+TINY_FEATURES = 16
+
+
+class TinyImageFeatures(nn.Module):
+    """Random (seeded) conv features ``[B, 16]`` of images ``[B, 3, H, W]`` in [0, 1]."""
+
+    num_features = TINY_FEATURES
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, TINY_FEATURES, 3, stride=2),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        for param in self.net.parameters():
+            param.data = torch.randn(param.shape, generator=generator) * 0.5
+        self.requires_grad_(False)
+
+    def forward(self, images01: Tensor) -> Tensor:
+        return self.net(images01.float())
+
+
+def build_fid(source: str | os.PathLike) -> FrechetInceptionDistance:
+    """FID metric (frames ``[B, 3, H, W]`` in [0, 1]) from ``"tiny"`` or an Inception weights file."""
+    if str(source) == "tiny":
+        return FrechetInceptionDistance(feature=TinyImageFeatures(), normalize=True)
+    try:
+        import torch_fidelity  # noqa: F401  (torchmetrics' Inception lives there)
+    except ImportError as exc:
+        raise ImportError("FID with the Inception network needs torch-fidelity: pip install torch-fidelity") from exc
+    return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(Path(source)))
+
+
+def update_fid(metric: FrechetInceptionDistance, frames: Tensor, real: bool, batch_size: int) -> None:
+    """Add frames ``[N, 3, H, W]`` in [0, 1] (reference: ``real=True``) in batches."""
+    device = metric.device
+    for batch in frames.split(batch_size):
+        metric.update(batch.to(device), real=real)

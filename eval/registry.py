@@ -1,0 +1,281 @@
+"""The metrics by name: what each needs and how it scores this rank's share.
+
+Two kinds. *Item* metrics score work items (a video, or a MEt3R frame pair); an item has
+the views it counts for and a weight; a view's score is the weighted mean of its items and
+the dataset score the weighted mean of all items (VBench's aggregations). *Distribution*
+metrics (FID, FVD) are torchmetrics ``Metric`` objects updated with this rank's generated and
+reference videos; their ``compute`` syncs the states over ranks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from eval import dynamic_degree as dyn
+from eval.feature_consistency import video_consistency
+from eval.met3r_pairs import FramePair, met3r_pairs
+from eval.motion_smoothness import interpolate_midpoints, midpoint_pairs, smoothness_score
+from eval.sed import MAX_ERROR, MIN_MATCHES, nearest_view_pairs, sed_tsed
+from eval.temporal_flickering import temporal_flickering
+
+
+class Item(NamedTuple):
+    """A unit of work: the views its score counts for, its weight, and what to score."""
+
+    views: tuple[str, ...]
+    weight: float
+    payload: Any
+
+
+@dataclass
+class EvalInputs:
+    """Generated videos ``{view: [N, 3, H, W] in [0, 1]}`` (one frame size), their frame rate,
+    the run's mode, the settings (the ``eval`` config), the reference videos (FID/FVD), the
+    views' requested cameras ``{view: {"K": [3, 3], "w2c": [N, 4, 4]}}`` (SED, camera accuracy)
+    and the run's Omega (its input video and cameras, the warped videos and masks)."""
+
+    videos: dict[str, Tensor]
+    fps: float
+    mode: str
+    settings: Any
+    reference: list[Tensor] = field(default_factory=list)
+    cameras: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    omega: Any = None
+
+
+def weighted_scores(items: Sequence[Item], scores: Sequence[float]) -> tuple[float, dict[str, float]]:
+    """Dataset score (weighted mean over items; NaN without items) and per-view scores (over the
+    items of each view)."""
+    total = sum(i.weight for i in items)
+    if not total:
+        return math.nan, {}
+    aggregate = sum(i.weight * s for i, s in zip(items, scores)) / total
+    per_view: dict[str, list[float]] = {}
+    for item, score in zip(items, scores):
+        for view in item.views:
+            acc = per_view.setdefault(view, [0.0, 0.0])
+            acc[0] += item.weight * score
+            acc[1] += item.weight
+    return aggregate, {v: s / w for v, (s, w) in per_view.items()}
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A metric. Item metrics: ``items`` lists the work, ``score`` scores a share of it (one
+    result per item), ``finalize`` turns all results into (dataset score, per-view scores).
+    Metrics with the same network, ``items`` and ``score`` (SED and TSED; the two camera errors; the
+    two warp scores) share one scoring pass. Distribution metrics: ``update``."""
+
+    name: str
+    label: str                 # column of eval.md (the paper's Tab. 1 abbreviations)
+    higher_is_better: bool
+    model: str | None          # network (eval/models.py), loaded once per evaluation
+    items: Callable[[EvalInputs], list[Item]] | None = None
+    score: Callable[[Any, list[Item], EvalInputs, bool], list[Any]] | None = None
+    finalize: Callable[[list[Item], list[Any]], tuple[float, dict[str, float]]] = weighted_scores
+    update: Callable[[Any, list[Tensor], list[Tensor], EvalInputs, bool], None] | None = None
+
+
+def run_batched(fn: Callable[..., Tensor], inputs: Sequence[Tensor], batch_size: int, device: torch.device,
+                desc: str, progress: bool) -> Tensor:
+    """``fn`` over row batches of ``inputs`` (tensors with the same first size) on ``device``; CPU result."""
+    n = inputs[0].shape[0]
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+            out.append(fn(*(x[start:start + batch_size].to(device) for x in inputs)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _device(model: Any) -> torch.device:
+    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _video_items(inputs: EvalInputs) -> list[Item]:
+    return [Item((name,), 1.0, name) for name in inputs.videos]
+
+
+def _split(values: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    return list(values.split(list(sizes)))
+
+
+def _consistency_items(inputs: EvalInputs) -> list[Item]:
+    return [Item((name,), float(v.shape[0] - 1), name) for name, v in inputs.videos.items()]
+
+
+def _feature_consistency(model, items, inputs, progress):
+    videos = [inputs.videos[i.payload] for i in items]
+    feats = run_batched(model, [torch.cat(videos)], inputs.settings.batch_size, _device(model), "features", progress)
+    return [video_consistency(f)[0] for f in _split(feats, [v.shape[0] for v in videos])]
+
+
+def _flickering(model, items, inputs, progress):
+    return [temporal_flickering(inputs.videos[i.payload]) for i in tqdm(items, disable=not progress, leave=False)]
+
+
+def _smoothness(model, items, inputs, progress):
+    videos = [inputs.videos[i.payload] for i in items]
+    pairs = [midpoint_pairs(v) for v in videos]
+    img0, img1 = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    mids = run_batched(lambda a, b: interpolate_midpoints(model, a, b), [img0, img1], inputs.settings.batch_size,
+                       _device(model), "interpolation", progress)
+    return [smoothness_score(v, m) for v, m in zip(videos, _split(mids, [p[0].shape[0] for p in pairs]))]
+
+
+def _dynamic(model, items, inputs, progress):
+    kept = [inputs.videos[i.payload][dyn.subsample_indices(inputs.videos[i.payload].shape[0], inputs.fps)]
+            for i in items]
+    first, second = torch.cat([k[:-1] for k in kept]), torch.cat([k[1:] for k in kept])
+    motion = dyn.pair_motion(run_batched(model, [first, second], inputs.settings.batch_size, _device(model),
+                                         "optical flow", progress))
+    return [float(dyn.is_dynamic(m, k.shape[0], *k.shape[-2:]))
+            for k, m in zip(kept, _split(motion, [k.shape[0] - 1 for k in kept]))]
+
+
+def _frame_mean(model, items, inputs, progress):
+    videos = [inputs.videos[i.payload] for i in items]
+    scores = run_batched(model, [torch.cat(videos)], inputs.settings.batch_size, _device(model), "frames", progress)
+    return [float(s.double().mean()) for s in _split(scores, [v.shape[0] for v in videos])]
+
+
+def _met3r_items(inputs: EvalInputs) -> list[Item]:
+    opts = inputs.settings.met3r
+    pairing = opts.pairing if opts.pairing != "auto" else ("views" if inputs.mode == "static" else "frames")
+    num_frames = min(v.shape[0] for v in inputs.videos.values())
+    pairs = met3r_pairs(pairing, list(inputs.videos), num_frames, int(opts.frame_stride))
+    return [Item(tuple(dict.fromkeys((p.view_a, p.view_b))), 1.0, p) for p in pairs]
+
+
+def _met3r(model, items, inputs, progress):
+    def images(pair: FramePair) -> Tensor:
+        return torch.stack([inputs.videos[pair.view_a][pair.frame_a], inputs.videos[pair.view_b][pair.frame_b]])
+
+    batch = torch.stack([images(i.payload) for i in items]) * 2 - 1
+    return run_batched(model, [batch], inputs.settings.batch_size, _device(model), "MEt3R pairs", progress).tolist()
+
+
+def _update_fid(metric, generated, reference, inputs, progress):
+    from eval.fid import update_fid
+    for videos, real in ((generated, False), (reference, True)):
+        for video in tqdm(videos, desc="FID frames", disable=not progress, leave=False):
+            update_fid(metric, video, real, inputs.settings.batch_size)
+
+
+def _update_fvd(metric, generated, reference, inputs, progress):
+    from eval.fvd import video_clips
+    opts = inputs.settings.fvd
+    for videos, real in ((generated, False), (reference, True)):
+        for video in tqdm(videos, desc="FVD clips", disable=not progress, leave=False):
+            for clips in video_clips(video, int(opts.clip_length), int(opts.clip_stride)).split(
+                    inputs.settings.batch_size):
+                metric.update(clips, real=real)
+
+
+def _pick(index: int, keep: Callable[[tuple], bool] | None = None):
+    """``finalize`` for tuple results: the weighted mean of element ``index`` over the items whose
+    result passes ``keep`` (default: that element is finite); NaN when none does."""
+    keep = keep or (lambda result: math.isfinite(result[index]))
+
+    def finalize(items, scores):
+        kept = [(i, s[index]) for i, s in zip(items, scores) if keep(s)]
+        if not kept:
+            return math.nan, {}
+        return weighted_scores([i for i, _ in kept], [float(v) for _, v in kept])
+    return finalize
+
+
+def _sed_items(inputs: EvalInputs) -> list[Item]:
+    views = list(inputs.videos)
+    missing = [v for v in views if v not in inputs.cameras]
+    if missing:
+        raise ValueError(f"SED needs the cameras of every view; {missing} have none in their <view>.json")
+    first = torch.stack([inputs.cameras[v]["w2c"][0] for v in views])
+    num_frames = min(v.shape[0] for v in inputs.videos.values())
+    return [Item((views[i], views[j]), 1.0, (views[i], views[j], t))
+            for t in range(0, num_frames, int(inputs.settings.sed.frame_stride)) for i, j in nearest_view_pairs(first)]
+
+
+def _sed(model, items, inputs, progress):
+    """(median SED, number of matches) of each (view pair, time step), grouped by time step."""
+    results: dict[int, tuple[float, int]] = {}
+    for t in tqdm(sorted({i.payload[2] for i in items}), desc="SED", disable=not progress, leave=False):
+        mine = [(n, i.payload) for n, i in enumerate(items) if i.payload[2] == t]
+        views = list(dict.fromkeys(v for _, (a, b, _) in mine for v in (a, b)))
+        index = {v: k for k, v in enumerate(views)}
+        out = sed_tsed(torch.stack([inputs.videos[v][t] for v in views]),
+                       torch.stack([inputs.cameras[v]["K"] for v in views]),
+                       torch.stack([inputs.cameras[v]["w2c"][t] for v in views]),
+                       [(index[a], index[b]) for _, (a, b, _) in mine])
+        for (n, _), median, count in zip(mine, out.medians.tolist(), out.num_matches.tolist()):
+            results[n] = (median, count)
+    return [results[n] for n in range(len(items))]
+
+
+def _tsed_finalize(items, scores):
+    """TSED: the fraction of (pair, time step) items with >= T_m matches and a median SED < T_e."""
+    consistent = [float(count >= MIN_MATCHES and median < MAX_ERROR) for median, count in scores]
+    return weighted_scores(items, consistent)
+
+
+def _target_views(inputs: EvalInputs) -> list[Item]:
+    from reangle.data.omega import INPUT_VIEW
+    if inputs.omega is None:
+        raise ValueError("this metric needs the run's Omega (the input video, cameras and warped videos)")
+    names = {v.name for v in inputs.omega.views}
+    return [Item((v,), 1.0, v) for v in inputs.videos if v != INPUT_VIEW and v in names]
+
+
+def _camera(model, items, inputs, progress):
+    from eval.camera_accuracy import camera_accuracy
+    from reangle.data.omega import INPUT_VIEW
+    record = inputs.omega.view(INPUT_VIEW)
+    frames_a, w2c_a = inputs.omega.read_frames(record), inputs.omega.read_camera(record)["w2c"]
+    out = []
+    for item in tqdm(items, desc="camera accuracy", disable=not progress, leave=False):
+        frames_b = inputs.videos[item.payload]
+        n = min(len(frames_a), len(frames_b))
+        acc = camera_accuracy(model, frames_a[:n], frames_b[:n], w2c_a[:n], inputs.cameras[item.payload]["w2c"][:n],
+                              size=int(inputs.settings.camera.size), batch_size=inputs.settings.batch_size)
+        summary = acc.summary()
+        out.append((summary["rotation_error_deg"], summary["translation_direction_error_deg"]))
+    return out
+
+
+def _warp(model, items, inputs, progress):
+    from eval.warp_fidelity import warp_fidelity
+    out = []
+    for item in tqdm(items, desc="warp fidelity", disable=not progress, leave=False):
+        record = inputs.omega.view(item.payload)
+        scores = warp_fidelity(inputs.videos[item.payload], inputs.omega.read_frames(record),
+                               inputs.omega.read_mask(record), model, inputs.settings.batch_size)
+        out.append((scores["psnr"], scores["lpips"]))
+    return out
+
+
+METRICS: dict[str, MetricDef] = {m.name: m for m in [
+    MetricDef("subject_consistency", "SubjC", True, "subject", _consistency_items, _feature_consistency),
+    MetricDef("background_consistency", "BackC", True, "background", _consistency_items, _feature_consistency),
+    MetricDef("temporal_flickering", "Flick", True, None, _video_items, _flickering),
+    MetricDef("motion_smoothness", "Smooth", True, "interpolation", _video_items, _smoothness),
+    MetricDef("dynamic_degree", "Dyn", True, "flow", _video_items, _dynamic),
+    MetricDef("aesthetic_quality", "Aesth", True, "aesthetic", _video_items, _frame_mean),
+    MetricDef("imaging_quality", "Imag", True, "imaging", _video_items, _frame_mean),
+    MetricDef("met3r", "MEt3R", False, "met3r", _met3r_items, _met3r),
+    MetricDef("fid", "FID", False, "inception", update=_update_fid),
+    MetricDef("fvd", "FVD", False, "i3d", update=_update_fvd),
+    MetricDef("sed", "SED", False, None, _sed_items, _sed, _pick(0, lambda r: r[1] >= MIN_MATCHES)),
+    MetricDef("tsed", "TSED", True, None, _sed_items, _sed, _tsed_finalize),
+    MetricDef("camera_rot_err", "RotErr", False, "dust3r", _target_views, _camera, _pick(0)),
+    MetricDef("camera_trans_err", "TransErr", False, "dust3r", _target_views, _camera, _pick(1)),
+    MetricDef("warp_psnr", "wPSNR", True, "lpips", _target_views, _warp, _pick(0)),
+    MetricDef("warp_lpips", "wLPIPS", False, "lpips", _target_views, _warp, _pick(1)),
+]}
+
+TABLE_1 = ["subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
+           "dynamic_degree", "aesthetic_quality", "imaging_quality", "met3r", "fid", "fvd"]  # the paper's columns

@@ -1,0 +1,135 @@
+"""Evaluating a run directory: its config, its sampled views, the reference videos, and the
+written results (``eval.json``, ``eval.md``, and a W&B table when W&B logging is on).
+
+``eval.json`` is ``{"aggregate": {metric: float}, "videos": {view: {metric: float}},
+"settings": {...}}``. Generated videos are every ``<view>.mp4`` that has its ``<view>.json``
+in ``eval.samples_dir``; the reference (FID/FVD) is every video in ``eval.reference``, or
+the run's input video (Omega's ``input`` view).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from eval.evaluate import EvalResult, evaluate
+from eval.models import EvalConfigError
+from eval.registry import EvalInputs
+from eval.report import markdown_table
+from reangle.config import load_config
+from reangle.io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_frames, read_video
+from reangle.utils import atomic_write_text, resolve_device
+
+RUN_CONFIG = "config.yaml"
+EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
+OMEGA_METRICS = ("camera_rot_err", "camera_trans_err", "warp_psnr", "warp_lpips")  # need the run's Omega
+
+
+def run_config(run_dir: str | os.PathLike, files: Sequence[str] = (), overrides: Iterable[str] = ()) -> DictConfig:
+    """The run's resolved config with extra config ``files`` and ``overrides`` (e.g. ``eval.*``) on top."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise EvalConfigError(f"{run_dir} is not a run directory ({RUN_CONFIG} missing); give the run.dir of a "
+                              f"train.py run")
+    return load_config([run_dir / RUN_CONFIG, *files], overrides)
+
+
+def read_full_video(path: Path, height: int, width: int) -> torch.Tensor:
+    """Every frame of a video ``[N, 3, height, width]`` in [0, 1] (resized and centre-cropped if needed)."""
+    return read_video(path, count_frames(path), height, width)
+
+
+def sampled_views(samples_dir: str | os.PathLike, height: int, width: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``{view: frames}`` and the metadata of every ``<view>.mp4`` + ``<view>.json`` in ``samples_dir``."""
+    folder = Path(samples_dir)
+    if not folder.is_dir():
+        raise EvalConfigError(f"samples folder not found: {folder}; sample the views first (sample.py --run)")
+    videos, metadata = {}, []
+    for meta_path in sorted(folder.glob("*.json")):
+        video_path = meta_path.with_suffix(".mp4")
+        if video_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            videos[meta.get("view", video_path.stem)] = read_full_video(video_path, height, width)
+            metadata.append(meta)
+    if not videos:
+        raise EvalConfigError(f"no sampled views (<view>.mp4 + <view>.json) in {folder}")
+    return videos, metadata
+
+
+def reference_videos(cfg: DictConfig, reference: str | os.PathLike | None) -> list[torch.Tensor]:
+    """Videos of ``reference`` (a folder of video files, GIFs or frame folders) or, when ``None``,
+    the run's input video; all at the run's frame size."""
+    h, w = cfg.data.height, cfg.data.width
+    if reference is None:
+        from reangle.data.omega import INPUT_VIEW
+        from reangle.sampling.run import find_omega
+        omega = find_omega(cfg)
+        return [read_full_video(omega.root / omega.view(INPUT_VIEW).video, h, w)]
+    folder = Path(reference)
+    if not folder.is_dir():
+        raise EvalConfigError(f"reference folder not found: {folder} (eval.reference / --reference)")
+    sources = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES | {".gif"} or
+                     (p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())))
+    if not sources:
+        raise EvalConfigError(f"no videos in the reference folder {folder}")
+    return [read_full_video(p, h, w) for p in sources]
+
+
+def inputs_from_config(cfg: DictConfig, metrics: Sequence[str]) -> EvalInputs:
+    """The generated views, their fps and the reference videos (read only when FID/FVD are asked)."""
+    videos, metadata = sampled_views(cfg.eval.samples_dir, cfg.data.height, cfg.data.width)
+    fps = float(metadata[0].get("settings", {}).get("fps", cfg.data.fps))
+    needs_reference = any(m in ("fid", "fvd") for m in metrics)
+    reference = reference_videos(cfg, cfg.eval.reference) if needs_reference else []
+    cameras = {meta["view"]: {k: torch.tensor(v, dtype=torch.float64) for k, v in meta["camera"].items()}
+               for meta in metadata if meta.get("camera")}
+    omega = None
+    if any(m in OMEGA_METRICS for m in metrics):
+        from reangle.sampling.run import find_omega
+        omega = find_omega(cfg)
+    return EvalInputs(videos=videos, fps=fps, mode=cfg.mode, settings=cfg.eval, reference=reference,
+                      cameras=cameras, omega=omega)
+
+
+def write_results(result: EvalResult, out_dir: str | os.PathLike, title: str) -> tuple[Path, Path]:
+    """``eval.json`` and ``eval.md`` in ``out_dir`` (each written through a temporary file)."""
+    out_dir = Path(out_dir)
+    data = result.to_json()
+    return (atomic_write_text(out_dir / EVAL_JSON, json.dumps(data, indent=1)),
+            atomic_write_text(out_dir / EVAL_MD, markdown_table(data, title)))
+
+
+def log_table(loggers: Iterable, result: EvalResult, step: int | None = None) -> None:
+    """Dataset scores to every logger (``eval/<metric>``), and the per-view table where the logger
+    has ``log_table`` (W&B)."""
+    data = result.to_json()
+    names = sorted({n for scores in data["videos"].values() for n in scores})
+    for logger in loggers:
+        logger.log_metrics({f"eval/{k}": v for k, v in data["aggregate"].items() if v is not None}, step=step)
+        if hasattr(logger, "log_table") and names:
+            rows = [[view] + [scores.get(n) for n in names] for view, scores in data["videos"].items()]
+            logger.log_table(key="eval/videos", columns=["view"] + names, data=rows, step=step)
+
+
+def evaluate_run(run_dir: str | os.PathLike, metrics: Sequence[str] | None = None,
+                 reference: str | os.PathLike | None = None, files: Sequence[str] = (),
+                 overrides: Iterable[str] = (), progress: bool = True) -> EvalResult:
+    """``python -m eval``: evaluate a run's samples and write ``eval.json`` / ``eval.md``."""
+    overrides = list(overrides) + ([f"eval.reference={Path(reference)}"] if reference is not None else [])
+    cfg = run_config(run_dir, files, overrides)
+    metrics = list(metrics) if metrics else list(cfg.eval.metrics)
+    inputs = inputs_from_config(cfg, metrics)
+    result = evaluate(inputs, metrics, device=resolve_device(cfg.eval.device), cache_dir=cfg.run.cache_dir,
+                      progress=progress)
+    write_results(result, cfg.eval.out_dir, cfg.run.name)
+    if cfg.logger.kind == "wandb":
+        from reangle.training.build import build_loggers
+        loggers = [lg for lg in build_loggers(cfg) if hasattr(lg, "log_table")]
+        log_table(loggers, result)
+        for logger in loggers:
+            logger.finalize("success")
+    return result
