@@ -101,3 +101,24 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_di
     plot.unlink()
     assert sweep.main(["report", str(out)]) == 1
     assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_sweep_with_metrics_records_the_evaluation_aggregate(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = yaml.safe_load(_sweep_file(tmp_path).read_text())
+    spec["parameters"] = {"train.masked": {"value": True}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    manifest = tmp_path / "one.yaml"
+    manifest.write_text(yaml.safe_dump({"videos": [
+        {"name": "balls", "video": "synthetic", "overrides": {"depth.source": "synthetic"}}]}))
+    out = tmp_path / "out"
+    assert sweep.main([str(tmp_path / "sweep.yaml"), "--manifest", str(manifest), "--out", str(out),
+                       "--metrics", "temporal_flickering,warp_psnr", f"run.cache_dir={tiny_model_dir.parent.parent}"]) == 0
+    (key, result), = _results(out).items()
+    evaluated = json.loads((out / "trials" / key / "eval.json").read_text())["aggregate"]
+    assert result["status"] == "ok" and set(result["metrics"]) == {"temporal_flickering", "warp_psnr"}
+    assert result["metrics"] == {m: evaluated[m] for m in result["metrics"]}
+    assert 0 < result["metrics"]["temporal_flickering"] <= 1
+    with open(out / "results.csv", newline="") as handle:
+        row, = list(csv.DictReader(handle))
+    assert float(row["temporal_flickering"]) == result["metrics"]["temporal_flickering"]
