@@ -41,11 +41,15 @@ def build_fid(source: str | os.PathLike) -> FrechetInceptionDistance:
     """FID metric (frames ``[B, 3, H, W]`` in [0, 1]) from ``"tiny"`` or an Inception weights file."""
     if str(source) == "tiny":
         return FrechetInceptionDistance(feature=TinyImageFeatures(), normalize=True)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"FID Inception weights {path} not found (pt_inception-2015-12-05-6726825d.pth)")
     try:
-        import torch_fidelity  # noqa: F401  (torchmetrics' Inception lives there)
-    except ImportError as exc:
-        raise ImportError("FID with the Inception network needs torch-fidelity: pip install torch-fidelity") from exc
-    return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(Path(source)))
+        # torch-fidelity unpickles the file without restrictions: refuse anything but plain tensors first
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"FID Inception weights {path} are not a plain state dict of tensors: {exc}") from exc
+    return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))
 
 
 def update_fid(metric: FrechetInceptionDistance, frames: Tensor, real: bool, batch_size: int) -> None:
