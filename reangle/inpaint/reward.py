@@ -1,0 +1,56 @@
+"""The consistency reward of stage III: MEt3R of candidates against each other and finished views.
+
+Scores are MEt3R values (lower = more consistent). A pair whose renders share fewer than
+``min_overlap`` (a fraction of the pixels) scores ``inf``: MEt3R gives 0 to pairs that do
+not overlap at all, which would otherwise make a candidate that shares nothing with the
+finished views look perfect.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def guard_overlap(scores: Tensor, overlap: Tensor, min_overlap: float) -> Tensor:
+    """``scores`` (B,) with ``inf`` where the overlap fraction (B,) is below ``min_overlap``."""
+    return torch.where(overlap >= min_overlap, scores, torch.full_like(scores, float("inf")))
+
+
+def pair_scores(met3r, first: Tensor, second: Tensor, min_overlap: float) -> Tensor:
+    """Guarded MEt3R of every (first[i], second[j]) -> (len(first), len(second)); images (N, 3, H, W) in [-1, 1]."""
+    a, b = first.shape[0], second.shape[0]
+    size = torch.Size((a, b, *first.shape[1:]))
+    pairs = torch.stack([first[:, None].expand(size), second[None].expand(size)], dim=2).flatten(0, 1)
+    out = met3r(pairs, return_maps=True)
+    overlap = out.overlap_mask.float().flatten(1).mean(1)
+    return guard_overlap(out.score.float(), overlap, min_overlap).view(a, b)
+
+
+def consistency_table(met3r, candidates: Sequence[Tensor], references: Tensor | None, min_overlap: float) -> Tensor:
+    """Mean guarded MEt3R of each tuple of candidates -> table (S_1, ..., S_K).
+
+    ``candidates``: K batches (S_k, 3, H, W) in [-1, 1], one per view searched together;
+    ``references``: finished views (R, 3, H, W) or None. A tuple's score is the mean over
+    its pairs: every candidate against every reference, and the K candidates among
+    themselves (each pair once, earlier view first).
+    """
+    k = len(candidates)
+    shape = [c.shape[0] for c in candidates]
+    total = torch.zeros(shape, device=candidates[0].device)
+    pairs = 0
+    for v, batch in enumerate(candidates):
+        view_shape = [1] * k
+        view_shape[v] = shape[v]
+        if references is not None and len(references):
+            total = total + pair_scores(met3r, batch, references, min_overlap).sum(1).view(view_shape)
+            pairs += references.shape[0]
+        for w in range(v + 1, k):
+            pair_shape = [1] * k
+            pair_shape[v], pair_shape[w] = shape[v], shape[w]
+            total = total + pair_scores(met3r, batch, candidates[w], min_overlap).view(pair_shape)
+            pairs += 1
+    if pairs == 0:
+        raise ValueError("nothing to score: one view and no finished views; give references or search two views")
+    return total / pairs
