@@ -1,7 +1,8 @@
 """Stage II training: python train.py --config configs/static.yaml [more.yaml ...] [key=value ...]
 
 Builds Omega (stage I) when it is missing, caches latents and text embeddings, fits the
-LoRA, exports it to ``run.dir/lora/`` and samples the views (``sample.*``). The run
+LoRA, exports it to ``run.dir/lora/``, inpaints the static views' start frames (stage III,
+``inpaint.*``) and samples the views (``sample.*``). The run
 directory holds the resolved config (``config.yaml``), a pointer to Omega (``omega.json``),
 ``checkpoints/``, ``lora/``, ``samples/`` and logs.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.consistent_inpainting import ConsistentInpainting
 from callbacks.video_sampling import VideoSampling
 from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
 from reangle.data.omega import OmegaError
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
-    trainer = build_trainer(cfg, callbacks=[VideoSampling.from_config(cfg)])
+    stage3 = [ConsistentInpainting(cfg)] if cfg.mode == "static" and cfg.inpaint.enabled else []
+    trainer = build_trainer(cfg, callbacks=[*stage3, VideoSampling.from_config(cfg)])  # stage III before sampling
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)
     return trainer

@@ -5,7 +5,7 @@ import torch
 
 from reangle.inpaint.flow import clean_estimate, ode_step, sde_step
 from reangle.inpaint.reward import guard_overlap
-from reangle.inpaint.search import guided_sample, select_best, slices
+from reangle.inpaint.search import Ranks, guided_sample, select_best, slices
 
 
 def gaussian_velocity(mean, std):
@@ -194,3 +194,57 @@ def test_clean_estimate_inverts_the_interpolation():
 def test_sigmas_must_end_at_zero():
     with pytest.raises(ValueError, match="ending at 0"):
         guided_sample(AnalyticModel(lambda x, s: x), [torch.zeros(1, 1)], [1.0, 0.5], 1, torch.Generator())
+
+
+class ThreadRanks(Ranks):
+    """``world_size`` ranks as threads exchanging through shared slots (stands in for torch.distributed)."""
+
+    def __init__(self, rank, world_size, shared):
+        self.rank, self.world_size, self.shared = rank, world_size, shared
+
+    def _exchange(self, value):
+        slots, barrier = self.shared
+        slots[self.rank] = value
+        barrier.wait()
+        values = list(slots)
+        barrier.wait()
+        return values
+
+    def gather(self, local):
+        return torch.cat(self._exchange(local))
+
+    def broadcast(self, tensor, src, like):
+        return self._exchange(tensor)[src].clone()
+
+
+@pytest.mark.parametrize("world_size,candidates", [(2, 5), (3, 4), (4, 2)])
+def test_candidates_split_over_ranks_give_the_one_rank_result(world_size, candidates):
+    """First pair (K = 2) and one view (K = 1); fewer candidates than ranks: every rank computes them all."""
+    import threading
+
+    w = torch.randn(3, generator=torch.Generator().manual_seed(4))
+    velocity = gaussian_velocity(0.3, 0.7)
+
+    def run(ranks, k):
+        model = AnalyticModel(velocity, score=lambda d: (d[0] @ w)[:, None] - (d[-1] @ w)[None, :] ** 2
+                              if len(d) == 2 else (d[0] @ w) ** 2)
+        init = [torch.full((1, 3), float(i)) for i in range(k)]
+        return guided_sample(model, init, uniform_sigmas(6), candidates, torch.Generator().manual_seed(9), ranks=ranks)
+
+    for k in (1, 2):
+        single = run(None, k)
+        shared = ([None] * world_size, threading.Barrier(world_size))
+        results = [None] * world_size
+
+        def worker(r):
+            results[r] = run(ThreadRanks(r, world_size, shared), k)
+
+        threads = [threading.Thread(target=worker, args=(r,)) for r in range(world_size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for result in results:
+            assert result.scores == pytest.approx(single.scores)
+            for a, b in zip(result.latents, single.latents):
+                torch.testing.assert_close(a, b)

@@ -3,6 +3,7 @@
 Public API::
 
     load_flux(pretrained, controlnet, *, tiny=None, cache_dir=..., dtype=..., device=...) -> FluxComponents
+    load_fast_decoder(source, ...) -> AutoencoderTiny  # FLUX latents, for scoring (taef1 or "tiny")
     InpaintControlNet                                 # FluxControlNetModel + mask channels (alimama Beta)
     FluxTinyConfig                                    # sizes of the tiny random FLUX
     beta_controlnet_config() -> dict                  # alimama-creative/FLUX.1-dev-Controlnet-Inpainting-Beta
@@ -122,8 +123,9 @@ def _tiny_clip_tokenizer(max_length: int = 77):
 
 
 def _build_tiny(cfg: FluxTinyConfig):
-    """Random tiny FLUX pipeline components and ControlNet (not saved)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    """Random tiny FLUX pipeline, ControlNet and AutoencoderTiny (16 latent channels, like taef1), not saved."""
+    from diffusers import (AutoencoderKL, AutoencoderTiny, FlowMatchEulerDiscreteScheduler, FluxPipeline,
+                           FluxTransformer2DModel)
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
@@ -154,21 +156,26 @@ def _build_tiny(cfg: FluxTinyConfig):
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG), vae=vae,
                         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                         tokenizer_2=tokenizer_2, transformer=transformer)
-    return pipe, controlnet
+    fast_decoder = AutoencoderTiny(latent_channels=16, encoder_block_out_channels=(8,) * levels,
+                                   decoder_block_out_channels=(8,) * levels, num_encoder_blocks=(1,) * levels,
+                                   num_decoder_blocks=(1,) * levels)
+    return pipe, controlnet, fast_decoder
 
 
 def materialize_tiny_flux(tiny: FluxTinyConfig | Mapping[str, Any] | None,
                           cache_dir: str | Path = DEFAULT_CACHE) -> Path:
-    """Write the tiny FLUX (+ ``controlnet/``) into ``cache_dir/models/flux-tiny-<hash>`` unless it is there."""
+    """Write the tiny FLUX (+ ``controlnet/``, ``fast_decoder/``) into ``cache_dir/models/flux-tiny-<hash>`` unless it is there."""
     cfg = FluxTinyConfig.from_mapping(tiny)
 
     def write(staging: Path) -> None:
-        pipe, controlnet = _build_tiny(cfg)
+        pipe, controlnet, fast_decoder = _build_tiny(cfg)
         pipe.save_pretrained(staging, safe_serialization=True)
         controlnet.save_pretrained(staging / "controlnet", safe_serialization=True)
+        fast_decoder.save_pretrained(staging / "fast_decoder", safe_serialization=True)
         (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
-    return publish_folder_once(Path(cache_dir) / "models" / f"flux-tiny-{fingerprint(asdict(cfg))}", write)
+    key = fingerprint({"parts": [*PIPELINE_PARTS, "controlnet", "fast_decoder"], **asdict(cfg)})
+    return publish_folder_once(Path(cache_dir) / "models" / f"flux-tiny-{key}", write)
 
 
 @dataclass
@@ -196,6 +203,26 @@ def load_controlnet(source: str, subfolder: str | None = None, *, dtype: torch.d
                 f"does not match {InpaintControlNet.__name__}'s latent + mask channels (64 + 4 for FLUX); use "
                 f"{CONTROLNET_HUB_ID} or a checkpoint of the same layout") from None
         raise ModelLoadError(f"cannot load the inpainting ControlNet from {source!r}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def load_fast_decoder(source: str, *, tiny: FluxTinyConfig | Mapping[str, Any] | None = None,
+                      cache_dir: str | Path = DEFAULT_CACHE, dtype: torch.dtype = torch.float32,
+                      device: str | torch.device = "cpu"):
+    """An ``AutoencoderTiny`` with FLUX's latent layout (e.g. ``madebyollin/taef1``), a folder, or ``"tiny"``."""
+    from diffusers import AutoencoderTiny
+
+    if source == "tiny":
+        root, kwargs = str(materialize_tiny_flux(tiny, cache_dir)), {"subfolder": "fast_decoder"}
+    else:
+        root, kwargs = folder_or_hub_id(source, "madebyollin/taef1", "inpaint.fast_decoder"), {}
+    try:
+        model = AutoencoderTiny.from_pretrained(root, dtype=dtype, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the fast decoder from {source!r}: {exc}") from exc
+    if model.config.latent_channels != 16:
+        raise ModelLoadError(f"the fast decoder {source!r} has {model.config.latent_channels} latent channels; FLUX "
+                             f"needs 16 (use madebyollin/taef1)")
     return model.to(device).eval()
 
 
