@@ -195,22 +195,44 @@ class MEt3R(nn.Module):
         self.max_pairs_per_chunk = max_pairs_per_chunk
         self.compositor = AlphaCompositor()
 
-    def forward(self, images: Tensor, return_maps: bool = False) -> Tensor | Met3rOutput:
-        """Scores (B,) of pairs ``images`` (B, 2, 3, H, W) in [-1, 1]; with ``return_maps`` a :class:`Met3rOutput`."""
+    def forward(self, images: Tensor, return_maps: bool = False,
+                features: tuple[Tensor, Tensor] | None = None) -> Tensor | Met3rOutput:
+        """Scores (B,) of pairs ``images`` (B, 2, 3, H, W) in [-1, 1]; with ``return_maps`` a :class:`Met3rOutput`.
+
+        ``features``: optional ``(bank, index)``, the images' features computed beforehand
+        with :meth:`image_features` (``bank`` (M, C, s, s)) and, per pair, the rows of its
+        two images (``index`` (B, 2) long). Images that appear in many pairs (finished
+        views, candidates scored against several views) then run through the feature
+        model once; rows are gathered chunk by chunk.
+        """
         check_images(images, self.img_size)
-        if self.img_size is not None and tuple(images.shape[-2:]) != (self.img_size, self.img_size):
-            b = images.shape[0]
-            resized = F.interpolate(
-                images.flatten(0, 1), (self.img_size, self.img_size), mode="bilinear", align_corners=False, antialias=True
-            )
-            images = resized.view(b, 2, 3, self.img_size, self.img_size)
-        chunks = [self._score_chunk(c) for c in images.split(self.max_pairs_per_chunk)]
+        if features is not None:
+            bank, index = features
+            if index.shape != (images.shape[0], 2) or bank.ndim != 4:
+                raise ValueError(f"features must be (bank (M, C, s, s), index (B, 2)) for {images.shape[0]} pairs, got "
+                                 f"bank {tuple(bank.shape)} and index {tuple(index.shape)}")
+        images = self._resize(images.flatten(0, 1)).unflatten(0, (images.shape[0], 2))
+        indices = features[1].split(self.max_pairs_per_chunk) if features is not None else None
+        chunks = [self._score_chunk(c, None if indices is None else features[0][indices[i].flatten()])
+                  for i, c in enumerate(images.split(self.max_pairs_per_chunk))]
         out = Met3rOutput(*(torch.cat(parts) for parts in zip(*chunks)))
         return out if return_maps else out.score
 
-    def _score_chunk(self, pairs: Tensor) -> Met3rOutput:
+    def _resize(self, images: Tensor) -> Tensor:
+        if self.img_size is None or tuple(images.shape[-2:]) == (self.img_size, self.img_size):
+            return images
+        return F.interpolate(images, (self.img_size, self.img_size), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """Features (N, C, s, s) of images (N, 3, H, W) in [-1, 1] at the scoring size, for ``forward(features=...)``."""
+        images = self._resize(images)
+        return self.feature_model(images.to(_param_dtype(self.feature_model, images.dtype)))
+
+    def _score_chunk(self, pairs: Tensor, features: Tensor | None = None) -> Met3rOutput:
         n, _, _, h, w = pairs.shape
-        features = self.feature_model(pairs.flatten(0, 1).to(_param_dtype(self.feature_model, pairs.dtype)))
+        if features is None:
+            features = self.feature_model(pairs.flatten(0, 1).to(_param_dtype(self.feature_model, pairs.dtype)))
         point_features = features.permute(0, 2, 3, 1).reshape(2 * n * h * w, -1).float()  # one row per pixel
         del features
         first, second = pairs[:, 0], pairs[:, 1]

@@ -192,3 +192,18 @@ def test_load_met3r_with_tiny_models_scores_and_differentiates():
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown MEt3R backbone"):
         load_met3r("vggt")
+
+
+def test_precomputed_features_give_the_same_scores(featup_features):
+    """Features of each image computed once (a bank) and indexed per pair = features computed per pair."""
+    metric = MEt3R(StubPointModel(shift=0.05), featup_features, img_size=SIZE, radius=RADIUS, max_pairs_per_chunk=2)
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    index = torch.tensor([[0, 1], [0, 2], [3, 1], [2, 0], [1, 1]])
+    pairs = images[index]
+    with torch.no_grad():
+        plain = metric(pairs, return_maps=True)
+        banked = metric(pairs, return_maps=True, features=(metric.image_features(images), index))
+    torch.testing.assert_close(banked.score, plain.score, atol=1e-5, rtol=0)
+    torch.testing.assert_close(banked.overlap_mask, plain.overlap_mask)
+    with pytest.raises(ValueError, match="features must be"):
+        metric(pairs, features=(metric.image_features(images), index[:2]))

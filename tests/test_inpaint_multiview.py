@@ -80,3 +80,26 @@ def test_bad_views_are_one_clear_error(models):
         inpaint_views(inpainter, met3r, views, InpaintSettings(size=SIZE), progress=False)
     with pytest.raises(ValueError, match="multiple of 16"):
         inpaint_views(inpainter, met3r, _views(2), InpaintSettings(size=72), progress=False)
+
+
+def test_consistency_table_is_the_mean_over_each_tuples_pairs(models):
+    from reangle.inpaint.reward import consistency_table
+
+    _, met3r = models
+    g = torch.Generator().manual_seed(2)
+    a, b, refs = (torch.rand((n, 3, SIZE, SIZE), generator=g) * 2 - 1 for n in (2, 3, 2))
+    with torch.no_grad():
+        table = consistency_table(met3r, [a, b], refs, min_overlap=0.0)
+
+        def m(x, y):
+            return float(met3r(torch.stack([x, y])[None]))
+
+        a_refs = [sum(m(x, r) for r in refs) for x in a]
+        b_refs = [sum(m(y, r) for r in refs) for y in b]
+        for i in range(2):
+            for j in range(3):
+                expected = (a_refs[i] + b_refs[j] + m(a[i], b[j])) / 5
+                assert float(table[i, j]) == pytest.approx(expected, abs=1e-5)
+        assert torch.isinf(consistency_table(met3r, [a], refs, min_overlap=1.01)).all()
+        with pytest.raises(ValueError, match="nothing to score"):
+            consistency_table(met3r, [a], None, min_overlap=0.0)

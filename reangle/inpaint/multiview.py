@@ -106,6 +106,10 @@ class ScoredViews:
         self.inpainter, self.conditions, self.met3r = inpainter, conditions, met3r
         self.references, self.settings, self.score_size, self.timings = references, settings, score_size, timings
         self.device = torch.device(getattr(inpainter, "device", "cpu"))
+        self.reference_features = None
+        if references is not None:  # the finished views' MEt3R features: once per search
+            with _Clock(timings, "met3r", self.device), torch.no_grad():
+                self.reference_features = met3r.image_features(references)
 
     def velocity(self, k: int, latents: Tensor, sigma: float) -> Tensor:
         with _Clock(self.timings, "transformer", self.device):
@@ -118,7 +122,8 @@ class ScoredViews:
 
     def score(self, decoded: Sequence[Tensor]) -> Tensor:
         with _Clock(self.timings, "met3r", self.device), torch.no_grad():
-            return consistency_table(self.met3r, decoded, self.references, self.settings.min_overlap)
+            return consistency_table(self.met3r, decoded, self.references, self.settings.min_overlap,
+                                     self.reference_features)
 
 
 def resize(images: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:

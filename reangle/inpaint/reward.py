@@ -3,7 +3,8 @@
 Scores are MEt3R values (lower = more consistent). A pair whose renders share fewer than
 ``min_overlap`` (a fraction of the pixels) scores ``inf``: MEt3R gives 0 to pairs that do
 not overlap at all, which would otherwise make a candidate that shares nothing with the
-finished views look perfect.
+finished views look perfect. Every image's MEt3R features are computed once per table
+(the finished views' once per search, passed in) and shared by all the pairs it is in.
 """
 from __future__ import annotations
 
@@ -18,39 +19,55 @@ def guard_overlap(scores: Tensor, overlap: Tensor, min_overlap: float) -> Tensor
     return torch.where(overlap >= min_overlap, scores, torch.full_like(scores, float("inf")))
 
 
-def pair_scores(met3r, first: Tensor, second: Tensor, min_overlap: float) -> Tensor:
-    """Guarded MEt3R of every (first[i], second[j]) -> (len(first), len(second)); images (N, 3, H, W) in [-1, 1]."""
+def pair_scores(met3r, first: Tensor, second: Tensor, min_overlap: float,
+                features: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Guarded MEt3R of every (first[i], second[j]) -> (len(first), len(second)); images (N, 3, H, W) in [-1, 1].
+
+    ``features``: the MEt3R features of ``first`` and ``second`` (``met3r.image_features``), or None.
+    """
     a, b = first.shape[0], second.shape[0]
     size = torch.Size((a, b, *first.shape[1:]))
     pairs = torch.stack([first[:, None].expand(size), second[None].expand(size)], dim=2).flatten(0, 1)
-    out = met3r(pairs, return_maps=True)
+    bank = None
+    if features is not None:
+        rows, cols = torch.meshgrid(torch.arange(a), a + torch.arange(b), indexing="ij")
+        bank = (torch.cat(features), torch.stack([rows.flatten(), cols.flatten()], dim=1).to(first.device))
+    out = met3r(pairs, return_maps=True, features=bank)
     overlap = out.overlap_mask.float().flatten(1).mean(1)
     return guard_overlap(out.score.float(), overlap, min_overlap).view(a, b)
 
 
-def consistency_table(met3r, candidates: Sequence[Tensor], references: Tensor | None, min_overlap: float) -> Tensor:
+def consistency_table(met3r, candidates: Sequence[Tensor], references: Tensor | None, min_overlap: float,
+                      reference_features: Tensor | None = None) -> Tensor:
     """Mean guarded MEt3R of each tuple of candidates -> table (S_1, ..., S_K).
 
     ``candidates``: K batches (S_k, 3, H, W) in [-1, 1], one per view searched together;
-    ``references``: finished views (R, 3, H, W) or None. A tuple's score is the mean over
-    its pairs: every candidate against every reference, and the K candidates among
-    themselves (each pair once, earlier view first).
+    ``references``: finished views (R, 3, H, W) or None, with their features
+    (``met3r.image_features(references)``; computed here when None). A tuple's score is the
+    mean over its pairs: every candidate against every reference, and the K candidates
+    among themselves (each pair once, earlier view first).
     """
     k = len(candidates)
+    has_refs = references is not None and len(references) > 0
+    if k == 1 and not has_refs:
+        raise ValueError("nothing to score: one view and no finished views; give references or search two views")
     shape = [c.shape[0] for c in candidates]
+    features = [met3r.image_features(c) for c in candidates]
+    if has_refs and reference_features is None:
+        reference_features = met3r.image_features(references)
     total = torch.zeros(shape, device=candidates[0].device)
     pairs = 0
     for v, batch in enumerate(candidates):
         view_shape = [1] * k
         view_shape[v] = shape[v]
-        if references is not None and len(references):
-            total = total + pair_scores(met3r, batch, references, min_overlap).sum(1).view(view_shape)
+        if has_refs:
+            scores = pair_scores(met3r, batch, references, min_overlap, (features[v], reference_features))
+            total = total + scores.sum(1).view(view_shape)
             pairs += references.shape[0]
         for w in range(v + 1, k):
             pair_shape = [1] * k
             pair_shape[v], pair_shape[w] = shape[v], shape[w]
-            total = total + pair_scores(met3r, batch, candidates[w], min_overlap).view(pair_shape)
+            scores = pair_scores(met3r, batch, candidates[w], min_overlap, (features[v], features[w]))
+            total = total + scores.view(pair_shape)
             pairs += 1
-    if pairs == 0:
-        raise ValueError("nothing to score: one view and no finished views; give references or search two views")
     return total / pairs
