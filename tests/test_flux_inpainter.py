@@ -1,4 +1,6 @@
 """FLUX + inpainting ControlNet: our loop against diffusers' pipeline and classes, checkpoint layout, errors."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,3 +145,19 @@ def test_inpainting_size_must_fit_the_latent_grid(flux):
     inpainter = FluxControlNetInpainter(flux, max_sequence_length=32)
     with pytest.raises(ValueError, match="multiple of 16"):
         inpainter.condition(torch.rand(1, 3, 40, 64), torch.ones(1, 1, 40, 64), PROMPT)
+
+
+def test_fast_decoder_decodes_candidates_for_scoring(flux, tmp_path):
+    from reangle.models.flux import load_fast_decoder
+
+    cache = Path(flux.source).parent.parent
+    fast = load_fast_decoder("tiny", cache_dir=cache)
+    inpainter = FluxControlNetInpainter(flux, max_sequence_length=32, fast_decoder=fast)
+    image, visible = _view()
+    cond = inpainter.condition(image, visible, PROMPT)
+    latents = torch.randn((2, *inpainter.initial_noise(cond, torch.Generator()).shape[1:]))
+    quick, full = inpainter.decode(latents, cond, fast=True), inpainter.decode(latents, cond)
+    assert quick.shape == full.shape == (2, 3, SIZE, SIZE) and quick.abs().max() <= 1
+    assert (quick - full).abs().max() > 1e-3  # a different decoder
+    with pytest.raises(ModelLoadError, match="neither a local folder nor a hub id"):
+        load_fast_decoder("./no/such/decoder")
