@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,14 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from peak_memory import PeakMemory  # noqa: E402
+
 TINY_DUST3R = dict(enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=64, dec_depth=2, dec_num_heads=2,
                    head_type="linear", img_size=(256, 256))
 TINY_FEATUP = {"dino": {"embed_dim": 64, "depth": 2, "num_heads": 1}, "key_dim": 8}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _full_size_components(device: str):
@@ -98,30 +93,21 @@ def run_one(device: str, candidates: int, naive: bool, steps: int, views: int, s
         inputs.append(ViewInput(f"view_{i}", torch.rand((3, size, size), generator=g), visible, "a scene"))
     settings = InpaintSettings(steps=steps, candidates=candidates, size=size, seed=0)
     inpaint_views(inpainter, met3r, inputs[:1], InpaintSettings(steps=2, candidates=1, size=size), progress=False)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mb()
+    memory = PeakMemory(device)
+    memory.start()
     timings = Timings()
     start = time.perf_counter()
     with torch.no_grad():
         outputs = inpaint_views(inpainter, met3r, inputs, settings, progress=False, timings=timings)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    peak_mb = memory.extra_mb()
     seconds = time.perf_counter() - start
-    if device == "cuda":
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"device": device, "models": "full-size" if full else "tiny", "size": size, "views": views,
             "steps": steps, "candidates": candidates, "loop": "naive" if naive else "batched",
             "seconds_per_view": round(seconds / views, 3),
             "seconds_per_phase": {k: round(v, 3) for k, v in timings.as_dict().items()},
             "transformer_calls_per_view": 1 + candidates * (steps - 1),
             "naive_calls_per_view": (1 + candidates) * steps,
-            "peak_extra_mb": round(max(peak_mb, 0.0), 1), "views_done": len(outputs)}
+            "peak_extra_mb": round(peak_mb, 1), "views_done": len(outputs)}
 
 
 def main() -> None:

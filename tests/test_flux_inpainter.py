@@ -118,8 +118,9 @@ def test_full_size_beta_layout_on_meta():
     expected = {"x_embedder.weight": (d, 64), "x_embedder.bias": (d,), "controlnet_x_embedder.weight": (d, 68),
                 "controlnet_x_embedder.bias": (d,), "context_embedder.weight": (d, 4096), "context_embedder.bias": (d,)}
     for name, width in [("timestep_embedder", 256), ("guidance_embedder", 256), ("text_embedder", 768)]:
-        expected |= {f"time_text_embed.{name}.linear_1.weight": (d, width), f"time_text_embed.{name}.linear_1.bias": (d,),
-                     f"time_text_embed.{name}.linear_2.weight": (d, d), f"time_text_embed.{name}.linear_2.bias": (d,)}
+        prefix = f"time_text_embed.{name}"
+        expected |= {f"{prefix}.linear_1.weight": (d, width), f"{prefix}.linear_1.bias": (d,),
+                     f"{prefix}.linear_2.weight": (d, d), f"{prefix}.linear_2.bias": (d,)}
     with init_empty_weights():
         block = {k: tuple(v.shape) for k, v in FluxTransformerBlock(dim=d, num_attention_heads=24,
                                                                      attention_head_dim=128).state_dict().items()}

@@ -156,6 +156,7 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
     """Inpaint ``views`` in order (the first two jointly), each scored against the finished ones.
 
     ``input_frame`` ``[3, H, W]`` in [0, 1] is also a reference when ``settings.use_input_frame``.
+    A lone view with nothing to score against (one view, no input frame) is sampled unguided.
     Returns the views in the given order. ``timings`` (optional) collects seconds per phase.
     """
     check_views(views)
@@ -202,7 +203,7 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
 
 
 def finish(decoded_pm1: Tensor, view: ViewInput, paste_back: bool) -> Tensor:
-    """A decoded ``[3, size, size]`` image in [-1, 1] -> ``[3, H, W]`` in [0, 1] at the view's size (optionally pasted)."""
+    """Decoded ``[3, size, size]`` in [-1, 1] -> ``[3, H, W]`` in [0, 1] at the view's size (optionally pasted)."""
     h, w = view.image.shape[-2:]
     image = resize(((decoded_pm1.float() + 1) / 2)[None], h, w)[0].clamp(0, 1).cpu()
     if paste_back:

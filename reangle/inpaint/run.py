@@ -2,12 +2,14 @@
 
 Writes ``<run_dir>/start_frames/<view>.png`` (the Omega's size; sampling prefers these over
 the warped first frames) and ``<run_dir>/start_frames/scores.json`` (per view: the chosen
-MEt3R score per step, the views searched together, model calls, seconds, the settings),
+MEt3R score per step (null: nothing was scored, or no candidate passed the overlap
+guard), the views searched together, model calls, seconds; the settings; seconds per phase),
 every file through a temporary name and a rename.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -95,12 +97,13 @@ def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], set
     """``start_frames/<view>.png`` per view and ``start_frames/scores.json``; returns the image paths."""
     folder = Path(run_dir) / INPAINTED_DIR
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
+    views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
+                      "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
     record = {"settings": vars(settings), "model_calls_per_view": 1 + settings.num_candidates * (settings.steps - 1),
-              "views": {o.name: {"scores": [None if s != s else s for s in o.scores], "searched_with": o.searched_with,
-                                 "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}}
+              "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()
-    atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1, allow_nan=True))
+    atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1))
     return paths
 
 

@@ -59,6 +59,17 @@ class ModelLoadError(ValueError):
     """A model source that cannot be loaded as asked."""
 
 
+def sizes_from_mapping(cls, values):
+    """An instance of the dataclass ``cls`` from an instance, a mapping of field values, or None (the defaults)."""
+    if isinstance(values, cls):
+        return values
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ModelLoadError(f"unknown tiny model setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+    return cls(**values)
+
+
 @dataclass
 class TinyConfig:
     """Sizes of the tiny random CogVideoX-I2V; ``height``/``width``/``num_frames`` are the
@@ -79,13 +90,7 @@ class TinyConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | "TinyConfig" | None) -> "TinyConfig":
-        if isinstance(values, TinyConfig):
-            return values
-        values = dict(values or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ModelLoadError(f"unknown tiny model setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
-        return cls(**values)
+        return sizes_from_mapping(cls, values)
 
     def key(self) -> str:
         return fingerprint(asdict(self))

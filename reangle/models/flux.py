@@ -22,7 +22,7 @@ zero) so the control signal matters in tests.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,7 +31,7 @@ from diffusers import FluxControlNetModel
 from diffusers.configuration_utils import register_to_config
 
 from reangle.models.cogvideox import (DEFAULT_CACHE, TINY_CHARS, ModelLoadError, folder_or_hub_id,
-                                      publish_folder_once, tiny_t5_tokenizer)
+                                      publish_folder_once, sizes_from_mapping, tiny_t5_tokenizer)
 from reangle.utils import fingerprint
 
 FLUX_HUB_ID = "black-forest-labs/FLUX.1-dev"
@@ -104,13 +104,7 @@ class FluxTinyConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | "FluxTinyConfig" | None) -> "FluxTinyConfig":
-        if isinstance(values, FluxTinyConfig):
-            return values
-        values = dict(values or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ModelLoadError(f"unknown tiny FLUX setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
-        return cls(**values)
+        return sizes_from_mapping(cls, values)
 
 
 def _tiny_clip_tokenizer(max_length: int = 77):
@@ -143,7 +137,8 @@ def _build_tiny(cfg: FluxTinyConfig):
         num_heads=max(1, cfg.text_dim // 8), relative_attention_num_buckets=8, relative_attention_max_distance=32))
     levels = len(cfg.vae_channels)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=tuple(cfg.vae_channels),
-                        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+                        down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels,
                         layers_per_block=1, norm_num_groups=min(4, min(cfg.vae_channels)), use_quant_conv=False,
                         use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)
     dims = dict(patch_size=1, in_channels=64, attention_head_dim=cfg.attention_head_dim,
@@ -164,7 +159,8 @@ def _build_tiny(cfg: FluxTinyConfig):
 
 def materialize_tiny_flux(tiny: FluxTinyConfig | Mapping[str, Any] | None,
                           cache_dir: str | Path = DEFAULT_CACHE) -> Path:
-    """Write the tiny FLUX (+ ``controlnet/``, ``fast_decoder/``) into ``cache_dir/models/flux-tiny-<hash>`` unless it is there."""
+    """Write the tiny FLUX (+ ``controlnet/``, ``fast_decoder/``) into ``cache_dir/models/flux-tiny-<hash>``
+    unless it is there; returns the folder."""
     cfg = FluxTinyConfig.from_mapping(tiny)
 
     def write(staging: Path) -> None:
