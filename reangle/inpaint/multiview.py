@@ -106,10 +106,7 @@ class ScoredViews:
         self.inpainter, self.conditions, self.met3r = inpainter, conditions, met3r
         self.references, self.settings, self.score_size, self.timings = references, settings, score_size, timings
         self.device = torch.device(getattr(inpainter, "device", "cpu"))
-        self.reference_features = None
-        if references is not None:  # the finished views' MEt3R features: once per search
-            with _Clock(timings, "met3r", self.device), torch.no_grad():
-                self.reference_features = met3r.image_features(references)
+        self.reference_features = None  # the finished views' MEt3R features: once per search, when first scored
 
     def velocity(self, k: int, latents: Tensor, sigma: float) -> Tensor:
         with _Clock(self.timings, "transformer", self.device):
@@ -122,6 +119,8 @@ class ScoredViews:
 
     def score(self, decoded: Sequence[Tensor]) -> Tensor:
         with _Clock(self.timings, "met3r", self.device), torch.no_grad():
+            if self.references is not None and self.reference_features is None:
+                self.reference_features = self.met3r.image_features(self.references)
             return consistency_table(self.met3r, decoded, self.references, self.settings.min_overlap,
                                      self.reference_features)
 

@@ -56,12 +56,16 @@ class InpaintControlNet(FluxControlNetModel):
     def __init__(self, patch_size: int = 1, in_channels: int = 64, num_layers: int = 19, num_single_layers: int = 38,
                  attention_head_dim: int = 128, num_attention_heads: int = 24, joint_attention_dim: int = 4096,
                  pooled_projection_dim: int = 768, guidance_embeds: bool = False,
-                 axes_dims_rope: list[int] = [16, 56, 56], extra_condition_channels: int = MASK_CHANNELS):
+                 axes_dims_rope: list[int] = [16, 56, 56], extra_condition_channels: int = MASK_CHANNELS,
+                 num_mode: int | None = None, conditioning_embedding_channels: int | None = None):
+        if conditioning_embedding_channels is not None:
+            raise ValueError("an inpainting ControlNet takes packed latents as control input; "
+                             "conditioning_embedding_channels (a pixel-space hint encoder) must be None")
         super().__init__(patch_size=patch_size, in_channels=in_channels, num_layers=num_layers,
                          num_single_layers=num_single_layers, attention_head_dim=attention_head_dim,
                          num_attention_heads=num_attention_heads, joint_attention_dim=joint_attention_dim,
                          pooled_projection_dim=pooled_projection_dim, guidance_embeds=guidance_embeds,
-                         axes_dims_rope=list(axes_dims_rope))
+                         axes_dims_rope=list(axes_dims_rope), num_mode=num_mode)
         self.controlnet_x_embedder = torch.nn.Linear(in_channels + extra_condition_channels, self.inner_dim)
         torch.nn.init.zeros_(self.controlnet_x_embedder.weight)
         torch.nn.init.zeros_(self.controlnet_x_embedder.bias)
