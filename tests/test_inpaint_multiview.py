@@ -103,3 +103,15 @@ def test_consistency_table_is_the_mean_over_each_tuples_pairs(models):
         assert torch.isinf(consistency_table(met3r, [a], refs, min_overlap=1.01)).all()
         with pytest.raises(ValueError, match="nothing to score"):
             consistency_table(met3r, [a], None, min_overlap=0.0)
+
+
+def test_a_lone_view_is_scored_against_the_input_frame_only_when_asked(models):
+    inpainter, met3r = models
+    view = _views(1)
+    frame = torch.rand((3, 48, 72), generator=torch.Generator().manual_seed(8))
+    settings = dict(steps=3, candidates=2, size=SIZE, seed=0)
+    plain = inpaint_views(inpainter, met3r, view, InpaintSettings(**settings), input_frame=frame, progress=False)
+    assert all(s != s for s in plain[0].scores) and plain[0].model_calls == 3  # nothing to score: unguided
+    ref = inpaint_views(inpainter, met3r, view, InpaintSettings(**settings, use_input_frame=True), input_frame=frame,
+                        progress=False)
+    assert len(ref[0].scores) == 2 and all(s == s for s in ref[0].scores) and ref[0].model_calls == 5
