@@ -56,6 +56,7 @@ def report(cfg) -> None:
     if pointer.is_file():
         lines.append(f"Omega (warped views, preview.mp4/.gif): {json.loads(pointer.read_text())['path']}")
     lines += [f"{label}: {path}" for label, path in (("LoRA", run_dir / "lora" / "final"),
+                                                     ("start frames (stage III)", run_dir / "start_frames"),
                                                      ("samples", Path(cfg.sample.out_dir))) if path.exists()]
     print("\n".join(lines))
 
