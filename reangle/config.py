@@ -7,6 +7,12 @@ error naming it. The open places are a ``params:`` mapping next to a ``target:``
 (the arguments of whatever ``target`` names), checked against the callable's
 signature when :func:`instantiate` builds it, and a mapping that is empty (``{}``)
 in the schema, whose keys the user names (e.g. ``sample.start_frames``).
+
+Every value is checked against the type of its default in the schema (:func:`check_types`):
+an integer key takes integers, a number key integers or floats, a boolean key true/false, a
+list key a list (of its default's element type), a mapping key a mapping; a string key (and
+a required ``???`` key: a path or a name) takes any scalar, written as text. A ``null``
+default takes anything; :data:`EXTRA_TYPES` lists the keys that take a second type.
 """
 from __future__ import annotations
 
@@ -27,6 +33,68 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 
 class ConfigError(ValueError):
     """A configuration that cannot be used, with the key that is wrong."""
+
+
+# Keys that take a type besides their default's (see the comments in configs/base.yaml).
+EXTRA_TYPES: dict[str, tuple[type, ...]] = {
+    "data.fps": (float,),                     # 8, or e.g. 29.97
+    "lora.alpha": (float,),
+    "train.grad_clip": (type(None),),         # null: off
+    "sample.grid_max_width": (type(None),),   # null: full size
+    "trainer.devices": (str, list),           # 1, "auto", [0, 1]
+    "trainer.strategy": (dict,),              # a name, or {target, params}
+}
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping", type(None): "null"}
+_ELEMENT_NAMES = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _expected(types: set[type], names: dict[type, str]) -> str:
+    return " or ".join(names[k] for k in sorted(types, key=list(_TYPE_NAMES).index))
+
+
+def _given(value: Any) -> str:
+    return "a float" if isinstance(value, float) else _TYPE_NAMES[_kind(value)]
+
+
+def _kind(value: Any) -> type:
+    """The schema type of a plain value (bool before int: True is an int in Python)."""
+    for kind in (bool, int, float, str, list, dict):
+        if isinstance(value, kind):
+            return kind
+    return type(None)
+
+
+def _accepts(expected: set[type], value: Any, text: bool) -> bool:
+    """Whether ``value`` fits ``expected``; ``text``: any scalar fits (written as a string)."""
+    kind = _kind(value)
+    return kind in expected or (kind is int and float in expected) or (text and kind in (bool, int, float))
+
+
+def check_types(cfg: DictConfig, schema: dict, prefix: str = "") -> None:
+    """Check the resolved ``cfg`` against the resolved ``schema`` (plain containers of the base
+    config) in place: scalars given for string keys become strings; a value of another type is
+    a :class:`ConfigError` naming the key, the value and the type expected."""
+    for key, default in schema.items():
+        if key not in cfg or key == "params" or default is None:
+            continue
+        path, value = f"{prefix}{key}", cfg[key]
+        plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        expected, text = {_kind(default), *EXTRA_TYPES.get(path, ())}, isinstance(default, str)
+        if not _accepts(expected, plain, text):
+            raise ConfigError(f"config key {path}={plain!r}: expected {_expected(expected, _TYPE_NAMES)}, "
+                              f"got {_given(plain)}")
+        if text and _kind(plain) in (bool, int, float):
+            cfg[key] = str(plain)
+        elif isinstance(value, DictConfig) and isinstance(default, dict):
+            check_types(value, default, path + ".")
+        elif isinstance(plain, list) and isinstance(default, list) and default \
+                and not isinstance(default[0], (list, dict)):
+            element = {_kind(x) for x in default}
+            bad = [x for x in plain if not _accepts(element, x, element == {str})]
+            if bad:
+                raise ConfigError(f"config key {path}={plain!r}: expected a list of "
+                                  f"{_expected(element, _ELEMENT_NAMES)}, got {bad[0]!r} ({_given(bad[0])})")
 
 
 def _open_params(node: Any) -> None:
@@ -63,11 +131,13 @@ def _dotted_key(exc: OmegaConfBaseException) -> str:
 
 def load_config(files: Sequence[str | os.PathLike] = (), overrides: Iterable[str] = (),
                 base: str | os.PathLike = BASE_CONFIG) -> DictConfig:
-    """Merge ``base`` + ``files`` (in order) + ``key=value`` ``overrides``; validate; resolve.
+    """Merge ``base`` + ``files`` (in order) + ``key=value`` ``overrides``; validate; resolve;
+    check the types (:func:`check_types`).
 
-    Raises :class:`ConfigError` naming the unknown or missing key.
+    Raises :class:`ConfigError` naming the unknown or missing key, or the mistyped value.
     """
     cfg = _read_yaml(base)
+    schema = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     OmegaConf.set_struct(cfg, True)
     _open_params(cfg)
     layers = [(str(f), _read_yaml(f)) for f in files]
@@ -96,6 +166,7 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Iterable[str
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot resolve config key {_dotted_key(exc)!r}: "
                           f"{str(exc).splitlines()[0]}") from exc
+    check_types(cfg, schema)
     return cfg
 
 

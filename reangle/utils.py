@@ -80,3 +80,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but no CUDA device is available; use cpu or auto")
     return device
+
+
+def build_with_weights(build, state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """``build()`` on the meta device, then ``state`` assigned strictly (no memory is spent on random
+    init). ``what`` names the checkpoint in the error raised when the keys do not match."""
+    with torch.device("meta"):
+        module = build()
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{what} does not match the architecture: missing keys {sorted(missing)[:5]}, "
+                         f"unexpected keys {sorted(unexpected)[:5]}")
+    return module

@@ -34,7 +34,7 @@ def test_unloadable_model_is_a_clear_error(tmp_path):
 def test_npy_depth_reads_and_resizes(tmp_path):
     for i in range(4):
         np.save(tmp_path / f"{i:02d}.npy", np.full((10, 15), 10.0 * (i + 1), np.float32))
-    depth = NpyDepth(str(tmp_path), indices=[1, 3])(torch.zeros(2, 3, 20, 30))
+    depth = NpyDepth(str(tmp_path), indices=[1, 3], output="depth")(torch.zeros(2, 3, 20, 30))
     assert depth.shape == (2, 20, 30)
     assert torch.equal(depth[:, 0, 0], torch.tensor([20.0, 40.0]))
     with pytest.raises(DepthError, match="4 .npy files; 6 are needed"):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from reangle.nets.dino import build_dino
 from reangle.nets.featup import JBULearnedRange, JBUStack, UpsampledBackbone, adaptive_conv, load_featup
 
-TINY = {"dino": {"embed_dim": 64, "depth": 2, "num_heads": 1}, "key_dim": 8}  # heads = dim // 64, as files are read
+TINY = {"dino": {"embed_dim": 64, "depth": 2, "num_heads": 1}, "key_dim": 8}
 
 
 def _adaptive_conv_loop(inp, filters):
@@ -115,7 +115,7 @@ def test_loads_lightning_checkpoint_layout(tmp_path):
     images = torch.randn(1, 3, 32, 32)
     expected = source(images)
     for name in ("dino16_jbu_stack_cocostuff.ckpt", "ddp.pth"):
-        loaded = load_featup(tmp_path / name)
+        loaded = load_featup(tmp_path / name, dino_num_heads=1)
         torch.testing.assert_close(loaded(images), expected)
         assert loaded.upsampler.up1.key_dim == 8 and not any(p.requires_grad for p in loaded.parameters())
 
@@ -127,7 +127,7 @@ def test_upsampler_only_checkpoint_takes_dino_from_dino_source(tmp_path):
     with pytest.raises(ValueError, match="dino_source"):
         load_featup(tmp_path / "jbu.pth")
     torch.save(source.model[0].model.state_dict(), tmp_path / "dino.pth")
-    loaded = load_featup(tmp_path / "jbu.pth", dino_source=tmp_path / "dino.pth")
+    loaded = load_featup(tmp_path / "jbu.pth", dino_source=tmp_path / "dino.pth", dino_num_heads=1)
     torch.testing.assert_close(loaded.upsampler.up2.range_proj[0].weight, source.upsampler.up2.range_proj[0].weight)
     assert loaded.dim == 64
     torch.testing.assert_close(loaded.model[1].norm.weight, torch.ones(64))  # never trained by FeatUp

@@ -2,7 +2,9 @@
 
 ``build_omega(cfg)`` checks the inputs, then reuses the cached Omega built from the same
 inputs and parameters, or builds it: frames -> depth -> one warp per target view ->
-files -> manifest last (see :mod:`reangle.data.omega`).
+files -> manifest last (see :mod:`reangle.data.omega`). A new caption alone (``data.prompt``)
+reuses the warped files of the same inputs and writes new prompts; ``data.fps`` only sets
+the frame rate of newly written videos and is not part of any key.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from reangle.data.omega import INPUT_VIEW, Omega, OmegaError, publish, staging_dir, write_view
+from reangle.data.omega import (INPUT_VIEW, MANIFEST, Omega, OmegaError, link_file, publish, relink_view,
+                                staging_dir, write_view)
 from reangle.geometry.camera import intrinsics
 from reangle.geometry.depth import DepthAnything, DepthError, NpyDepth, cached_depth
 from reangle.geometry.splat import SPLAT_MODES, warp_video
@@ -25,13 +28,14 @@ from reangle.utils import file_fingerprint, fingerprint, resolve_device
 SYNTHETIC = "synthetic"
 DEPTH_SOURCES = ("depth_anything", "npy", "synthetic")
 PREVIEW_MAX_WIDTH = 960  # pixels
+PREVIEW_FILES = ("preview.mp4", "preview.gif")
 
 
 def _views(cfg: DictConfig) -> list[TargetView]:
     v = cfg.views
     return build_views(cfg.mode, cfg.data.num_frames, cfg.camera.pivot_distance, list(v.motions),
                        OmegaConf.to_container(v.ranges), v.per_motion, v.seed,
-                       OmegaConf.to_container(v.custom), v.only_custom)
+                       OmegaConf.to_container(v.custom), v.only_custom, v.dolly_profile)
 
 
 def check_inputs(cfg: DictConfig) -> tuple[list[int] | None, list[TargetView]]:
@@ -55,22 +59,78 @@ def check_inputs(cfg: DictConfig) -> tuple[list[int] | None, list[TargetView]]:
     return indices, _views(cfg)  # _views refuses unknown motions and malformed custom views
 
 
-def omega_key(cfg: DictConfig) -> str:
-    """Cache key of the Omega that ``cfg`` describes: input bytes + every stage I parameter."""
+def depth_estimator(cfg: DictConfig, indices: list[int] | None = None) -> DepthAnything | NpyDepth | None:
+    """The depth source of ``cfg`` (``None``: the synthetic scene's true depth)."""
+    p = cfg.depth
+    if p.source == "synthetic":
+        return None
+    if p.source == "npy":
+        return NpyDepth(p.npy_dir, indices, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip))
+    return DepthAnything(p.model, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip), p.input_size,
+                         p.batch_size, p.device)
+
+
+def _views_key(cfg: DictConfig) -> dict:
+    """``views`` with each custom pose file's content hash beside its path."""
+    views = OmegaConf.to_container(cfg.views)
+    for entry in views["custom"]:
+        poses = entry.get("poses")
+        if isinstance(poses, str) and Path(poses).is_file():
+            entry["poses_sha256"] = file_fingerprint(poses)
+    return views
+
+
+def warp_key(cfg: DictConfig) -> str:
+    """Key of the warped content (frames, masks, cameras) ``cfg`` describes: input bytes + every
+    stage I parameter (depth as its estimator keys it; ``.npy`` depth files and custom pose files
+    by content). The caption and the frame rate are not part of it."""
     source = ("synthetic", OmegaConf.to_container(cfg.data.synthetic)) if cfg.data.video == SYNTHETIC \
         else file_fingerprint(cfg.data.video)
+    estimator = depth_estimator(cfg)
     params = {"source": source, "mode": cfg.mode,
-              "data": {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("video", "synthetic")},
-              "depth": OmegaConf.to_container(cfg.depth), "camera": OmegaConf.to_container(cfg.camera),
-              "views": OmegaConf.to_container(cfg.views),
+              "data": {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in ("video", "synthetic", "prompt", "fps")},
+              "depth": {"source": "synthetic"} if estimator is None else estimator.key(),
+              "camera": OmegaConf.to_container(cfg.camera), "views": _views_key(cfg),
               "warp": {k: v for k, v in OmegaConf.to_container(cfg.warp).items() if k not in ("device", "chunk_frames")}}
-    params["depth"].pop("device")
-    params["depth"].pop("batch_size")
     return fingerprint(params)
 
 
+def omega_key(cfg: DictConfig) -> str:
+    """Key of the Omega ``cfg`` describes: its warp key and the caption."""
+    return fingerprint({"warp": warp_key(cfg), "caption": cfg.data.prompt})
+
+
 def omega_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.run.cache_dir) / "omega" / omega_key(cfg)
+    """``run.cache_dir/omega/<warp key>/<Omega key>``: Omegas that differ only in their caption
+    are siblings and share their warped files."""
+    return Path(cfg.run.cache_dir) / "omega" / warp_key(cfg) / omega_key(cfg)
+
+
+def _warped_sibling(final: Path, names: set[str]) -> Omega | None:
+    """A complete Omega beside ``final`` with the same warp key and views (another caption), if any."""
+    if not final.parent.is_dir():
+        return None
+    for folder in sorted(final.parent.iterdir()):
+        if folder != final and not folder.name.startswith(".") and (folder / MANIFEST).is_file():
+            try:
+                omega = Omega.load(folder)
+            except OmegaError:
+                continue
+            if {v.name for v in omega.views} == names:
+                return omega
+    return None
+
+
+def _recaption(source: Omega, final: Path, prompts: dict[str, str], caption: str) -> Omega:
+    """A new Omega at ``final`` with ``source``'s warped files (linked) and new prompts."""
+    staging = staging_dir(final)
+    records = [relink_view(source, staging, view, prompts[view.name]) for view in source.views]
+    for name in PREVIEW_FILES:
+        if (source.root / name).is_file():
+            link_file(source.root / name, staging / name)
+    omega = Omega(root=staging, key=final.name, mode=source.mode, num_frames=source.num_frames,
+                  height=source.height, width=source.width, fps=source.fps, caption=caption, views=records)
+    return publish(staging, final, omega)
 
 
 def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tensor):
@@ -84,12 +144,7 @@ def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tenso
         frames = read_video(d.video, d.num_frames, d.height, d.width, d.frame_start, d.frame_stride, d.short_video)
     if cfg.depth.source == "synthetic":
         return frames, true_depth
-    if cfg.depth.source == "npy":
-        return frames, cached_depth(NpyDepth(cfg.depth.npy_dir, indices), frames, cache)
-    p = cfg.depth
-    estimator = DepthAnything(p.model, p.output, p.disparity_scale, p.disparity_eps, tuple(p.clip),
-                              p.input_size, p.batch_size, p.device)
-    return frames, cached_depth(estimator, frames, cache)
+    return frames, cached_depth(depth_estimator(cfg, indices), frames, cache)
 
 
 def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
@@ -102,6 +157,10 @@ def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
         except OmegaError:
             pass  # incomplete or corrupt: rebuilt below
     d = cfg.data
+    prompts = {INPUT_VIEW: d.prompt, **{view.name: view.prompt(d.prompt) for view in views}}
+    sibling = None if force else _warped_sibling(final, set(prompts))
+    if sibling is not None:  # only the caption changed: no depth, no warping
+        return _recaption(sibling, final, prompts, d.prompt)
     K = intrinsics(d.height, d.width, cfg.camera.focal, cfg.camera.reference_height)
     frames, depth = _frames_and_depth(cfg, indices, K)
     device = resolve_device(cfg.warp.device)
@@ -120,8 +179,8 @@ def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
         previews.append(warped)
     if cfg.warp.preview:
         grid = tile_videos(previews, max_width=PREVIEW_MAX_WIDTH)
-        write_mp4(grid, staging / "preview.mp4", fps=d.fps)
-        write_gif(grid, staging / "preview.gif", fps=d.fps)
+        write_mp4(grid, staging / PREVIEW_FILES[0], fps=d.fps)
+        write_gif(grid, staging / PREVIEW_FILES[1], fps=d.fps)
     omega = Omega(root=staging, key=final.name, mode=cfg.mode, num_frames=d.num_frames, height=d.height,
                   width=d.width, fps=float(d.fps), caption=d.prompt, views=records)
     return publish(staging, final, omega)

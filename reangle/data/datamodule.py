@@ -4,15 +4,15 @@
 under ``cache_dir`` with the model spec's encoders (VAE, text encoder), skipping valid
 entries and rebuilding missing or corrupt ones:
 
-* ``latents/<key>``: one per view, key = spec fingerprint + Omega key + view name + the
-  video file's sha256;
+* ``latents/<key>``: one per view, key = spec fingerprint + view name + the video file's
+  sha256 (so Omegas that differ only in their caption share them);
 * ``text/<key>``: one per prompt, key = spec fingerprint + prompt.
 
 The encoders are dropped afterwards, so training holds only the diffusion model.
 ``setup`` (every process) loads the entries (a bad one is an error, never used) and the
-latent masks; a sample is ``{video_mean, video_logvar, image_mean, image_logvar,
-prompt_embeds, mask}`` (``mask`` bool ``[F, h, w]``, 1 = visible; all ones when the loss
-is unmasked), and batches of any size stack them.
+latent masks; a sample is the spec's cached video tensors (e.g. ``video_mean, video_logvar,
+first_frame_pm1``) plus ``prompt_embeds`` and ``mask`` (bool ``[F, h, w]``, 1 = visible;
+all ones when the loss is unmasked), and batches of any size stack them.
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ from reangle.utils import atomic_write_text, file_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
-VIDEO_TENSORS = ("video_mean", "video_logvar", "image_mean", "image_logvar")
 TEXT_TENSORS = ("prompt_embeds",)
 
 
@@ -96,8 +95,8 @@ class OmegaDataModule(L.LightningDataModule):
         return [omega.view(name) for name in self.views]
 
     def _video_key(self, omega: Omega, view) -> str:
-        return fingerprint([self.spec.fingerprint("video"), omega.key, view.name,
-                            file_fingerprint(omega.root / view.video)], length=32)
+        return fingerprint([self.spec.fingerprint("video"), view.name, file_fingerprint(omega.root / view.video)],
+                           length=32)
 
     def _text_key(self, prompt: str) -> str:
         return fingerprint([self.spec.fingerprint("text"), prompt], length=32)
@@ -106,8 +105,8 @@ class OmegaDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         omega = self.omega()
         views = self._selected(omega)
-        todo_video = [(v, k) for v in views if not self.latent_cache.is_valid(k := self._video_key(omega, v),
-                                                                               VIDEO_TENSORS)]
+        names = self.spec.cached_video_tensors()
+        todo_video = [(v, k) for v in views if not self.latent_cache.is_valid(k := self._video_key(omega, v), names)]
         prompts = sorted({v.prompt for v in views})
         todo_text = [(p, k) for p in prompts if not self.text_cache.is_valid(k := self._text_key(p), TEXT_TENSORS)]
         if not todo_video and not todo_text:
@@ -132,10 +131,10 @@ class OmegaDataModule(L.LightningDataModule):
         if self.dataset is not None:
             return
         omega = self.omega()
-        samples, names = [], []
+        samples, names, tensors = [], [], self.spec.cached_video_tensors()
         for view in self._selected(omega):
             try:
-                video = self.latent_cache.load(self._video_key(omega, view), VIDEO_TENSORS)
+                video = self.latent_cache.load(self._video_key(omega, view), tensors)
                 text = self.text_cache.load(self._text_key(view.prompt), TEXT_TENSORS)
             except CacheError as exc:
                 raise CacheError(f"{exc} (view {view.name!r}; prepare_data rebuilds it)") from exc
@@ -147,7 +146,7 @@ class OmegaDataModule(L.LightningDataModule):
             if mask.shape != (frames, *video["video_mean"].shape[-2:]):
                 raise OmegaError(f"view {view.name!r}: latent mask {tuple(mask.shape)} does not match latents "
                                  f"{tuple(video['video_mean'].shape)}; rebuild Omega")
-            samples.append({**{k: video[k] for k in VIDEO_TENSORS}, "prompt_embeds": text["prompt_embeds"],
+            samples.append({**{k: video[k] for k in tensors}, "prompt_embeds": text["prompt_embeds"],
                             "mask": mask})
             names.append(view.name)
         if not samples:

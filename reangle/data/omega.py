@@ -138,6 +138,25 @@ def write_view(root: Path, name: str, frames: torch.Tensor, mask: torch.Tensor, 
                       video=f"{name}/video.mp4", mask=f"{name}/mask.npz", camera=f"{name}/camera.json")
 
 
+def link_file(source: Path, target: Path) -> Path:
+    """``target`` as a hard link to ``source`` (a copy where the file system has no links)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def relink_view(source: Omega, root: Path, view: ViewRecord, prompt: str) -> ViewRecord:
+    """``view`` of ``source`` under ``root`` with a new ``prompt``: its video, mask and camera
+    files are linked, not rewritten; returns the new manifest entry."""
+    for rel in (view.video, view.mask, view.camera):
+        link_file(source.root / rel, root / rel)
+    (root / view.name / "prompt.txt").write_text(prompt)
+    return ViewRecord(**{**asdict(view), "prompt": prompt})
+
+
 def staging_dir(final: Path) -> Path:
     """A fresh temporary folder beside ``final`` to build into before :func:`publish`."""
     tmp = temporary_path(final)

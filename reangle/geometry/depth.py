@@ -6,6 +6,7 @@ the camera convention (see ``paper.md``: depth = 10000 / max(disparity, 1e-5), c
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reangle.utils import atomic_save_npy, fingerprint, imagenet_normalize, resolve_device
+from reangle.utils import atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, resolve_device
 
 TINY = "tiny"
 
@@ -29,6 +30,24 @@ def disparity_to_depth(disparity: torch.Tensor, scale: float = 1e4, eps: float =
                        clip: Sequence[float] = (1e-4, 1e4)) -> torch.Tensor:
     """``scale / max(disparity, eps)`` clipped to ``clip``."""
     return (scale / disparity.clamp_min(eps)).clamp(clip[0], clip[1])
+
+
+DEPTH_OUTPUTS = ("disparity", "depth")
+
+
+def check_output(output: str) -> str:
+    if output not in DEPTH_OUTPUTS:
+        raise DepthError(f"depth.output must be 'disparity' or 'depth', got {output!r}")
+    return output
+
+
+def prediction_to_depth(prediction: torch.Tensor, output: str, scale: float = 1e4, eps: float = 1e-5,
+                        clip: Sequence[float] = (1e-4, 1e4)) -> torch.Tensor:
+    """Depth from a map holding ``output`` (``disparity``: :func:`disparity_to_depth`; ``depth``: as
+    is), clipped to ``clip``."""
+    if check_output(output) == "disparity":
+        return disparity_to_depth(prediction, scale, eps, clip)
+    return prediction.clamp(clip[0], clip[1])
 
 
 def tiny_depth_anything_config():
@@ -58,57 +77,90 @@ def load_depth_anything(source: str, device: torch.device, dtype: torch.dtype):
 
 @dataclass
 class DepthAnything:
-    """Batched Depth Anything V2 inference; half precision on GPU."""
+    """Batched Depth Anything V2 inference; half precision on GPU.
+
+    ``input_size``: ``None`` runs the model at the frames' own resolution, each side raised
+    to a multiple of 14 (the released code); an int scales the shorter side to it first
+    (518: Depth Anything's training size).
+    The cache key holds the device type and dtype the model runs in.
+    """
 
     model: str = "depth-anything/Depth-Anything-V2-Large-hf"
     output: str = "disparity"
     disparity_scale: float = 1e4
     disparity_eps: float = 1e-5
     clip: Sequence[float] = (1e-4, 1e4)
-    input_size: int = 518
+    input_size: int | None = None
     batch_size: int = 8
     device: str = "auto"
     _net: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.output not in ("disparity", "depth"):
-            raise DepthError(f"depth.output must be 'disparity' or 'depth', got {self.output!r}")
+        check_output(self.output)
+        if self.input_size is not None and (isinstance(self.input_size, bool) or not isinstance(self.input_size, int)
+                                            or self.input_size < 14):
+            raise DepthError(f"depth.input_size must be null (the frames' own size) or an integer >= 14, "
+                             f"got {self.input_size!r}")
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        device = resolve_device(self.device)
+        return device, torch.float16 if device.type == "cuda" else torch.float32
 
     def key(self) -> dict:
+        device, dtype = self._device_dtype()
         return {"source": "depth_anything", "model": self.model, "output": self.output,
                 "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip),
-                "input_size": self.input_size}
+                "input_size": self.input_size, "device_type": device.type, "dtype": str(dtype)}
 
-    def _input_shape(self, height: int, width: int) -> tuple[int, int]:
-        scale = self.input_size / min(height, width)
-        return (max(14, round(height * scale / 14) * 14), max(14, round(width * scale / 14) * 14))
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Model input size, as Depth Anything V2's own lower-bound resize computes it: scale the
+        frame so both sides reach the target (the frame's own size, or ``input_size`` squared),
+        round each side to a multiple of 14, and round up where that fell below the target."""
+        target = (height, width) if self.input_size is None else (self.input_size, self.input_size)
+        scale = max(target[0] / height, target[1] / width)
+
+        def side(length: int, bound: int) -> int:
+            size = 14 * round(length * scale / 14)
+            return size if size >= bound else 14 * math.ceil(length * scale / 14)
+
+        return side(height, target[0]), side(width, target[1])
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        device = resolve_device(self.device)
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        device, dtype = self._device_dtype()
         if self._net is None:
             self._net = load_depth_anything(self.model, device, dtype)
         n, _, h, w = frames.shape
         out = torch.empty(n, h, w)
         for start in tqdm(range(0, n, self.batch_size), desc="depth", unit="batch", leave=False):
             batch = frames[start:start + self.batch_size].to(device)
-            batch = F.interpolate(batch, size=self._input_shape(h, w), mode="bicubic", align_corners=False)
+            batch = F.interpolate(batch, size=self.input_shape(h, w), mode="bicubic", align_corners=False)
             batch = imagenet_normalize(batch.clamp(0, 1)).to(dtype)
             pred = self._net(pixel_values=batch).predicted_depth.unsqueeze(1).float()
             pred = F.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False).squeeze(1)
             out[start:start + len(batch)] = pred.cpu()
-        if self.output == "disparity":
-            return disparity_to_depth(out, self.disparity_scale, self.disparity_eps, self.clip)
-        return out.clamp(self.clip[0], self.clip[1])
+        return prediction_to_depth(out, self.output, self.disparity_scale, self.disparity_eps, self.clip)
 
 
 @dataclass
 class NpyDepth:
-    """Depth maps from a folder of per-frame ``.npy`` files (sorted by name), resized to the frames."""
+    """Maps from a folder of per-frame ``.npy`` files (sorted by name), resized to the frames.
+
+    ``output`` says what the files hold: ``disparity`` (what Depth Anything predicts, as the
+    released code saves it), converted like the model's output, or ``depth``. NaN or
+    infinite values, and non-positive depth, are errors naming the file. The key holds each
+    file's name and content hash, so files regenerated in place are read again.
+    """
 
     folder: str
     indices: Sequence[int] | None = None  # which files to use (the video's frame indices); None = the first N
+    output: str = "disparity"
+    disparity_scale: float = 1e4
+    disparity_eps: float = 1e-5
+    clip: Sequence[float] = (1e-4, 1e4)
+
+    def __post_init__(self):
+        check_output(self.output)
 
     def files(self) -> list[Path]:
         folder = Path(self.folder)
@@ -117,8 +169,9 @@ class NpyDepth:
         return sorted(folder.glob("*.npy"))
 
     def key(self) -> dict:
-        return {"source": "npy", "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.files()],
-                "indices": list(self.indices) if self.indices is not None else None}
+        return {"source": "npy", "files": [(p.name, file_fingerprint(p)) for p in self.files()],
+                "indices": list(self.indices) if self.indices is not None else None, "output": self.output,
+                "scale": self.disparity_scale, "eps": self.disparity_eps, "clip": list(self.clip)}
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         n, _, h, w = frames.shape
@@ -129,7 +182,17 @@ class NpyDepth:
         maps = torch.stack([torch.from_numpy(np.load(files[i]).astype(np.float32)) for i in indices])
         if maps.dim() != 3:
             raise DepthError(f"depth files in {self.folder} must hold 2D arrays, got shape {tuple(maps.shape[1:])}")
-        return F.interpolate(maps.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+        nonfinite = ~torch.isfinite(maps).flatten(1).all(dim=1)
+        if nonfinite.any():
+            raise DepthError(f"depth file {files[indices[int(nonfinite.nonzero()[0])]]} holds NaN or infinite "
+                             f"values; fix or regenerate it")
+        if self.output == "depth":
+            nonpositive = (maps <= 0).flatten(1).any(dim=1)
+            if nonpositive.any():
+                raise DepthError(f"depth file {files[indices[int(nonpositive.nonzero()[0])]]} holds depth <= 0; "
+                                 f"depth must be positive (if the files hold disparity, set depth.output=disparity)")
+        maps = F.interpolate(maps.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+        return prediction_to_depth(maps, self.output, self.disparity_scale, self.disparity_eps, self.clip)
 
 
 def cached_depth(estimator, frames: torch.Tensor, cache_dir: str | os.PathLike | None) -> torch.Tensor:

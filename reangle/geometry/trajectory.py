@@ -6,9 +6,17 @@ input camera's optical axis at ``pivot_distance`` and keep looking at it (magnit
 degrees); dollies move the camera along the axis by a fraction of the pivot distance,
 focal length fixed. Static views hold the full magnitude on every frame; dynamic views
 start at the input camera and reach the full magnitude on the last frame.
+
+Dynamic dollies follow the released code's per-frame angle form by default
+(``dolly_profile="angle"``): with ``s`` the angle per frame, the camera of frame ``i`` is
+``d cos(i s)`` from the pivot when zooming in and ``d (1 + sin(i s))`` when zooming out,
+``d`` the pivot distance; ``s`` is chosen so that the last frame lands on the magnitude.
+``dolly_profile="linear"`` ramps the distance linearly instead. Orbits always ramp their
+angle linearly (``i s``, as released).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -19,6 +27,7 @@ import torch
 from reangle.geometry.camera import look_at
 
 MOTIONS = ("orbit_left", "orbit_right", "orbit_up", "orbit_down", "dolly_in", "dolly_out")
+DOLLY_PROFILES = ("angle", "linear")
 
 # Camera-movement text for dynamic mode: "<TOKEN> Camera movement <words>, <caption>".
 MOTION_TOKENS = {
@@ -76,12 +85,32 @@ def motion_pose(motion: str, magnitude: torch.Tensor | float, pivot_distance: fl
     return w2c
 
 
+def check_dolly_profile(profile: str) -> str:
+    if profile not in DOLLY_PROFILES:
+        raise TrajectoryError(f"unknown dolly profile {profile!r}; use one of {', '.join(DOLLY_PROFILES)}")
+    return profile
+
+
+def ramp(motion: str, magnitude: float, num_frames: int, dolly_profile: str = "angle") -> torch.Tensor:
+    """``[num_frames]`` float64 magnitudes of a dynamic view: 0 on the first frame, ``magnitude``
+    on the last; linear in the frame index, or for dollies with ``dolly_profile="angle"``
+    ``1 - cos(i s)`` (in) and ``sin(i s)`` (out), ``s`` the angle per frame."""
+    progress = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)
+    if not motion.startswith("dolly") or check_dolly_profile(dolly_profile) == "linear":
+        return progress * magnitude
+    if not 0.0 <= magnitude <= 1.0:
+        raise TrajectoryError(f"{motion} magnitude {magnitude} must lie in [0, 1] (a fraction of the pivot "
+                              f"distance) with the angle dolly profile")
+    if motion == "dolly_in":
+        return 1.0 - torch.cos(progress * math.acos(1.0 - magnitude))
+    return torch.sin(progress * math.asin(magnitude))
+
+
 def motion_trajectory(motion: str, magnitude: float, num_frames: int, pivot_distance: float,
-                      dynamic: bool) -> torch.Tensor:
-    """``[num_frames, 4, 4]``: constant (static) or ramping linearly from the input pose (dynamic)."""
+                      dynamic: bool, dolly_profile: str = "angle") -> torch.Tensor:
+    """``[num_frames, 4, 4]``: constant (static) or moving from the input pose along :func:`ramp` (dynamic)."""
     if dynamic:
-        ramp = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64) * magnitude
-        return motion_pose(motion, ramp, pivot_distance)
+        return motion_pose(motion, ramp(motion, magnitude, num_frames, dolly_profile), pivot_distance)
     return motion_pose(motion, magnitude, pivot_distance).expand(num_frames, 4, 4).clone()
 
 
@@ -108,17 +137,20 @@ def _custom_poses(spec: Any, num_frames: int, name: str) -> torch.Tensor:
 
 def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequence[str],
                 ranges: Mapping[str, Sequence[float]], per_motion: int | None = None, seed: int = 0,
-                custom: Iterable[Mapping[str, Any]] = (), only_custom: bool = False) -> list[TargetView]:
+                custom: Iterable[Mapping[str, Any]] = (), only_custom: bool = False,
+                dolly_profile: str = "angle") -> list[TargetView]:
     """The target views of a run.
 
     Random views: ``per_motion`` of each motion (default 2 static, 1 dynamic), magnitudes
     uniform in ``ranges[motion]`` drawn from ``seed``. ``custom`` entries are
     ``{name, motion, magnitude}`` or ``{name, poses}`` (one or N 4x4 world-to-camera
-    matrices, or a ``.npy`` path), each with an optional ``prompt_prefix``.
+    matrices, or a ``.npy`` path), each with an optional ``prompt_prefix``. ``dolly_profile``:
+    how dynamic dollies reach their magnitude (:func:`ramp`).
     """
     if mode not in ("static", "dynamic"):
         raise TrajectoryError(f"unknown mode {mode!r}; use static or dynamic")
     dynamic = mode == "dynamic"
+    check_dolly_profile(dolly_profile)
     for motion in motions:
         check_motion(motion)
         if motion not in ranges or len(ranges[motion]) != 2:
@@ -133,7 +165,7 @@ def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequ
                 magnitude = low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
                 views.append(TargetView(
                     name=f"{motion}_{k:02d}", motion=motion, magnitude=magnitude,
-                    w2c=motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic),
+                    w2c=motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic, dolly_profile),
                     prompt_prefix=movement_prefix(motion) if dynamic else ""))
     for entry in custom:
         entry = dict(entry)
@@ -148,7 +180,7 @@ def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequ
             motion, magnitude, prefix = entry.get("motion"), float(entry.get("magnitude", 0.0)), ""
         elif "motion" in entry and "magnitude" in entry:
             motion, magnitude = check_motion(entry["motion"]), float(entry["magnitude"])
-            w2c = motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic)
+            w2c = motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic, dolly_profile)
             prefix = movement_prefix(motion) if dynamic else ""
         else:
             raise TrajectoryError(f"custom view {name!r} needs 'motion' and 'magnitude', or 'poses'")

@@ -3,19 +3,28 @@
 Cached per view (``encode_video``), float32:
 
 * ``video_mean``, ``video_logvar`` ``[F, 16, h, w]``: the VAE posterior of the clip in [-1, 1];
-* ``image_mean``, ``image_logvar`` ``[1, 16, h, w]``: the VAE posterior of the first frame
-  after adding Gaussian pixel noise of sigma = exp(N(image_noise_mean, image_noise_std))
-  (drawn once per view, as in the CogVideoX I2V fine-tuning recipe).
+* ``image_condition="per_step"`` (default, the released code): ``first_frame_pm1``
+  ``[3, 1, H, W]``, the clip's first frame in [-1, 1]. Each training step adds Gaussian pixel
+  noise of a new sigma = exp(N(image_noise_mean, image_noise_std)) per sample and encodes it
+  with the VAE, which then stays loaded on the training device
+  (:meth:`CogVideoXI2V.load_training_encoders`; about 0.4 GB of bf16 weights for
+  CogVideoX-5b-I2V plus the activations of encoding one frame);
+* ``image_condition="cached"``: ``image_mean``, ``image_logvar`` ``[1, 16, h, w]``, the VAE
+  posterior of the noised first frame, with sigma drawn once per view (every visit to a
+  view sees the same noisy image; no VAE during training).
 
 Per prompt (``encode_prompt``): ``prompt_embeds`` ``[L, D]`` from T5, padded to the
 transformer's ``max_text_seq_length``.
 
-A training step samples both posteriors, scales them by the VAE's ``scaling_factor``
-(or divides, for VAEs with ``invert_scale_latents``), zeroes the image latent with
-probability ``image_dropout``, pads it with zero frames to the clip length and
-concatenates it on channels with the noised clip latents; the transformer predicts the
-velocity ``v``, the prediction is ``x0_hat = sqrt(a) z_t - sqrt(1 - a) v`` and the weight
-``1 / (1 - a)`` with ``a = alphas_cumprod[t]``, ``t`` uniform over the training steps.
+A training step draws, from its generator and in this order: a sample of the clip's
+posterior; the image latent (per step: sigma ``[B]``, the pixel noise, then a sample of the
+posterior of the encoded noisy frame; cached: a sample of the cached posterior); the image
+dropout; the timestep; the noise. Both latents are scaled by the VAE's ``scaling_factor``
+(or divided, for VAEs with ``invert_scale_latents``); the image latent is zeroed with
+probability ``image_dropout``, padded with zero frames to the clip length and concatenated
+on channels with the noised clip latents; the transformer predicts the velocity ``v``, the
+prediction is ``x0_hat = sqrt(a) z_t - sqrt(1 - a) v`` and the weight ``1 / (1 - a)`` with
+``a = alphas_cumprod[t]``, ``t`` uniform over the training steps.
 """
 from __future__ import annotations
 
@@ -32,6 +41,7 @@ from reangle.models.spec import DiffusionPair, ModelSpec
 from reangle.training.loss import x0_from_velocity
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+IMAGE_CONDITIONS = ("per_step", "cached")
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -77,9 +87,12 @@ class CogVideoXI2V(ModelSpec):
                  cache_dir: str = DEFAULT_CACHE, weights_dtype: str = "bf16", lora_rank: int = 128,
                  lora_alpha: float = 128, lora_targets: Sequence[str] = DEFAULT_TARGETS, lora_dropout: float = 0.0,
                  gradient_checkpointing: bool = True, image_noise_mean: float = -3.0, image_noise_std: float = 0.5,
-                 image_dropout: float = 0.05):
+                 image_dropout: float = 0.05, image_condition: str = "per_step"):
         if not 0.0 <= image_dropout <= 1.0:
             raise ValueError(f"image_dropout must lie in [0, 1], got {image_dropout}")
+        if image_condition not in IMAGE_CONDITIONS:
+            raise ValueError(f"unknown image condition {image_condition!r}; use one of {IMAGE_CONDITIONS}")
+        self.image_condition = image_condition
         self.pretrained, self.revision, self.cache_dir = pretrained, revision, cache_dir
         self.tiny = TinyConfig.from_mapping(tiny) if pretrained == "tiny" else None
         self.weights_dtype = _dtype(weights_dtype)
@@ -89,6 +102,7 @@ class CogVideoXI2V(ModelSpec):
         self.image_dropout = image_dropout
         self.source = resolve_pretrained(pretrained, tiny=self.tiny, cache_dir=cache_dir)
         self.encoders = None
+        self.image_vae = None
         self.transformer = None
         self.scheduler = None
         self.lora_config = None
@@ -114,7 +128,9 @@ class CogVideoXI2V(ModelSpec):
     def fingerprint(self, kind: str) -> str:
         source = Path(self.source).name if self.pretrained == "tiny" else self.source
         parts = {"video": ["vae"], "text": ["text_encoder", "transformer"]}[kind]
-        extra = {"image_noise": self.image_noise} if kind == "video" else {}
+        extra = {"image_condition": self.image_condition,
+                 **({"image_noise": self.image_noise} if self.image_condition == "cached" else {})} \
+            if kind == "video" else {}
         payload = {"spec": "cogvideox-i2v/1", "kind": kind, "source": source, "revision": self.revision,
                    "configs": [self.component_config(p) for p in parts], "dtype": str(self.weights_dtype), **extra}
         return utils.fingerprint(payload, length=None)
@@ -140,6 +156,22 @@ class CogVideoXI2V(ModelSpec):
             raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
         return self.encoders
 
+    def cached_video_tensors(self) -> tuple[str, ...]:
+        image = ("first_frame_pm1",) if self.image_condition == "per_step" else ("image_mean", "image_logvar")
+        return ("video_mean", "video_logvar", *image)
+
+    def _noisy_image_posterior(self, vae, first_pm1: torch.Tensor,
+                               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior ``(mean, logvar)`` ``[B, 1, C, h, w]`` (float32) of first frames
+        ``[B, 3, 1, H, W]`` in [-1, 1] plus Gaussian noise of sigma = exp(N(mu, std)) per frame."""
+        b, device = first_pm1.shape[0], first_pm1.device
+        mu, std = self.image_noise
+        sigma = torch.exp(mu + std * torch.randn(b, generator=generator, device=generator.device)).to(device)
+        noise = torch.randn(first_pm1.shape, generator=generator, device=generator.device).to(device)
+        noisy = first_pm1 + sigma.view(b, 1, 1, 1, 1) * noise
+        dist = vae.encode(noisy.to(vae.dtype)).latent_dist
+        return dist.mean.permute(0, 2, 1, 3, 4).float(), dist.logvar.permute(0, 2, 1, 3, 4).float()
+
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         vae = self._require_encoders().vae
@@ -147,14 +179,12 @@ class CogVideoXI2V(ModelSpec):
         clip = (frames.to(device, torch.float32) * 2 - 1).permute(1, 0, 2, 3).unsqueeze(0)  # [1, 3, N, H, W]
         dist = vae.encode(clip.to(dtype)).latent_dist
         mean, logvar = dist.mean[0].permute(1, 0, 2, 3), dist.logvar[0].permute(1, 0, 2, 3)  # [F, C, h, w]
-        mu, std = self.image_noise
-        sigma = torch.exp(mu + std * torch.randn((), generator=generator)).item()
+        out = {"video_mean": mean.float().cpu(), "video_logvar": logvar.float().cpu()}
         first = clip[:, :, :1]
-        noisy_first = first + sigma * torch.randn(first.shape, generator=generator).to(device)
-        image = vae.encode(noisy_first.to(dtype)).latent_dist
-        return {"video_mean": mean.float().cpu(), "video_logvar": logvar.float().cpu(),
-                "image_mean": image.mean[0].permute(1, 0, 2, 3).float().cpu(),
-                "image_logvar": image.logvar[0].permute(1, 0, 2, 3).float().cpu()}
+        if self.image_condition == "per_step":
+            return {**out, "first_frame_pm1": first[0].cpu()}
+        image_mean, image_logvar = self._noisy_image_posterior(vae, first, generator)
+        return {**out, "image_mean": image_mean[0].cpu(), "image_logvar": image_logvar[0].cpu()}
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> dict[str, torch.Tensor]:
@@ -184,6 +214,26 @@ class CogVideoXI2V(ModelSpec):
             self.transformer.train()
         return self.transformer
 
+    def load_training_encoders(self, device: torch.device) -> None:
+        """Per-step image condition: the VAE (frozen, ``weights_dtype``) on the training ``device``."""
+        if self.image_condition != "per_step":
+            return
+        if self.image_vae is None:
+            self.image_vae = load_components(self.pretrained, ["vae"], tiny=self.tiny, cache_dir=self.cache_dir,
+                                             revision=self.revision, dtype=self.weights_dtype, device=device).vae
+            self.image_vae.requires_grad_(False)
+        self.image_vae.to(device)
+
+    def _image_latents(self, batch: dict[str, torch.Tensor], generator: torch.Generator, sample) -> torch.Tensor:
+        """``[B, 1, C, h, w]``: a sample of the image latent (see the module docstring)."""
+        if self.image_condition == "cached":
+            return sample(batch["image_mean"], batch["image_logvar"])
+        if self.image_vae is None:
+            raise RuntimeError("the per-step image condition needs the VAE; call load_training_encoders(device) first")
+        with torch.no_grad():
+            mean, logvar = self._noisy_image_posterior(self.image_vae, batch["first_frame_pm1"], generator)
+        return sample(mean, logvar)
+
     def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:
         transformer, sched = self.transformer, self.scheduler
         if transformer is None:
@@ -195,7 +245,7 @@ class CogVideoXI2V(ModelSpec):
             return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * eps) * encode_scale(self.component_config("vae"))
 
         latents = sample(batch["video_mean"], batch["video_logvar"])          # [B, F, C, h, w]
-        image = sample(batch["image_mean"], batch["image_logvar"])            # [B, 1, C, h, w]
+        image = self._image_latents(batch, generator, sample)                 # [B, 1, C, h, w]
         b, f = latents.shape[:2]
         keep = torch.rand(b, generator=generator, device=device) >= self.image_dropout
         image = image * keep.view(b, 1, 1, 1, 1).to(image.dtype)

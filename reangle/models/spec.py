@@ -43,6 +43,10 @@ class ModelSpec(ABC):
         """Drop the cache-filling models to free memory."""
 
     @abstractmethod
+    def cached_video_tensors(self) -> tuple[str, ...]:
+        """Names of the tensors :meth:`encode_video` returns (the cache entry of a view)."""
+
+    @abstractmethod
     def encode_video(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """``[N, 3, H, W]`` frames in [0, 1] -> cached tensors of one view."""
 
@@ -57,6 +61,9 @@ class ModelSpec(ABC):
     @abstractmethod
     def load_diffusion_model(self, device: torch.device | None = None) -> torch.nn.Module:
         """Load (once) and return the trained network with LoRA attached; only LoRA weights require grad."""
+
+    def load_training_encoders(self, device: torch.device) -> None:
+        """Load onto the training ``device`` whatever :meth:`training_pair` encodes with (default: nothing)."""
 
     @abstractmethod
     def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:

@@ -17,6 +17,7 @@ when the patch count equals the grid's and ``rows == cols``.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -169,8 +170,30 @@ def build_dino(arch: str = "vit_small", patch_size: int = 16, **overrides: Any) 
     return VisionTransformer(patch_size=patch_size, **{**PRESETS[arch], **overrides})
 
 
-def config_from_state_dict(state: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Architecture read from weight shapes; heads = D // 64 as in every official preset."""
+def preset_heads(embed_dim: int, depth: int) -> int | None:
+    """Head count of the official preset with these dimensions (``None``: not a preset)."""
+    for preset in PRESETS.values():
+        if (preset["embed_dim"], preset["depth"]) == (embed_dim, depth):
+            return preset["num_heads"]
+    return None
+
+
+def sidecar_heads(path: str | os.PathLike) -> int | None:
+    """``num_heads`` from ``<checkpoint stem>.json`` beside a checkpoint file, if there is one."""
+    sidecar = Path(path).with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    heads = json.loads(sidecar.read_text()).get("num_heads")
+    if heads is not None and (not isinstance(heads, int) or heads < 1):
+        raise ValueError(f"{sidecar}: num_heads must be a positive integer, got {heads!r}")
+    return heads
+
+
+def config_from_state_dict(state: Mapping[str, Tensor], num_heads: int | None = None,
+                           source: str = "the state dict") -> dict[str, Any]:
+    """Architecture read from weight shapes. The head count leaves no trace in them: it is
+    ``num_heads`` when given, else the official preset's with the same width and depth; any
+    other architecture without ``num_heads`` is an error."""
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in state:
             raise ValueError(f"not a DINO ViT state dict: key {key!r} is missing")
@@ -178,9 +201,17 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> dict[str, Any]:
     grid = math.isqrt(state["pos_embed"].shape[1] - 1)
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    heads = num_heads if num_heads is not None else preset_heads(embed_dim, depth)
+    if heads is None:
+        presets = ", ".join(f"{n} ({p['embed_dim']} x {p['depth']})" for n, p in PRESETS.items())
+        raise ValueError(f"DINO ViT in {source} (embed_dim {embed_dim}, depth {depth}) is not an official preset "
+                         f"({presets}), and its head count cannot be read from the weights: pass num_heads, or "
+                         f"put {{\"num_heads\": N}} in a .json file beside the checkpoint with the same stem")
+    if embed_dim % heads:
+        raise ValueError(f"num_heads {heads} does not divide embed_dim {embed_dim} of the DINO ViT in {source}")
     return dict(
         img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-        num_heads=max(1, embed_dim // 64), mlp_ratio=hidden / embed_dim,
+        num_heads=heads, mlp_ratio=hidden / embed_dim,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
     )
 
@@ -197,20 +228,24 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or a ``.pth``/``.ckpt`` state dict (``weights_only``)."""
+def read_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pth``/``.ckpt`` state dict (``weights_only``;
+    a ``{"state_dict": ...}`` wrapper is unwrapped). ``what`` names the file in errors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, not a checkpoint, or pickled objects beyond tensors
+        raise ValueError(f"{what} {path} could not be read as a state dict: {error}") from error
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+        raise ValueError(f"{what} {path} does not hold a state dict (got {type(obj).__name__})")
     return dict(obj)
 
 
@@ -225,9 +260,11 @@ def load_dino(
 
     ``source``: a torch.hub name (``"dino_vits16"``, ``"dino_vitb16"``; the official
     ``.pth`` is downloaded once into the torch hub cache), a local ``.pth`` /
-    ``.safetensors`` state dict (architecture read from its shapes, heads = D // 64
-    unless ``num_heads`` is given), or a dict of constructor kwargs (random weights;
-    may name ``arch`` to start from a preset). ``overrides`` set constructor kwargs.
+    ``.safetensors`` state dict (architecture read from its shapes; the head count from
+    ``num_heads``, else a ``<stem>.json`` sidecar holding ``num_heads``, else the official
+    preset of the same width and depth: anything else is an error), or a dict of
+    constructor kwargs (random weights; may name ``arch`` to start from a preset).
+    ``overrides`` set constructor kwargs.
     """
     if isinstance(source, Mapping):
         config = dict(source)
@@ -246,7 +283,10 @@ def load_dino(
                 f"DINO source {name!r} is neither a file nor a hub name ({', '.join(HUB_URLS)})"
             )
         state = clean_state_dict(state)
-        model = VisionTransformer(**{**config_from_state_dict(state), **overrides})
+        heads = overrides.pop("num_heads", None)
+        if heads is None and name not in HUB_URLS:
+            heads = sidecar_heads(name)
+        model = VisionTransformer(**{**config_from_state_dict(state, heads, name), **overrides})
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dino import VisionTransformer, config_from_state_dict, clean_state_dict, load_dino, read_state_dict
+from .dino import (VisionTransformer, clean_state_dict, config_from_state_dict, load_dino, read_state_dict,
+                   sidecar_heads)
 
 HUB_ID = "mhamilton723/FeatUp"
 DINO16_CKPT_URL = (
@@ -211,6 +212,7 @@ def load_featup(
     source: str | os.PathLike | Mapping[str, Any] = HUB_ID,
     *,
     dino_source: str | os.PathLike | Mapping[str, Any] | None = None,
+    dino_num_heads: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> UpsampledBackbone:
@@ -221,7 +223,8 @@ def load_featup(
     ``.safetensors`` file, or a tiny config ``{"dino": <load_dino source or kwargs>,
     "key_dim": int, "radius": int}`` (random weights). When a checkpoint lacks the
     DINO weights (``model.0.model.*``), they come from ``dino_source`` (e.g.
-    ``"dino_vits16"``).
+    ``"dino_vits16"``). ``dino_num_heads``: the DINO head count of a checkpoint that is not
+    an official preset (see :func:`~reangle.nets.dino.load_dino`; a sidecar works too).
     """
     if isinstance(source, Mapping):
         config = dict(source)
@@ -239,9 +242,10 @@ def load_featup(
         prefix = "model.0.model."
         dino_state = clean_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         if dino_state:
-            vit = VisionTransformer(**config_from_state_dict(dino_state))
+            heads = dino_num_heads if dino_num_heads is not None else sidecar_heads(name)
+            vit = VisionTransformer(**config_from_state_dict(dino_state, heads, name))
         elif dino_source is not None:
-            vit = load_dino(dino_source)
+            vit = load_dino(dino_source, **({} if dino_num_heads is None else {"num_heads": dino_num_heads}))
             state.update({prefix + k: v for k, v in vit.state_dict().items()})
         else:
             raise ValueError(

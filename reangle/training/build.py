@@ -35,7 +35,7 @@ def build_spec(cfg: DictConfig) -> CogVideoXI2V:
         cache_dir=cfg.run.cache_dir, weights_dtype=cfg.model.weights_dtype, lora_rank=cfg.lora.rank,
         lora_alpha=cfg.lora.alpha, lora_targets=list(cfg.lora.targets), lora_dropout=cfg.lora.dropout,
         gradient_checkpointing=t.gradient_checkpointing, image_noise_mean=t.image_noise_mean,
-        image_noise_std=t.image_noise_std, image_dropout=t.image_dropout)
+        image_noise_std=t.image_noise_std, image_dropout=t.image_dropout, image_condition=t.image_condition)
 
 
 def omega_source(cfg: DictConfig):

@@ -1,8 +1,10 @@
 """The LightningModule of stage II: LoRA fine-tuning with the masked diffusion loss.
 
-Randomness per step (VAE posterior samples, timesteps, noise, image dropout) comes from a
-generator seeded by ``(seed, global_step, rank)``, so a resumed run draws exactly what
-an uninterrupted one would. Checkpoints hold only the trainable (LoRA) weights; loading
+Randomness per step (VAE posterior samples, the first frame's pixel noise, timesteps,
+noise, image dropout) comes from a generator seeded by ``(seed, global_step, rank)``, so a
+resumed run draws exactly what an uninterrupted one would. ``on_fit_start`` loads the
+encoders the spec needs during training (the VAE, for the per-step image condition) onto
+the training device. Checkpoints hold only the trainable (LoRA) weights; loading
 one checks that it holds exactly those.
 """
 from __future__ import annotations
@@ -43,6 +45,9 @@ class Stage2Module(L.LightningModule):
         if not params:
             raise RuntimeError("the model has no trainable parameters; check lora.targets")
         return torch.optim.AdamW(params, **self.optim)
+
+    def on_fit_start(self) -> None:
+        self.spec.load_training_encoders(self.device)
 
     def step_generator(self) -> torch.Generator:
         seed = (self.seed * 1_000_003 + self.global_step * 7_919 + self.global_rank) % (2 ** 63)
