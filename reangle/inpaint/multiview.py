@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from reangle.sampling.plan import view_seed
 
 from .inpainter import Inpainter
-from .reward import consistency_table
+from .reward import ImageInputs, consistency_table
 from .search import Ranks, guided_sample
 
 
@@ -106,7 +106,7 @@ class ScoredViews:
         self.inpainter, self.conditions, self.met3r = inpainter, conditions, met3r
         self.references, self.settings, self.score_size, self.timings = references, settings, score_size, timings
         self.device = torch.device(getattr(inpainter, "device", "cpu"))
-        self.reference_features = None  # the finished views' MEt3R features: once per search, when first scored
+        self.reference_inputs = None  # the finished views' MEt3R inputs: once per search, when first scored
 
     def velocity(self, k: int, latents: Tensor, sigma: float) -> Tensor:
         with _Clock(self.timings, "transformer", self.device):
@@ -119,10 +119,10 @@ class ScoredViews:
 
     def score(self, decoded: Sequence[Tensor]) -> Tensor:
         with _Clock(self.timings, "met3r", self.device), torch.no_grad():
-            if self.references is not None and self.reference_features is None:
-                self.reference_features = self.met3r.image_features(self.references)
+            if self.references is not None and self.reference_inputs is None:
+                self.reference_inputs = ImageInputs.of(self.met3r, self.references)
             return consistency_table(self.met3r, decoded, self.references, self.settings.min_overlap,
-                                     self.reference_features)
+                                     self.reference_inputs)
 
 
 def resize(images: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
