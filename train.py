@@ -1,7 +1,8 @@
 """Stage II training: python train.py --config configs/static.yaml [more.yaml ...] [key=value ...]
 
 Builds Omega (stage I) when it is missing, caches latents and text embeddings, fits the
-LoRA, exports it to ``run.dir/lora/`` and samples the views (``sample.*``). The run
+LoRA, exports it to ``run.dir/lora/``, inpaints the static views' start frames (stage III,
+``inpaint.*``) and samples the views (``sample.*``). The run
 directory holds the resolved config (``config.yaml``), a pointer to Omega (``omega.json``),
 ``checkpoints/``, ``lora/``, ``samples/`` and logs.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.consistent_inpainting import ConsistentInpainting
 from callbacks.evaluation import Evaluation
 from callbacks.lora_export import LoraExport
 from callbacks.progress import StepProgressBar
@@ -50,9 +52,10 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     rank_zero_only(save_config)(cfg, cfg.run.dir)
     spec = build_spec(cfg)
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
+    stage3 = [ConsistentInpainting(cfg)] if cfg.mode == "static" and cfg.inpaint.enabled else []
     evaluation = Evaluation.from_config(cfg)  # after VideoSampling: evaluates what it sampled
-    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), VideoSampling.from_config(cfg),
-                                            *([evaluation] if evaluation else [])])
+    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), *stage3, VideoSampling.from_config(cfg),
+                                            *([evaluation] if evaluation else [])])  # stage III before sampling
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)
     return trainer
@@ -66,6 +69,7 @@ def report(cfg) -> None:
     if pointer.is_file():
         lines.append(f"Omega (warped views, preview.mp4/.gif): {json.loads(pointer.read_text())['path']}")
     lines += [f"{label}: {path}" for label, path in (("LoRA", run_dir / "lora" / "final"),
+                                                     ("start frames (stage III)", run_dir / "start_frames"),
                                                      ("samples", Path(cfg.sample.out_dir))) if path.exists()]
     print("\n".join(lines))
 

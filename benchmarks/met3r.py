@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
 import subprocess
 import sys
 import time
+
+from peak_memory import PeakMemory
 
 TINY_DUST3R = dict(
     enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=64, dec_depth=2, dec_num_heads=2,
     head_type="linear", img_size=(256, 256),
 )
 TINY_FEATUP = {"dino": {"embed_dim": 64, "depth": 2, "num_heads": 1}, "key_dim": 8}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run_one(device: str, full: bool, pairs: int, chunk: int) -> dict:
@@ -48,25 +43,16 @@ def run_one(device: str, full: bool, pairs: int, chunk: int) -> dict:
     images = torch.rand(pairs, 2, 3, 256, 256, device=device) * 2 - 1
     with torch.no_grad():
         metric(images[:1])  # warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_mb()
+        memory = PeakMemory(device)
+        memory.start()
         start = time.perf_counter()
         scores = metric(images)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        peak_mb = memory.extra_mb()
         seconds = time.perf_counter() - start
-    if device == "cuda":
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {
         "device": device, "models": "full-size" if full else "tiny", "pairs": pairs,
         "max_pairs_per_chunk": chunk, "seconds": round(seconds, 3),
-        "pairs_per_s": round(pairs / seconds, 3), "peak_extra_mb": round(max(peak_mb, 0.0), 1),
+        "pairs_per_s": round(pairs / seconds, 3), "peak_extra_mb": round(peak_mb, 1),
         "score_mean": round(float(scores.mean()), 4),
     }
 

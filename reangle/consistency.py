@@ -195,33 +195,77 @@ class MEt3R(nn.Module):
         self.max_pairs_per_chunk = max_pairs_per_chunk
         self.compositor = AlphaCompositor()
 
-    def forward(self, images: Tensor, return_maps: bool = False) -> Tensor | Met3rOutput:
-        """Scores (B,) of pairs ``images`` (B, 2, 3, H, W) in [-1, 1]; with ``return_maps`` a :class:`Met3rOutput`."""
+    def forward(self, images: Tensor, return_maps: bool = False, features: tuple[Tensor, Tensor] | None = None,
+                encodings: tuple[Tensor, Tensor] | None = None) -> Tensor | Met3rOutput:
+        """Scores (B,) of pairs ``images`` (B, 2, 3, H, W) in [-1, 1]; with ``return_maps`` a :class:`Met3rOutput`.
+
+        ``features`` / ``encodings``: optional ``(bank, index)``, per-image inputs computed
+        beforehand with :meth:`image_features` (``bank`` (M, C, s, s)) or
+        :meth:`image_encodings` (the point model's encoder tokens, ``bank`` (M, N, D)) and,
+        per pair, the bank rows of its two images (``index`` (B, 2) long). Images that
+        appear in many pairs (finished views, candidates scored against several views) then
+        go through the feature model and the point model's encoder once; rows are gathered
+        chunk by chunk.
+        """
         check_images(images, self.img_size)
-        if self.img_size is not None and tuple(images.shape[-2:]) != (self.img_size, self.img_size):
-            b = images.shape[0]
-            resized = F.interpolate(
-                images.flatten(0, 1), (self.img_size, self.img_size), mode="bilinear", align_corners=False, antialias=True
-            )
-            images = resized.view(b, 2, 3, self.img_size, self.img_size)
-        chunks = [self._score_chunk(c) for c in images.split(self.max_pairs_per_chunk)]
+        for name, given in (("features", features), ("encodings", encodings)):
+            if given is not None and given[1].shape != (images.shape[0], 2):
+                raise ValueError(f"{name} must be (bank, index (B, 2)) for {images.shape[0]} pairs, got index "
+                                 f"{tuple(given[1].shape)}")
+        images = self._resize(images.flatten(0, 1)).unflatten(0, (images.shape[0], 2))
+
+        def rows(given, i):
+            if given is None:
+                return None
+            index = given[1][i * self.max_pairs_per_chunk:(i + 1) * self.max_pairs_per_chunk]
+            return given[0][index.flatten()]
+
+        chunks = [self._score_chunk(c, rows(features, i), rows(encodings, i))
+                  for i, c in enumerate(images.split(self.max_pairs_per_chunk))]
         out = Met3rOutput(*(torch.cat(parts) for parts in zip(*chunks)))
         return out if return_maps else out.score
 
-    def _score_chunk(self, pairs: Tensor) -> Met3rOutput:
+    def _resize(self, images: Tensor) -> Tensor:
+        if self.img_size is None or tuple(images.shape[-2:]) == (self.img_size, self.img_size):
+            return images
+        return F.interpolate(images, (self.img_size, self.img_size), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """Features (N, C, s, s) of images (N, 3, H, W) in [-1, 1] at the scoring size, for ``forward(features=...)``."""
+        images = self._resize(images)
+        return self.feature_model(images.to(_param_dtype(self.feature_model, images.dtype)))
+
+    def image_encodings(self, images: Tensor) -> Tensor | None:
+        """The point model's encoder tokens of images (N, 3, H, W) in [-1, 1] at the scoring size, for
+        ``forward(encodings=...)``; None when the point model has no ``encode`` (then pairs are encoded as usual)."""
+        encode = getattr(self.point_model, "encode", None)
+        if encode is None:
+            return None
+        images = self._resize(images)
+        with torch.no_grad():
+            return encode(images.to(_param_dtype(self.point_model, images.dtype)))
+
+    def _score_chunk(self, pairs: Tensor, features: Tensor | None = None,
+                     encodings: Tensor | None = None) -> Met3rOutput:
         n, _, _, h, w = pairs.shape
-        features = self.feature_model(pairs.flatten(0, 1).to(_param_dtype(self.feature_model, pairs.dtype)))
+        if features is None:
+            features = self.feature_model(pairs.flatten(0, 1).to(_param_dtype(self.feature_model, pairs.dtype)))
         point_features = features.permute(0, 2, 3, 1).reshape(2 * n * h * w, -1).float()  # one row per pixel
         del features
         first, second = pairs[:, 0], pairs[:, 1]
         source = torch.arange(2 * n, device=pairs.device)  # image whose features each rendered cloud carries
+        pair_encodings = None if encodings is None else (encodings[0::2], encodings[1::2])
         if self.symmetric:
             first, second = torch.cat([first, second]), torch.cat([second, first])
             source = torch.cat([source, source.view(n, 2).flip(1).reshape(-1)])
+            if pair_encodings is not None:
+                pair_encodings = (torch.cat(pair_encodings), torch.cat(pair_encodings[::-1]))
         m = first.shape[0]
         with torch.no_grad():
             point_dtype = _param_dtype(self.point_model, pairs.dtype)
-            pred = self.point_model(first.to(point_dtype), second.to(point_dtype))
+            extra = {} if pair_encodings is None else {"encodings": pair_encodings}
+            pred = self.point_model(first.to(point_dtype), second.to(point_dtype), **extra)
         points = torch.stack([pred.pts3d_1, pred.pts3d_2], dim=1).detach().float()  # (m, 2, h, w, 3)
         canon = canonical_point_map(points[:, 0], pred.conf_1.float(), points[:, 1], pred.conf_2.float())
         focal = estimate_focal(canon, self.focal_mode)

@@ -28,8 +28,8 @@ def tiny_model_dir(tmp_path_factory):
     return materialize_tiny(None, tmp_path_factory.mktemp("cache"))
 
 
-def write_test_omega(root, mode="static", num_frames=9, height=64, width=96):
-    """A two-view Omega (input + one warped view with a hole) of a moving colour ramp."""
+def write_test_omega(root, mode="static", num_frames=9, height=64, width=96, warped_views=1):
+    """An Omega (input + ``warped_views`` warped views ``orbit_left_<i>`` with holes) of a moving colour ramp."""
     import torch
 
     from reangle.data.omega import INPUT_VIEW, Omega, publish, staging_dir, write_view
@@ -46,8 +46,10 @@ def write_test_omega(root, mode="static", num_frames=9, height=64, width=96):
     camera = "CAMERA_ORBIT_LEFT Camera movement orbit left, " if mode == "dynamic" else ""
     staging = staging_dir(root)
     views = [write_view(staging, INPUT_VIEW, frames, torch.ones_like(hole), K, w2c, "a colour ramp", None, 0.0, 8),
-             write_view(staging, "orbit_left_0", frames.flip(-1) * hole.unsqueeze(1), hole, K, w2c,
-                        camera + "a colour ramp", "orbit_left", 12.0, 8)]
+             *[write_view(staging, f"orbit_left_{i}",
+                          frames.roll(3 * i, -1).flip(-1) * hole.roll(5 * i, -1).unsqueeze(1), hole.roll(5 * i, -1),
+                          K, w2c, camera + "a colour ramp", "orbit_left", 12.0 + i, 8)
+               for i in range(warped_views)]]
     omega = Omega(root=root, key=f"test-{mode}", mode=mode, num_frames=num_frames, height=height, width=width,
                   fps=8, caption="a colour ramp", views=views)
     return publish(staging, root, omega)

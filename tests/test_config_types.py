@@ -45,10 +45,8 @@ def test_compatible_values_are_accepted():
 
 
 NOT_CONFIG_LAYERS = ("benchmark", "sweeps")  # manifests and W&B sweep files: test_manifest.py, test_sweep_spec.py
-NEEDS_STAGE_III = ["configs/experiment/independent_inpainting.yaml"]
 CONFIG_FILES = sorted(str(p.relative_to(CONFIG_DIR.parent)) for p in CONFIG_DIR.rglob("*.yaml")
-                      if p.relative_to(CONFIG_DIR).parts[0] not in NOT_CONFIG_LAYERS
-                      and str(p.relative_to(CONFIG_DIR.parent)) not in NEEDS_STAGE_III)
+                      if p.relative_to(CONFIG_DIR).parts[0] not in NOT_CONFIG_LAYERS)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)

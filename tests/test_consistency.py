@@ -192,3 +192,37 @@ def test_load_met3r_with_tiny_models_scores_and_differentiates():
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown MEt3R backbone"):
         load_met3r("vggt")
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_precomputed_features_and_encodings_give_the_same_scores(featup_features, symmetric):
+    """Each image's features and DUSt3R encoder tokens computed once (banks indexed per pair) = computed per pair."""
+    from reangle.nets.dust3r import load_dust3r
+
+    torch.manual_seed(1)
+    dust3r = load_dust3r(dict(enc_embed_dim=32, enc_depth=1, enc_num_heads=2, dec_embed_dim=32, dec_depth=1,
+                              dec_num_heads=2, head_type="linear", img_size=(SIZE, SIZE)))
+    metric = MEt3R(dust3r, featup_features, img_size=SIZE, radius=RADIUS, max_pairs_per_chunk=2, symmetric=symmetric)
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    index = torch.tensor([[0, 1], [2, 0], [1, 2]])
+    with torch.no_grad():
+        plain = metric(images[index])
+        banked = metric(images[index], features=(metric.image_features(images), index),
+                        encodings=(metric.image_encodings(images), index))
+    torch.testing.assert_close(banked, plain, atol=1e-5, rtol=0)
+    assert MEt3R(StubPointModel(), featup_features, img_size=SIZE).image_encodings(images) is None
+
+
+def test_precomputed_features_give_the_same_scores(featup_features):
+    """Features of each image computed once (a bank) and indexed per pair = features computed per pair."""
+    metric = MEt3R(StubPointModel(shift=0.05), featup_features, img_size=SIZE, radius=RADIUS, max_pairs_per_chunk=2)
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    index = torch.tensor([[0, 1], [0, 2], [3, 1], [2, 0], [1, 1]])
+    pairs = images[index]
+    with torch.no_grad():
+        plain = metric(pairs, return_maps=True)
+        banked = metric(pairs, return_maps=True, features=(metric.image_features(images), index))
+    torch.testing.assert_close(banked.score, plain.score, atol=1e-5, rtol=0)
+    torch.testing.assert_close(banked.overlap_mask, plain.overlap_mask)
+    with pytest.raises(ValueError, match="features must be"):
+        metric(pairs, features=(metric.image_features(images), index[:2]))

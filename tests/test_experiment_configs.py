@@ -10,14 +10,13 @@ from reangle.sampling.plan import plan_views
 from reangle.training import build
 
 EXPERIMENT_DIR = CONFIG_DIR / "experiment"
-NEEDS_STAGE_III = ["independent_inpainting"]
 VIDEO = ["data.video=synthetic"]
 
 
 def _experiments():
     names = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
     assert {"input_only", "unmasked", "independent_inpainting", "unseen_views", "lora_rank"} <= set(names)
-    return [n for n in names if n not in NEEDS_STAGE_III]
+    return names
 
 
 @pytest.mark.parametrize("mode_file", ["static.yaml", "dynamic.yaml"])
@@ -38,6 +37,7 @@ def test_experiments_set_what_the_paper_ablates():
 
     assert list(cfg("input_only").train.views) == [INPUT_VIEW]
     assert cfg("unmasked").train.masked is False
+    assert base.inpaint.guidance and cfg("independent_inpainting").inpaint.guidance is False
     assert list(cfg("unseen_views").train.exclude_motions) == ["orbit_up", "orbit_down"]
     assert cfg("lora_rank", extra=["lora.rank=16"]).lora.alpha == 16
     both = cfg("unmasked", "unseen_views")

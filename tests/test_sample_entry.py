@@ -30,8 +30,11 @@ def test_training_samples_every_k_steps_and_at_the_end(run_dir):
         for name in ("input", "orbit_left_0"):
             assert read_video(folder / f"{name}.mp4", 9, 64, 96).shape == (9, 3, 64, 96)
         assert (folder / "grid.mp4").is_file() and (folder / "grid.gif").is_file()
+    # mid-training samples start from the warped frame; stage III runs at train end, before the final samples
+    early = json.loads((run_dir / "samples" / "step_000001" / "orbit_left_0.json").read_text())
+    assert early["start_frame_source"] == "warped_first_frame"
     meta = json.loads((run_dir / "samples" / "orbit_left_0.json").read_text())
-    assert meta["start_frame_source"] == "warped_first_frame" and meta["settings"]["steps"] == 2
+    assert meta["start_frame_source"] == "inpainted" and meta["settings"]["steps"] == 2
     assert meta["global_step"] == 2 and meta["camera"]["K"][0][0] == 60.0
 
 

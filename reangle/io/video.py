@@ -215,6 +215,16 @@ def write_gif(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8) -> 
     return path
 
 
+def write_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write one ``[3, H, W]`` image in [0, 1] as a PNG (atomic)."""
+    from PIL import Image
+    path = Path(path)
+    tmp = _atomic_target(path)
+    Image.fromarray(to_uint8(image[None])[0]).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
 def write_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8) -> Path:
     """Write mp4 or GIF by the suffix of ``path``."""
     suffix = Path(path).suffix.lower()

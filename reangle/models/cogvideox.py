@@ -28,7 +28,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -49,14 +49,25 @@ SCHEDULER_CONFIG = {
 }
 
 # Words the tiny tokenizer knows whole; anything else falls back to single characters.
-_TINY_WORDS = ("a an the of on in at to and with camera movement orbit left right up down zoom "
+TINY_WORDS = ("a an the of on in at to and with camera movement orbit left right up down zoom "
                "dolly out scene video ball cube sphere box red green blue white black floor "
                "wall sky moving rolling static view").split()
-_TINY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.;:!?'\"-_()<>/"
+TINY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.;:!?'\"-_()<>/"
 
 
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded as asked."""
+
+
+def sizes_from_mapping(cls, values):
+    """An instance of the dataclass ``cls`` from an instance, a mapping of field values, or None (the defaults)."""
+    if isinstance(values, cls):
+        return values
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ModelLoadError(f"unknown tiny model setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+    return cls(**values)
 
 
 @dataclass
@@ -79,13 +90,7 @@ class TinyConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | "TinyConfig" | None) -> "TinyConfig":
-        if isinstance(values, TinyConfig):
-            return values
-        values = dict(values or {})
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ModelLoadError(f"unknown tiny model setting(s) {unknown}; known: {[f.name for f in fields(cls)]}")
-        return cls(**values)
+        return sizes_from_mapping(cls, values)
 
     def key(self) -> str:
         return fingerprint(asdict(self))
@@ -125,7 +130,7 @@ def _build_tiny(cfg: TinyConfig):
     """Random tiny components (not saved) with the 5b-I2V structure."""
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
                            CogVideoXTransformer3DModel)
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import T5Config, T5EncoderModel
 
     levels = len(cfg.vae_channels)
     spatial = 2 ** (levels - 1)
@@ -133,11 +138,9 @@ def _build_tiny(cfg: TinyConfig):
         raise ModelLoadError(f"tiny model size {cfg.num_frames}x{cfg.height}x{cfg.width} does not fit: height and "
                              f"width must be multiples of {2 * spatial} and frames 1 + 4k")
     torch.manual_seed(cfg.seed)
-    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
-             + [("\u2581" + w, -1.0) for w in _TINY_WORDS] + [(c, -6.0) for c in _TINY_CHARS])
-    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=cfg.max_text_length)
+    tokenizer = tiny_t5_tokenizer(cfg.max_text_length)
     text_encoder = T5EncoderModel(T5Config(
-        vocab_size=len(vocab), d_model=cfg.text_embed_dim, d_kv=8, d_ff=2 * cfg.text_embed_dim,
+        vocab_size=len(tokenizer), d_model=cfg.text_embed_dim, d_kv=8, d_ff=2 * cfg.text_embed_dim,
         num_layers=cfg.text_layers, num_heads=max(1, cfg.text_embed_dim // 8),
         relative_attention_num_buckets=8, relative_attention_max_distance=32))
     groups = min(cfg.vae_channels)
@@ -159,19 +162,36 @@ def _build_tiny(cfg: TinyConfig):
 def materialize_tiny(tiny: TinyConfig | Mapping[str, Any] | None, cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
     """Write the tiny model into ``cache_dir/models/tiny-<hash>`` unless it is there; returns the folder."""
     cfg = TinyConfig.from_mapping(tiny)
-    final = Path(cache_dir) / "models" / f"tiny-{cfg.key()}"
-    if (final / "model_index.json").is_file():
+
+    def write(staging: Path) -> None:
+        _build_tiny(cfg).save_pretrained(staging, safe_serialization=True)
+        (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    return publish_folder_once(Path(cache_dir) / "models" / f"tiny-{cfg.key()}", write)
+
+
+def tiny_t5_tokenizer(max_length: int):
+    """A small Unigram T5 tokenizer: the tiny word list whole, anything else as single characters."""
+    from transformers import T5Tokenizer
+
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+             + [("\u2581" + w, -1.0) for w in TINY_WORDS] + [(c, -6.0) for c in TINY_CHARS])
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def publish_folder_once(final: Path, write: Callable[[Path], None], marker: str = "model_index.json") -> Path:
+    """``final`` unless it holds ``marker``; else ``write(staging)`` into a temporary sibling and rename it into place."""
+    if (final / marker).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_path(final)
     shutil.rmtree(staging, ignore_errors=True)
-    _build_tiny(cfg).save_pretrained(staging, safe_serialization=True)
-    (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write(staging)
     try:
         os.replace(staging, final)
     except OSError:  # another process published it first
         shutil.rmtree(staging, ignore_errors=True)
-        if not (final / "model_index.json").is_file():
+        if not (final / marker).is_file():
             raise
     return final
 
@@ -181,16 +201,21 @@ def resolve_pretrained(pretrained: str, *, tiny: TinyConfig | Mapping[str, Any] 
     """The folder or hub id that ``from_pretrained`` reads for ``pretrained``."""
     if pretrained == "tiny":
         return str(materialize_tiny(tiny, cache_dir))
-    path = Path(pretrained).expanduser()
+    return folder_or_hub_id(pretrained, HUB_ID, "model.pretrained")
+
+
+def folder_or_hub_id(source: str, example: str, setting: str) -> str:
+    """``source`` as a local folder path or a hub id; one clear error naming ``setting`` otherwise."""
+    path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(f"model path {path} is a file; give a folder in the diffusers layout "
-                                 f"(model_index.json + one subfolder per component)")
+                                 f"(model_index.json + one subfolder per component), fix {setting}")
         return str(path)
-    if _HUB_ID_PATTERN.match(pretrained) and not pretrained.startswith((".", "/", "~")):
-        return pretrained
-    raise ModelLoadError(f"model {pretrained!r} is neither a local folder nor a hub id like 'THUDM/CogVideoX-5b-I2V' "
-                         f"nor 'tiny'; fix model.pretrained")
+    if _HUB_ID_PATTERN.match(source) and not source.startswith((".", "/", "~")):
+        return source
+    raise ModelLoadError(f"model {source!r} is neither a local folder nor a hub id like {example!r} "
+                         f"nor 'tiny'; fix {setting}")
 
 
 def load_components(pretrained: str = HUB_ID, parts: Iterable[str] = COMPONENTS, *,

@@ -391,15 +391,29 @@ class DUSt3R(nn.Module):
         conf = self.conf_vmin + fmap[..., 3].exp().clip(max=self.conf_vmax - self.conf_vmin)
         return pts3d, conf
 
-    def forward(self, img1_pm1: Tensor, img2_pm1: Tensor) -> PairPrediction:
-        """Predict both point maps of B image pairs (B, 3, H, W) in [-1, 1]; views may differ in size."""
+    def encode(self, img_pm1: Tensor) -> Tensor:
+        """Encoder tokens (B, N, C) of images (B, 3, H, W) in [-1, 1], for ``forward(..., encodings=...)``."""
+        self._check_images(img_pm1, img_pm1)
+        grid = (img_pm1.shape[-2] // self.patch_size, img_pm1.shape[-1] // self.patch_size)
+        return self._encode(img_pm1, _rope_tables(grid, self.enc_head_dim, self.rope_freq, img_pm1.device))
+
+    def forward(self, img1_pm1: Tensor, img2_pm1: Tensor,
+                encodings: tuple[Tensor, Tensor] | None = None) -> PairPrediction:
+        """Predict both point maps of B image pairs (B, 3, H, W) in [-1, 1]; views may differ in size.
+
+        ``encodings``: the two views' encoder tokens from :meth:`encode`, when already computed
+        (an image in many pairs is then encoded once).
+        """
         self._check_images(img1_pm1, img2_pm1)
         hw1, hw2 = tuple(img1_pm1.shape[-2:]), tuple(img2_pm1.shape[-2:])
         p, dev = self.patch_size, img1_pm1.device
         grid1, grid2 = (hw1[0] // p, hw1[1] // p), (hw2[0] // p, hw2[1] // p)
         enc_rope1 = _rope_tables(grid1, self.enc_head_dim, self.rope_freq, dev)
         dec_rope1 = _rope_tables(grid1, self.dec_head_dim, self.rope_freq, dev)
-        if hw1 == hw2:
+        if encodings is not None:
+            dec_rope2 = _rope_tables(grid2, self.dec_head_dim, self.rope_freq, dev) if hw1 != hw2 else dec_rope1
+            enc1, enc2 = encodings
+        elif hw1 == hw2:
             dec_rope2 = dec_rope1
             enc1, enc2 = self._encode(torch.cat((img1_pm1, img2_pm1)), enc_rope1).chunk(2)
         else:

@@ -1,0 +1,127 @@
+"""Stage III from a config: load the models, read the views from Omega, inpaint, write the start frames.
+
+Writes ``<run_dir>/start_frames/<view>.png`` (the Omega's size; sampling prefers these over
+the warped first frames) and ``<run_dir>/start_frames/scores.json`` (per view: the chosen
+MEt3R score per step (null: nothing was scored, or no candidate passed the overlap
+guard), the views searched together, model calls, seconds; the settings; seconds per phase),
+every file through a temporary name and a rename.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reangle.config import ConfigError
+from reangle.data.omega import INPUT_VIEW, Omega
+from reangle.io.video import read_video, write_image
+from reangle.models.cogvideox_i2v import DTYPES
+from reangle.sampling.plan import INPAINTED_DIR, select_views
+from reangle.utils import atomic_write_text, resolve_device
+
+from .multiview import InpaintSettings, Timings, ViewInput, ViewOutput, inpaint_views
+from .search import Ranks
+
+SCORES_FILE = "scores.json"
+
+
+def settings_from_config(cfg: DictConfig) -> InpaintSettings:
+    """``inpaint.*`` as :class:`InpaintSettings`; one clear :class:`ConfigError` for a value out of range."""
+    c = cfg.inpaint
+    if int(c.steps) < 1 or int(c.candidates) < 1:
+        raise ConfigError(f"inpaint.steps and inpaint.candidates must be >= 1, got {c.steps} and {c.candidates}")
+    if int(c.size) % 16 or int(c.size) < 16:
+        raise ConfigError(f"inpaint.size must be a positive multiple of 16 (FLUX's latent grid), got {c.size}")
+    if not 0 <= float(c.min_overlap) <= 1:
+        raise ConfigError(f"inpaint.min_overlap is a fraction of the pixels in [0, 1], got {c.min_overlap}")
+    if c.weights_dtype not in DTYPES:
+        raise ConfigError(f"unknown inpaint.weights_dtype {c.weights_dtype!r}; use one of {sorted(DTYPES)}")
+    return InpaintSettings(steps=int(c.steps), candidates=int(c.candidates), guidance=bool(c.guidance),
+                           stochastic=bool(c.stochastic), size=int(c.size), paste_back=bool(c.paste_back),
+                           min_overlap=float(c.min_overlap), use_input_frame=bool(c.use_input_frame),
+                           fast_decode=c.fast_decoder is not None, seed=int(c.seed))
+
+
+def load_models(cfg: DictConfig, device: torch.device):
+    """(inpainter, MEt3R) of ``inpaint.*`` on ``device``."""
+    from reangle.consistency import load_met3r
+    from reangle.models.flux import load_fast_decoder, load_flux
+
+    from .inpainter import FluxControlNetInpainter
+
+    c = cfg.inpaint
+    dtype = DTYPES[c.weights_dtype]
+    tiny = OmegaConf.to_container(c.tiny, resolve=True)
+    flux = load_flux(c.model, c.controlnet, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype, device=device)
+    fast = None
+    if c.fast_decoder is not None:
+        fast = load_fast_decoder(c.fast_decoder, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
+                                 device=device)
+    inpainter = FluxControlNetInpainter(flux, conditioning_scale=float(c.conditioning_scale),
+                                        guidance=float(c.guidance_scale), max_batch=int(c.max_batch),
+                                        max_sequence_length=int(c.max_sequence_length), fast_decoder=fast)
+    m = c.met3r
+    size = int(m.img_size)
+    point = {**tiny["dust3r"], "img_size": (size, size)} if m.point_model == "tiny" else m.point_model
+    featup = tiny["featup"] if m.featup == "tiny" else m.featup
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # tiny MEt3R models are random: the same weights on every rank and run
+        met3r = load_met3r(m.backbone, point_source=point, featup_source=featup, device=device, img_size=size,
+                           radius=float(m.radius), max_pairs_per_chunk=int(m.max_pairs_per_chunk))
+    return inpainter, met3r
+
+
+def omega_views(omega: Omega, names: Sequence[str] | None, prompt: str | None = None) -> list[ViewInput]:
+    """The warped first frame, its mask and prompt of each named view (default: all but the input)."""
+    views = []
+    for name in select_views(omega, names):
+        record = omega.view(name)
+        frame = read_video(omega.root / record.video, 1, omega.height, omega.width)[0]
+        visible = omega.read_mask(record)[0].float()
+        views.append(ViewInput(name, frame, visible, prompt if prompt is not None else record.prompt))
+    return views
+
+
+def input_first_frame(omega: Omega) -> torch.Tensor:
+    """The input video's first frame ``[3, H, W]``."""
+    return read_video(omega.root / omega.view(INPUT_VIEW).video, 1, omega.height, omega.width)[0]
+
+
+def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], settings: InpaintSettings,
+                  timings: Timings | None = None) -> list[Path]:
+    """``start_frames/<view>.png`` per view and ``start_frames/scores.json``; returns the image paths."""
+    folder = Path(run_dir) / INPAINTED_DIR
+    paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
+    views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
+                      "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
+    record = {"settings": vars(settings), "model_calls_per_view": 1 + settings.num_candidates * (settings.steps - 1),
+              "views": views}
+    if timings is not None:
+        record["seconds_per_phase"] = timings.as_dict()
+    atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1))
+    return paths
+
+
+def run_stage3(cfg: DictConfig, omega: Omega, run_dir: str | os.PathLike, views: Sequence[str] | None = None, *,
+               device: torch.device | None = None, ranks: Ranks | None = None, progress: bool = True,
+               models=None) -> list[ViewOutput]:
+    """Inpaint the start frames of ``views`` (default ``inpaint.views``, else all) and write them (rank 0).
+
+    Inputs are checked before any model loads. ``models``: an already loaded (inpainter, MEt3R).
+    """
+    settings = settings_from_config(cfg)
+    names = list(views) if views else (list(cfg.inpaint.views) if cfg.inpaint.views else None)
+    inputs = omega_views(omega, names, cfg.inpaint.prompt)
+    device = device or resolve_device(cfg.inpaint.device)
+    inpainter, met3r = models or load_models(cfg, device)
+    timings = Timings()
+    outputs = inpaint_views(inpainter, met3r, inputs, settings, input_frame=input_first_frame(omega), ranks=ranks,
+                            progress=progress, timings=timings)
+    if ranks is None or ranks.rank == 0:
+        write_outputs(run_dir, outputs, settings, timings)
+    return outputs
