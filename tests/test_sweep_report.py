@@ -70,7 +70,11 @@ def test_paper_setting_and_tab2_rows_follow_the_resolved_config():
 def test_tab2_layout_shows_the_guidance_ablation_beside_the_paper(tmp_path):
     from reangle.experiments.paper_figures import paper_table2_row
 
-    config = OmegaConf.to_container(load_config([CONFIG_DIR / "static.yaml"], ["data.video=synthetic"]))
-    assert paper_table2_row(config) is None  # no stage III in this config
-    assert paper_table2_row({**config, "inpaint": {"guidance": False}}) == TABLE2[False]
-    assert paper_table2_row({**config, "inpaint": {"guidance": True}}) == TABLE2[True]
+    def config(mode_file, *overrides):
+        return OmegaConf.to_container(load_config([CONFIG_DIR / mode_file], ["data.video=synthetic", *overrides]))
+
+    assert paper_table2_row(config("static.yaml")) == TABLE2[True]
+    assert paper_table2_row(config("static.yaml", "experiment=[independent_inpainting]")) == TABLE2[False]
+    assert paper_table2_row(config("dynamic.yaml")) is None  # no stage III in dynamic mode
+    assert paper_table2_row(config("static.yaml", "sample.steps=20")) is None
+    assert paper_table2_row(config("static.yaml", "inpaint.candidates=4")) is None

@@ -2,7 +2,7 @@
 
 Metric names are those of ``python -m eval`` (``eval.json``). A run matches the paper's
 setting when its resolved config has the paper's values for every key of ``PAPER_SETTING``
-(plus the mode's M, and for Tab. 2 the stage III guidance flag).
+(plus the mode's M, and for Tab. 2 stage III's steps, size, S and guidance flag).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ TABLE2 = {  # inpaint.guidance -> the paper's row (SED thresholds Te = 1.25, Tm 
 }
 PAPER_SETTING = {"lora.rank": 128, "lora.alpha": 128, "train.steps": 400, "train.lr": 1.0e-4, "train.masked": True,
                  "train.views": None, "train.exclude_motions": [], "sample.steps": 40, "sample.guidance": 6.0}
+PAPER_INPAINT = {"inpaint.steps": 50, "inpaint.size": 1024}  # stage III (Tab. 2); guided runs also S = 25
 PAPER_PER_MOTION = {"static": 2, "dynamic": 1}  # M = 12 (static), 6 (dynamic)
 
 
@@ -60,5 +61,8 @@ def paper_table2_row(config: dict[str, Any]) -> dict[str, float] | None:
     """The paper's Tab. 2 row (with / without stochastic guidance) for a static run in the paper's setting."""
     guidance = _get(config, "inpaint.guidance", None)
     if config.get("mode") != "static" or guidance is None or not matches_paper(config):
+        return None
+    inpaint = {**PAPER_INPAINT, **({"inpaint.candidates": 25} if guidance else {})}
+    if any(_get(config, k, None) != v for k, v in inpaint.items()):
         return None
     return TABLE2[bool(guidance)]
