@@ -12,13 +12,10 @@ from typing import Any
 
 import torch
 
+from reangle.consistency import TINY_DUST3R, TINY_SEED
+
 TINY = "tiny"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".pkl")
-# tiny MEt3R networks (random weights) at the MEt3R working size of the tiny preset
-TINY_DUST3R = dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=2, dec_num_heads=2,
-                   head_type="linear")
-TINY_FEATUP = {"dino": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "key_dim": 8}
-TINY_SEED = 0
 
 
 class EvalConfigError(ValueError):
@@ -55,17 +52,13 @@ def _met3r(eval_cfg, device):
     from reangle.consistency import load_met3r
 
     opts = eval_cfg.met3r
-    size = int(opts.img_size)
-    point = opts.point_source
-    point = {**TINY_DUST3R, "img_size": (size, size)} if point == TINY else point
-    featup = TINY_FEATUP if opts.featup_source == TINY else opts.featup_source
-    for name, value in (("point_source", point), ("featup_source", featup)):
+    for name in ("point_source", "featup_source"):
+        value = opts[name]
         if isinstance(value, str) and value.endswith(WEIGHT_SUFFIXES) and not Path(value).exists():
             raise EvalConfigError(f"checkpoint not found for eval.met3r.{name}: {value}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)  # tiny (random) networks: the same on every rank and in every run
-        return load_met3r(opts.backbone, point_source=point, featup_source=featup, device=device, img_size=size,
-                          radius=float(opts.radius), max_pairs_per_chunk=int(eval_cfg.batch_size))
+    return load_met3r(opts.backbone, point_source=opts.point_source, featup_source=opts.featup_source, device=device,
+                      img_size=int(opts.img_size), radius=float(opts.radius),
+                      max_pairs_per_chunk=int(eval_cfg.batch_size))
 
 
 def check_model_config(eval_cfg, model: str) -> None:

@@ -290,6 +290,14 @@ class MEt3R(nn.Module):
         )
 
 
+TINY = "tiny"
+# The networks of a "tiny" source: random weights (seed TINY_SEED, the same on every rank and in every run)
+TINY_DUST3R = dict(enc_embed_dim=32, enc_depth=2, enc_num_heads=2, dec_embed_dim=32, dec_depth=2, dec_num_heads=2,
+                   head_type="linear")
+TINY_FEATUP = {"dino": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "key_dim": 8}
+TINY_SEED = 0
+
+
 def load_met3r(
     backbone: Literal["dust3r", "mast3r"] = "dust3r",
     *,
@@ -303,12 +311,23 @@ def load_met3r(
     """MEt3R with its models from hub ids, local files, or tiny configs (dicts); ``options`` go to :class:`MEt3R`.
 
     ``point_source`` defaults to the hub checkpoint of ``backbone``; both backbones load
-    through :func:`reangle.nets.dust3r.load_dust3r`.
+    through :func:`reangle.nets.dust3r.load_dust3r`. ``"tiny"`` for either source: small random
+    networks (:data:`TINY_DUST3R` at ``options["img_size"]``, :data:`TINY_FEATUP`), seeded so that
+    every rank and every run gets the same weights.
     """
     from .nets.dust3r import load_dust3r
 
     if backbone not in POINT_MODEL_IDS:
         raise ValueError(f"unknown MEt3R backbone {backbone!r}; choose one of {sorted(POINT_MODEL_IDS)}")
-    point_model = load_dust3r(point_source if point_source is not None else POINT_MODEL_IDS[backbone], device=device, dtype=dtype)
-    featup = load_featup(featup_source, dino_source=dino_source, device=device, dtype=dtype)
+    if point_source is None:
+        point_source = POINT_MODEL_IDS[backbone]
+    elif point_source == TINY:
+        size = options.get("img_size", 256)
+        point_source = {**TINY_DUST3R, "img_size": (size, size)}
+    if featup_source == TINY:
+        featup_source = TINY_FEATUP
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)  # only random (tiny) weights depend on it
+        point_model = load_dust3r(point_source, device=device, dtype=dtype)
+        featup = load_featup(featup_source, dino_source=dino_source, device=device, dtype=dtype)
     return MEt3R(point_model, FeatUpFeatures(featup), **options).to(device)

@@ -226,3 +226,12 @@ def test_precomputed_features_give_the_same_scores(featup_features):
     torch.testing.assert_close(banked.overlap_mask, plain.overlap_mask)
     with pytest.raises(ValueError, match="features must be"):
         metric(pairs, features=(metric.image_features(images), index[:2]))
+
+
+def test_tiny_sources_build_the_same_small_random_networks_every_time():
+    first, second = (load_met3r(point_source="tiny", featup_source="tiny", img_size=32, radius=0.05) for _ in range(2))
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sum(v.numel() for v in a.values()) < 2_000_000
+    pair = torch.rand(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.isfinite(first(pair)).all()

@@ -39,7 +39,7 @@ def folders(tmp_path_factory):
 
 def _run(folders, devices):
     out = folders / f"out{devices}"
-    cmd = [sys.executable, str(ROOT / "tests" / "eval_ddp_worker.py"), str(devices), f"run.root={folders}",
+    cmd = [sys.executable, str(ROOT / "tests" / "callback_ddp_worker.py"), "evaluation", str(devices), f"run.root={folders}",
            f"run.cache_dir={folders / 'cache'}", f"eval.samples_dir={folders / 'samples'}",
            f"eval.reference={folders / 'reference'}", f"eval.out_dir={out}", f"eval.metrics={METRICS}",
            "eval.callback.enabled=true", "eval.batch_size=4", "data.height=64", "data.width=96"]

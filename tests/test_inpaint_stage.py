@@ -71,7 +71,7 @@ def test_two_ranks_make_the_same_start_frames_as_one(tmp_path, omega3, tiny_mode
     runs = {}
     for devices in (1, 2):
         run = tmp_path / f"ranks{devices}"
-        cmd = [sys.executable, str(ROOT / "tests" / "inpaint_ddp_worker.py"), str(omega3), str(devices),
+        cmd = [sys.executable, str(ROOT / "tests" / "callback_ddp_worker.py"), "inpainting", str(devices), str(omega3),
                f"run.dir={run}", f"run.cache_dir={tiny_model_dir.parent.parent}"]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -66,13 +66,8 @@ def load_models(cfg: DictConfig, device: torch.device):
                                         guidance=float(c.guidance_scale), max_batch=int(c.max_batch),
                                         max_sequence_length=int(c.max_sequence_length), fast_decoder=fast)
     m = c.met3r
-    size = int(m.img_size)
-    point = {**tiny["dust3r"], "img_size": (size, size)} if m.point_model == "tiny" else m.point_model
-    featup = tiny["featup"] if m.featup == "tiny" else m.featup
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # tiny MEt3R models are random: the same weights on every rank and run
-        met3r = load_met3r(m.backbone, point_source=point, featup_source=featup, device=device, img_size=size,
-                           radius=float(m.radius), max_pairs_per_chunk=int(m.max_pairs_per_chunk))
+    met3r = load_met3r(m.backbone, point_source=m.point_source, featup_source=m.featup_source, device=device,
+                       img_size=int(m.img_size), radius=float(m.radius), max_pairs_per_chunk=int(m.max_pairs_per_chunk))
     return inpainter, met3r
 
 
