@@ -72,6 +72,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     if metrics and not has_eval_cli():
         raise SweepError("--metrics needs the evaluation package (python -m eval), which is not installed; "
                          "install reangle with its eval package or run without --metrics")
+    swept = sorted({o.split("=", 1)[0].strip() for o in args.overrides} & set(spec.parameters))
+    if swept:
+        raise SweepError(f"override of {', '.join(swept)} conflicts with the sweep's own parameter(s); the swept "
+                         f"values would win: drop the override or edit the sweep file")
     units = plan_units(spec, manifest, args.count, args.seed)
     if args.shard:
         units = shard(units, *parse_shard(args.shard))

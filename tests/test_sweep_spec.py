@@ -137,6 +137,13 @@ def test_metrics_without_the_evaluation_package_are_refused_before_any_trial(tmp
     assert not (tmp_path / "trials").exists()
 
 
+def test_an_override_of_a_swept_key_is_refused_before_any_trial(tmp_path, capsys):
+    code = sweep.main([str(CONFIG_DIR / "sweeps" / "tiny.yaml"), "--manifest", str(SYNTHETIC), "--out", str(tmp_path),
+                       "train.masked=true", "train.steps=2"])
+    assert code == 2 and "train.masked conflicts with the sweep's own parameter" in capsys.readouterr().err
+    assert not (tmp_path / "trials").exists()
+
+
 def test_the_command_runs_the_program_with_the_overrides_in_place(tmp_path):
     spec = load_sweep(_write_sweep(tmp_path, run_cap=1))
     argv = spec.argv(["a=1", "b=2"])
