@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reangle.config import ConfigError, load_config, split_config_tokens
+from reangle.config import ConfigError, load_config, load_run_config, split_config_tokens
 from reangle.data.omega import OmegaError
 from reangle.io.video import VideoError
 from reangle.models.lora import LoraFileError
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     if args.run:
         config, lora = run_files(args.run)
-        cfg = load_config([config], args.overrides)
+        cfg = load_run_config(args.run, overrides=args.overrides)
         lora = args.lora or lora
     else:
         cfg, lora = load_config(*split_config_tokens(args.config, args.overrides)), args.lora

@@ -156,8 +156,13 @@ def _met3r(model, items, inputs, progress):
     def images(pair: FramePair) -> Tensor:
         return torch.stack([inputs.videos[pair.view_a][pair.frame_a], inputs.videos[pair.view_b][pair.frame_b]])
 
-    batch = torch.stack([images(i.payload) for i in items]) * 2 - 1
-    return run_batched(model, [batch], inputs.settings.batch_size, _device(model), "MEt3R pairs", progress).tolist()
+    def score(index: Tensor) -> Tensor:  # pairs stacked per batch: all of a run's pairs at once would not fit in memory
+        pairs = torch.stack([images(items[k].payload) for k in index.tolist()])
+        return model(pairs.to(device) * 2 - 1)
+
+    device = _device(model)
+    return run_batched(score, [torch.arange(len(items))], inputs.settings.batch_size, torch.device("cpu"),
+                       "MEt3R pairs", progress).tolist()
 
 
 def _update_fid(metric, generated, reference, inputs, progress):

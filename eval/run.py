@@ -20,11 +20,10 @@ from eval.evaluate import EvalResult, evaluate
 from eval.models import EvalConfigError
 from eval.registry import EvalInputs
 from eval.report import markdown_table
-from reangle.config import load_config
+from reangle.config import RUN_CONFIG, load_run_config
 from reangle.io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_frames, read_video
 from reangle.utils import atomic_write_text, resolve_device
 
-RUN_CONFIG = "config.yaml"
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
 OMEGA_METRICS = ("camera_rot_err", "camera_trans_err", "warp_psnr", "warp_lpips")  # need the run's Omega
 
@@ -35,7 +34,7 @@ def run_config(run_dir: str | os.PathLike, files: Sequence[str] = (), overrides:
     if not (run_dir / RUN_CONFIG).is_file():
         raise EvalConfigError(f"{run_dir} is not a run directory ({RUN_CONFIG} missing); give the run.dir of a "
                               f"train.py run")
-    return load_config([run_dir / RUN_CONFIG, *files], overrides)
+    return load_run_config(run_dir, files, overrides)
 
 
 def read_full_video(path: Path, height: int, width: int) -> torch.Tensor:

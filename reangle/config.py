@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -30,6 +31,7 @@ from reangle.utils import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 BASE_CONFIG = CONFIG_DIR / "base.yaml"
+RUN_CONFIG = "config.yaml"  # the resolved config that train.py saves into run.dir
 
 
 class ConfigError(ValueError):
@@ -224,6 +226,31 @@ def save_config(cfg: DictConfig, run_dir: str | os.PathLike, name: str = "config
     data["experiment"] = []
     header = f"# merged experiments: {', '.join(map(str, merged))}\n" if merged else ""
     return atomic_write_text(Path(run_dir) / name, header + OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def _string_leaves(node: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _string_leaves(value, f"{prefix}{key}.")
+        elif isinstance(value, str):
+            yield f"{prefix}{key}", value
+
+
+def load_run_config(run_dir: str | os.PathLike, files: Sequence[str | os.PathLike] = (),
+                    overrides: Iterable[str] = ()) -> DictConfig:
+    """A run's saved ``run_dir/config.yaml`` with ``files`` and ``overrides`` on top, re-rooted at ``run_dir``.
+
+    The saved config is resolved, so its paths under the run directory (``sample.out_dir``,
+    ``eval.out_dir``, ...) name the folder the run was trained in; every such path is moved
+    under ``run_dir`` so that a moved or copied run, or one addressed from another working
+    directory, reads and writes its own files.
+    """
+    run_dir = Path(run_dir)
+    saved = OmegaConf.to_container(_read_yaml(run_dir / RUN_CONFIG))
+    old = str(saved["run"]["dir"]).rstrip("/")
+    rebased = [f"{key}={json.dumps(str(run_dir) + value[len(old):])}" for key, value in _string_leaves(saved)
+               if value == old or value.startswith(old + "/")]
+    return load_config([run_dir / RUN_CONFIG, *files], [*rebased, *overrides])
 
 
 def import_target(dotted: str) -> Any:

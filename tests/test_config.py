@@ -61,3 +61,18 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "run")
     assert load_config([path]) == cfg
     assert not list((tmp_path / "run").glob("*.tmp*"))
+
+
+def test_a_saved_run_config_is_re_rooted_at_the_folder_it_is_loaded_from(tmp_path):
+    import shutil
+
+    from reangle.config import load_run_config, save_config
+
+    cfg = load_config([], ["data.video=synthetic", f"run.root={tmp_path / 'runs'}", "run.name=a"])
+    save_config(cfg, tmp_path / "runs" / "a")
+    moved = tmp_path / "elsewhere" / "b"
+    shutil.copytree(tmp_path / "runs" / "a", moved)
+    loaded = load_run_config(moved, overrides=["eval.out_dir=/somewhere"])
+    assert loaded.run.dir == str(moved) and loaded.sample.out_dir == str(moved / "samples")
+    assert loaded.eval.samples_dir == str(moved / "samples") and loaded.eval.out_dir == "/somewhere"
+    assert loaded.run.cache_dir == cfg.run.cache_dir  # paths outside the run folder stay

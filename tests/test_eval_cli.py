@@ -122,3 +122,16 @@ def test_scores_and_per_view_table_go_to_the_loggers():
     log_table([logger], result, step=7)
     assert logger.metrics == [({"eval/fid": 3.0, "eval/met3r": 0.2}, 7)]  # undefined scores are not logged
     assert logger.tables == [("eval/videos", ["view", "met3r"], [["a", 0.1], ["b", 0.3]], 7)]
+
+
+def test_a_copied_run_is_evaluated_in_its_own_folder(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "moved" / "tiny"
+    shutil.copytree(run_dir, copy)
+    (copy / "eval.json").unlink()
+    before = (run_dir / "eval.json").read_bytes()
+    (copy / "samples" / "orbit_left_0.json").rename(copy / "samples" / "orbit_left_0.skip")  # only in the copy
+    eval_main(["--run", str(copy), "--metrics", "temporal_flickering"])
+    assert sorted(json.loads((copy / "eval.json").read_text())["videos"]) == ["input"]  # the copy's samples
+    assert (run_dir / "eval.json").read_bytes() == before  # the original run is untouched

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from reangle.config import ConfigError, load_config
+from reangle.config import RUN_CONFIG, ConfigError, load_run_config
 from reangle.data.omega import OmegaError
 from reangle.io.grid import tile_videos
 from reangle.io.video import VideoError, write_image
 from reangle.models.cogvideox import ModelLoadError
 from reangle.sampling.plan import INPAINTED_DIR, SamplingInputError
-from reangle.sampling.run import RUN_CONFIG, find_omega
+from reangle.sampling.run import find_omega
 
 from .run import omega_views, run_stage3
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not (run_dir / RUN_CONFIG).is_file():
         raise SamplingInputError(f"{run_dir} is not a run directory ({RUN_CONFIG} is missing); give the run.dir of a "
                                  f"train.py run")
-    cfg = load_config([run_dir / RUN_CONFIG], [*args.overrides, f"run.dir={run_dir}"])
+    cfg = load_run_config(run_dir, overrides=args.overrides)
     if cfg.mode != "static":
         raise ConfigError(f"run {run_dir} is in {cfg.mode} mode; stage III makes start frames for static mode only")
     omega = find_omega(cfg)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from reangle.config import RUN_CONFIG
 from reangle.data.omega import INPUT_VIEW, Omega
 from reangle.models.cogvideox import COMPONENTS, load_components
 from reangle.models.cogvideox_i2v import DTYPES
@@ -23,7 +24,6 @@ from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
 from reangle.sampling.settings import SampleOptions
 from reangle.utils import resolve_device
 
-RUN_CONFIG = "config.yaml"
 OMEGA_POINTER = "omega.json"
 RUN_LORA = Path("lora") / "final" / LORA_FILE
 
