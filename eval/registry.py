@@ -21,6 +21,7 @@ from eval.feature_consistency import video_consistency
 from eval.met3r_pairs import FramePair, met3r_pairs
 from eval.motion_smoothness import interpolate_midpoints, midpoint_pairs, smoothness_score
 from eval.sed import MAX_ERROR, MIN_MATCHES, nearest_view_pairs, sed_tsed
+from eval.models import EvalConfigError
 from eval.temporal_flickering import temporal_flickering
 
 
@@ -195,11 +196,18 @@ def _pick(index: int, keep: Callable[[tuple], bool] | None = None):
     return finalize
 
 
-def _sed_items(inputs: EvalInputs) -> list[Item]:
-    views = list(inputs.videos)
+def _check_cameras(inputs: EvalInputs, views: Sequence[str], metric: str) -> None:
     missing = [v for v in views if v not in inputs.cameras]
     if missing:
-        raise ValueError(f"SED needs the cameras of every view; {missing} have none in their <view>.json")
+        raise EvalConfigError(f"{metric} needs the cameras of every view; {missing} have none in their <view>.json")
+
+
+def _sed_items(inputs: EvalInputs) -> list[Item]:
+    if inputs.mode != "static":
+        raise EvalConfigError("SED/TSED compare neighbouring views of static view transport; in dynamic mode every "
+                         "view starts at the input camera: leave sed/tsed out of eval.metrics")
+    views = list(inputs.videos)
+    _check_cameras(inputs, views, "SED")
     first = torch.stack([inputs.cameras[v]["w2c"][0] for v in views])
     num_frames = min(v.shape[0] for v in inputs.videos.values())
     return [Item((views[i], views[j]), 1.0, (views[i], views[j], t))
@@ -231,7 +239,7 @@ def _tsed_finalize(items, scores):
 def _target_views(inputs: EvalInputs) -> list[Item]:
     from reangle.data.omega import INPUT_VIEW
     if inputs.omega is None:
-        raise ValueError("this metric needs the run's Omega (the input video, cameras and warped videos)")
+        raise EvalConfigError("this metric needs the run's Omega (the input video, cameras and warped videos)")
     names = {v.name for v in inputs.omega.views}
     return [Item((v,), 1.0, v) for v in inputs.videos if v != INPUT_VIEW and v in names]
 
@@ -239,6 +247,7 @@ def _target_views(inputs: EvalInputs) -> list[Item]:
 def _camera(model, items, inputs, progress):
     from eval.camera_accuracy import camera_accuracy
     from reangle.data.omega import INPUT_VIEW
+    _check_cameras(inputs, [i.payload for i in items], "camera accuracy")
     record = inputs.omega.view(INPUT_VIEW)
     frames_a, w2c_a = inputs.omega.read_frames(record), inputs.omega.read_camera(record)["w2c"]
     out = []

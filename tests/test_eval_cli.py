@@ -92,6 +92,8 @@ def test_eval_bad_inputs(run_dir, tmp_path):
         eval_main(["--run", str(run_dir), "--metrics", "fid", "eval.models.inception=missing/pt_inception.pth"])
     with pytest.raises(EvalConfigError, match="reference folder not found"):
         eval_main(["--run", str(run_dir), "--metrics", "fid", "--reference", str(tmp_path / "nowhere")])
+    with pytest.raises(EvalConfigError, match="SED/TSED compare neighbouring views of static view transport"):
+        eval_main(["--run", str(run_dir), "--metrics", "sed", "mode=dynamic"])
     with pytest.raises(EvalConfigError, match="samples folder not found"):
         eval_main(["--run", str(run_dir), f"eval.samples_dir={tmp_path / 'none'}"])
     proc = subprocess.run([sys.executable, "-m", "eval", "--run", str(tmp_path)], cwd=ROOT, capture_output=True,

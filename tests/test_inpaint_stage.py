@@ -43,7 +43,7 @@ def test_train_writes_start_frames_that_sampling_uses(trained_run):
         assert meta["start_frame_source"] == "inpainted"
     scores = json.loads((frames / "scores.json").read_text())
     assert scores["views"]["orbit_left_0"]["searched_with"] == ["orbit_left_0", "orbit_left_1"]
-    assert scores["model_calls_per_view"] == 1 + 2 * (3 - 1)
+    assert scores["views"]["orbit_left_2"]["model_calls"] == 1 + 2 * (3 - 1)  # S = 2, T = 3
     assert len(scores["views"]["orbit_left_2"]["scores"]) == 2
 
 
@@ -59,6 +59,8 @@ def test_cli_bad_input_is_one_clear_error_each(trained_run, tmp_path):
         inpaint_main(["--run", str(tmp_path / "missing")])
     with pytest.raises(SamplingInputError, match="unknown view"):
         inpaint_main(["--run", str(trained_run), "--views", "orbit_sideways_9"])
+    with pytest.raises(ConfigError, match="goes with inpaint.guidance=false"):
+        inpaint_main(["--run", str(trained_run), "inpaint.stochastic=false"])
     with pytest.raises(ConfigError, match="multiple of 16"):
         inpaint_main(["--run", str(trained_run), "inpaint.size=72"])
 

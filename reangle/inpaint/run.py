@@ -39,6 +39,9 @@ def settings_from_config(cfg: DictConfig) -> InpaintSettings:
         raise ConfigError(f"inpaint.size must be a positive multiple of 16 (FLUX's latent grid), got {c.size}")
     if not 0 <= float(c.min_overlap) <= 1:
         raise ConfigError(f"inpaint.min_overlap is a fraction of the pixels in [0, 1], got {c.min_overlap}")
+    if bool(c.guidance) and not bool(c.stochastic):
+        raise ConfigError("inpaint.stochastic=false (the ODE) has no candidates to choose from: it goes with "
+                          "inpaint.guidance=false; set both, or keep the SDE")
     if c.weights_dtype not in DTYPES:
         raise ConfigError(f"unknown inpaint.weights_dtype {c.weights_dtype!r}; use one of {sorted(DTYPES)}")
     return InpaintSettings(steps=int(c.steps), candidates=int(c.candidates), guidance=bool(c.guidance),
@@ -94,8 +97,7 @@ def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], set
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
     views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
                       "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
-    record = {"settings": vars(settings), "model_calls_per_view": 1 + settings.num_candidates * (settings.steps - 1),
-              "views": views}
+    record = {"settings": vars(settings), "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()
     atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1))
