@@ -78,3 +78,19 @@ def test_tab2_layout_shows_the_guidance_ablation_beside_the_paper(tmp_path):
     assert paper_table2_row(config("dynamic.yaml")) is None  # no stage III in dynamic mode
     assert paper_table2_row(config("static.yaml", "sample.steps=20")) is None
     assert paper_table2_row(config("static.yaml", "inpaint.candidates=4")) is None
+
+
+def test_a_timed_out_step_is_killed_with_the_processes_it_started(tmp_path):
+    import sys
+    import time
+
+    from reangle.experiments.trial import _run
+
+    marker = tmp_path / "child_alive"
+    child = f"import time, pathlib; time.sleep(3); pathlib.Path({str(marker)!r}).write_text('still running')"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    started = time.monotonic()
+    error = _run([sys.executable, "-c", parent], tmp_path / "trial.log", timeout=1.5)
+    assert error == "timed out after 1.5 s" and time.monotonic() - started < 30
+    time.sleep(4)
+    assert not marker.exists()  # the child went with its parent's group

@@ -16,8 +16,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -65,9 +67,13 @@ def _run(argv: list[str], log: Path, timeout: float | None) -> str | None:
     with open(log, "a") as handle:
         handle.write(f"$ {shlex.join(argv)}\n")
         handle.flush()
+        # its own session: on a time-out the whole group goes (e.g. the worker processes of a multi-GPU run)
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            code = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             return f"timed out after {timeout:g} s"
     return None if code == 0 else f"exit code {code}: {_last_line(log)}"
 
