@@ -78,3 +78,4 @@ def test_tab2_layout_shows_the_guidance_ablation_beside_the_paper(tmp_path):
     assert paper_table2_row(config("dynamic.yaml")) is None  # no stage III in dynamic mode
     assert paper_table2_row(config("static.yaml", "sample.steps=20")) is None
     assert paper_table2_row(config("static.yaml", "inpaint.candidates=4")) is None
+    assert paper_table2_row(config("static.yaml", "inpaint.inpainter=fill")) is None
