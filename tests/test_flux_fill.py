@@ -3,9 +3,9 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import inpainter_ode_path
 
 from reangle.inpaint.inpainter import FluxFillInpainter
-from reangle.inpaint.search import guided_sample
 from reangle.models.cogvideox import ModelLoadError
 from reangle.models.flux import fill_transformer_config, load_fill_transformer, load_flux_fill
 
@@ -26,20 +26,8 @@ def _view(hole_width=SIZE // 3):
     return image, visible
 
 
-class OneView:
-    def __init__(self, inpainter, condition):
-        self.inpainter, self.condition = inpainter, condition
-
-    def velocity(self, k, latents, sigma):
-        return self.inpainter.velocity(latents, sigma, self.condition)
-
-
-def _ode(inpainter, view, steps=3):
-    cond = inpainter.condition(*view, PROMPT)
-    noise = inpainter.initial_noise(cond, torch.Generator().manual_seed(5))
-    out = guided_sample(OneView(inpainter, cond), [noise], inpainter.sigmas(steps, cond), 1, torch.Generator(),
-                        stochastic=False)
-    return cond, noise, out.latents[0]
+def _ode(inpainter, view):
+    return inpainter_ode_path(inpainter, *view, PROMPT)
 
 
 def test_our_ode_path_is_the_flux_fill_pipeline(fill, monkeypatch):
