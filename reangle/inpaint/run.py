@@ -105,8 +105,8 @@ def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], set
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
     views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
                       "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
-    record = {"inpainter": inpainter, "settings": vars(settings), "model_calls_per_view": 1 + settings.num_candidates * (settings.steps - 1),
-              "views": views}
+    record = {"inpainter": inpainter, "settings": vars(settings),
+              "model_calls_per_view": 1 + settings.num_candidates * (settings.steps - 1), "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()
     atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1))
