@@ -59,3 +59,19 @@ def write_test_omega(root, mode="static", num_frames=9, height=64, width=96, war
 def tiny_omega(tmp_path_factory):
     """Folder of a two-view test Omega (9 frames of 64x96)."""
     return write_test_omega(tmp_path_factory.mktemp("omega") / "omega").root
+
+
+def inpainter_ode_path(inpainter, image, visible, prompt, steps=3, seed=5):
+    """Stage III's sampler on one view with S = 1 and the ODE: (condition, initial noise, final latents)."""
+    import torch
+
+    from reangle.inpaint.search import guided_sample
+
+    class OneView:
+        def velocity(self, k, latents, sigma):
+            return inpainter.velocity(latents, sigma, cond)
+
+    cond = inpainter.condition(image, visible, prompt)
+    noise = inpainter.initial_noise(cond, torch.Generator().manual_seed(seed))
+    out = guided_sample(OneView(), [noise], inpainter.sigmas(steps, cond), 1, torch.Generator(), stochastic=False)
+    return cond, noise, out.latents[0]

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import inpainter_ode_path
 
 from reangle.inpaint.inpainter import FluxControlNetInpainter
-from reangle.inpaint.search import guided_sample
 from reangle.models.cogvideox import ModelLoadError
 from reangle.models.flux import (InpaintControlNet, beta_controlnet_config, build_controlnet_on_meta, load_controlnet,
                                  load_flux)
@@ -28,21 +28,8 @@ def _view():
     return image, visible
 
 
-class OneView:
-    def __init__(self, inpainter, condition):
-        self.inpainter, self.condition = inpainter, condition
-
-    def velocity(self, k, latents, sigma):
-        return self.inpainter.velocity(latents, sigma, self.condition)
-
-
-def _ode(inpainter, steps=3):
-    image, visible = _view()
-    cond = inpainter.condition(image, visible, PROMPT)
-    noise = inpainter.initial_noise(cond, torch.Generator().manual_seed(5))
-    out = guided_sample(OneView(inpainter, cond), [noise], inpainter.sigmas(steps, cond), 1, torch.Generator(),
-                        stochastic=False)
-    return noise, out.latents[0]
+def _ode(inpainter):
+    return inpainter_ode_path(inpainter, *_view(), PROMPT)[1:]
 
 
 def test_without_control_our_ode_path_is_the_flux_pipeline(flux):

@@ -1,6 +1,7 @@
 """Stage III end to end: train.py writes inpainted start frames that sampling uses; the CLI; 2 ranks = 1 rank."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ def test_train_writes_start_frames_that_sampling_uses(trained_run):
         meta = json.loads((trained_run / "samples" / f"{name}.json").read_text())
         assert meta["start_frame_source"] == "inpainted"
     scores = json.loads((frames / "scores.json").read_text())
+    assert scores["inpainter"] == "controlnet"  # the default
     assert scores["views"]["orbit_left_0"]["searched_with"] == ["orbit_left_0", "orbit_left_1"]
     assert scores["views"]["orbit_left_2"]["model_calls"] == 1 + 2 * (3 - 1)  # S = 2, T = 3
     assert len(scores["views"]["orbit_left_2"]["scores"]) == 2
@@ -63,6 +65,22 @@ def test_cli_bad_input_is_one_clear_error_each(trained_run, tmp_path):
         inpaint_main(["--run", str(trained_run), "inpaint.stochastic=false"])
     with pytest.raises(ConfigError, match="multiple of 16"):
         inpaint_main(["--run", str(trained_run), "inpaint.size=72"])
+    with pytest.raises(ConfigError, match="unknown inpaint.inpainter 'sdxl'"):
+        inpaint_main(["--run", str(trained_run), "inpaint.inpainter=sdxl"])
+
+
+def test_cli_inpaints_with_flux_fill(trained_run, tmp_path):
+    """The tiny preset with inpaint.inpainter=fill: the same search, FLUX.1-Fill as the model (a copy of the run)."""
+    run = tmp_path / "fill_run"
+    shutil.copytree(trained_run, run)
+    paths = inpaint_main(["--run", str(run), "--views", "orbit_left_0,orbit_left_1", "inpaint.inpainter=fill"])
+    for path in paths:
+        assert np.asarray(Image.open(path)).shape == (64, 96, 3)
+    scores = json.loads((run / "start_frames" / "scores.json").read_text())
+    assert scores["inpainter"] == "fill"
+    assert scores["views"]["orbit_left_0"]["searched_with"] == ["orbit_left_0", "orbit_left_1"]
+    controlnet = np.asarray(Image.open(trained_run / "start_frames" / "orbit_left_0.png")).astype(int)
+    assert np.abs(np.asarray(Image.open(paths[0])).astype(int) - controlnet).max() > 0  # another model
 
 
 @pytest.mark.slow

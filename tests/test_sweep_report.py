@@ -78,6 +78,7 @@ def test_tab2_layout_shows_the_guidance_ablation_beside_the_paper(tmp_path):
     assert paper_table2_row(config("dynamic.yaml")) is None  # no stage III in dynamic mode
     assert paper_table2_row(config("static.yaml", "sample.steps=20")) is None
     assert paper_table2_row(config("static.yaml", "inpaint.candidates=4")) is None
+    assert paper_table2_row(config("static.yaml", "inpaint.inpainter=fill")) is None
 
 
 def test_a_timed_out_step_is_killed_with_the_processes_it_started(tmp_path):

@@ -62,6 +62,8 @@ def paper_table2_row(config: dict[str, Any]) -> dict[str, float] | None:
     guidance = _get(config, "inpaint.guidance", None)
     if config.get("mode") != "static" or guidance is None or not matches_paper(config):
         return None
+    if _get(config, "inpaint.inpainter", "controlnet") != "controlnet":  # the paper inpaints with the ControlNet
+        return None
     inpaint = {**PAPER_INPAINT, **({"inpaint.candidates": 25} if guidance else {})}
     if any(_get(config, k, None) != v for k, v in inpaint.items()):
         return None

@@ -1,7 +1,7 @@
 """Stage III from a config: load the models, read the views from Omega, inpaint, write the start frames.
 
 Writes ``<run_dir>/start_frames/<view>.png`` (the Omega's size; sampling prefers these over
-the warped first frames) and ``<run_dir>/start_frames/scores.json`` (per view: the chosen
+the warped first frames) and ``<run_dir>/start_frames/scores.json`` (the inpainter; per view: the chosen
 MEt3R score per step (null: nothing was scored, or no candidate passed the overlap
 guard), the views searched together, model calls, seconds; the settings; seconds per phase),
 every file through a temporary name and a rename.
@@ -28,6 +28,7 @@ from .multiview import InpaintSettings, Timings, ViewInput, ViewOutput, inpaint_
 from .search import Ranks
 
 SCORES_FILE = "scores.json"
+INPAINTERS = ("controlnet", "fill")   # inpaint.inpainter: FLUX.1-dev + inpainting ControlNet | FLUX.1-Fill
 
 
 def settings_from_config(cfg: DictConfig) -> InpaintSettings:
@@ -42,6 +43,8 @@ def settings_from_config(cfg: DictConfig) -> InpaintSettings:
     if bool(c.guidance) and not bool(c.stochastic):
         raise ConfigError("inpaint.stochastic=false (the ODE) has no candidates to choose from: it goes with "
                           "inpaint.guidance=false; set both, or keep the SDE")
+    if c.inpainter not in INPAINTERS:
+        raise ConfigError(f"unknown inpaint.inpainter {c.inpainter!r}; use one of {list(INPAINTERS)}")
     if c.weights_dtype not in DTYPES:
         raise ConfigError(f"unknown inpaint.weights_dtype {c.weights_dtype!r}; use one of {sorted(DTYPES)}")
     return InpaintSettings(steps=int(c.steps), candidates=int(c.candidates), guidance=bool(c.guidance),
@@ -51,23 +54,30 @@ def settings_from_config(cfg: DictConfig) -> InpaintSettings:
 
 
 def load_models(cfg: DictConfig, device: torch.device):
-    """(inpainter, MEt3R) of ``inpaint.*`` on ``device``."""
+    """(inpainter, MEt3R) of ``inpaint.*`` on ``device``: ``inpaint.inpainter`` picks FLUX.1-dev + the
+    inpainting ControlNet or FLUX.1-Fill."""
     from reangle.consistency import load_met3r
-    from reangle.models.flux import load_fast_decoder, load_flux
+    from reangle.models.flux import load_fast_decoder, load_flux, load_flux_fill
 
-    from .inpainter import FluxControlNetInpainter
+    from .inpainter import FluxControlNetInpainter, FluxFillInpainter
 
     c = cfg.inpaint
     dtype = DTYPES[c.weights_dtype]
     tiny = OmegaConf.to_container(c.tiny, resolve=True)
-    flux = load_flux(c.model, c.controlnet, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype, device=device)
     fast = None
     if c.fast_decoder is not None:
         fast = load_fast_decoder(c.fast_decoder, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
                                  device=device)
-    inpainter = FluxControlNetInpainter(flux, conditioning_scale=float(c.conditioning_scale),
-                                        guidance=float(c.guidance_scale), max_batch=int(c.max_batch),
-                                        max_sequence_length=int(c.max_sequence_length), fast_decoder=fast)
+    shared = dict(max_batch=int(c.max_batch), max_sequence_length=int(c.max_sequence_length), fast_decoder=fast)
+    if c.inpainter == "fill":
+        pipe = load_flux_fill(c.model, c.fill_model, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
+                              device=device)
+        inpainter = FluxFillInpainter(pipe, guidance=float(c.fill_guidance_scale), **shared)
+    else:
+        flux = load_flux(c.model, c.controlnet, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
+                         device=device)
+        inpainter = FluxControlNetInpainter(flux, conditioning_scale=float(c.conditioning_scale),
+                                            guidance=float(c.guidance_scale), **shared)
     m = c.met3r
     met3r = load_met3r(m.backbone, point_source=m.point_source, featup_source=m.featup_source, device=device,
                        img_size=int(m.img_size), radius=float(m.radius), max_pairs_per_chunk=int(m.max_pairs_per_chunk))
@@ -91,13 +101,14 @@ def input_first_frame(omega: Omega) -> torch.Tensor:
 
 
 def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], settings: InpaintSettings,
-                  timings: Timings | None = None) -> list[Path]:
-    """``start_frames/<view>.png`` per view and ``start_frames/scores.json``; returns the image paths."""
+                  timings: Timings | None = None, inpainter: str | None = None) -> list[Path]:
+    """``start_frames/<view>.png`` per view and ``start_frames/scores.json`` (``inpainter``: the
+    ``inpaint.inpainter`` that made them); returns the image paths."""
     folder = Path(run_dir) / INPAINTED_DIR
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
     views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
                       "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
-    record = {"settings": vars(settings), "views": views}
+    record = {"inpainter": inpainter, "settings": vars(settings), "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()
     atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1))
@@ -120,5 +131,5 @@ def run_stage3(cfg: DictConfig, omega: Omega, run_dir: str | os.PathLike, views:
     outputs = inpaint_views(inpainter, met3r, inputs, settings, input_frame=input_first_frame(omega), ranks=ranks,
                             progress=progress, timings=timings)
     if ranks is None or ranks.rank == 0:
-        write_outputs(run_dir, outputs, settings, timings)
+        write_outputs(run_dir, outputs, settings, timings, inpainter=cfg.inpaint.inpainter)
     return outputs

@@ -1,8 +1,11 @@
-"""FLUX.1-dev and its inpainting ControlNet, from a hub id, a local folder or a tiny config.
+"""FLUX.1-dev with its inpainting ControlNet, or FLUX.1-Fill, from a hub id, a local folder or a tiny config.
 
 Public API::
 
     load_flux(pretrained, controlnet, *, tiny=None, cache_dir=..., dtype=..., device=...) -> FluxComponents
+    load_flux_fill(pretrained, fill, *, tiny=None, ...) -> FluxFillPipeline  # FLUX parts + the Fill transformer
+    load_fill_transformer(source, ...) -> FluxTransformer2DModel           # in_channels 384, out_channels 64
+    fill_transformer_config() -> dict                 # black-forest-labs/FLUX.1-Fill-dev's transformer
     load_fast_decoder(source, ...) -> AutoencoderTiny  # FLUX latents, for scoring (taef1 or "tiny")
     InpaintControlNet                                 # FluxControlNetModel + mask channels (alimama Beta)
     FluxTinyConfig                                    # sizes of the tiny random FLUX
@@ -17,7 +20,13 @@ and then loads it like any local folder: a FLUX transformer, a 16-channel Autoen
 with FLUX's shift/scale, a CLIP text encoder with a character-level BPE tokenizer, a T5
 encoder with the small tokenizer of :mod:`reangle.models.cogvideox`, FLUX.1-dev's
 scheduler config, and an :class:`InpaintControlNet` whose output layers are random (not
-zero) so the control signal matters in tests.
+zero) so the control signal matters in tests. ``fill="tiny"`` is a random FLUX transformer of
+the same sizes with the Fill input width, written once into ``cache_dir/models/flux-fill-tiny-<hash>/transformer``.
+
+FLUX.1-Fill conditions by channel concatenation: the transformer's input per token is the packed
+noisy latents (64), the packed masked-image latents (64) and the packed mask (256: the
+full-resolution mask unshuffled 8 x 8 per latent pixel, then packed 2 x 2), 384 channels in,
+64 out. The text encoders, VAE and scheduler are FLUX.1-dev's (FLUX.1-Fill-dev ships the same).
 """
 from __future__ import annotations
 
@@ -36,6 +45,10 @@ from reangle.utils import fingerprint
 
 FLUX_HUB_ID = "black-forest-labs/FLUX.1-dev"
 CONTROLNET_HUB_ID = "alimama-creative/FLUX.1-dev-Controlnet-Inpainting-Beta"
+FILL_HUB_ID = "black-forest-labs/FLUX.1-Fill-dev"
+LATENT_CHANNELS = 64             # FLUX's 16 VAE channels packed 2 x 2
+FILL_MASK_CHANNELS = 8 * 8 * 4   # the pixel mask unshuffled 8 x 8, packed 2 x 2
+FILL_IN_CHANNELS = 2 * LATENT_CHANNELS + FILL_MASK_CHANNELS  # 384
 PIPELINE_PARTS = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
 MASK_CHANNELS = 4   # the mask (1 channel) packed 2 x 2
 
@@ -120,6 +133,13 @@ def _tiny_clip_tokenizer(max_length: int = 77):
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=max_length)
 
 
+def _tiny_transformer_dims(cfg: FluxTinyConfig) -> dict[str, Any]:
+    """The tiny FLUX transformer's widths (shared by the transformer, the ControlNet and the Fill transformer)."""
+    return dict(patch_size=1, in_channels=LATENT_CHANNELS, attention_head_dim=cfg.attention_head_dim,
+                num_attention_heads=cfg.num_attention_heads, joint_attention_dim=cfg.text_dim,
+                pooled_projection_dim=cfg.text_dim, guidance_embeds=True, axes_dims_rope=list(cfg.axes_dims_rope))
+
+
 def _build_tiny(cfg: FluxTinyConfig):
     """Random tiny FLUX pipeline, ControlNet and AutoencoderTiny (16 latent channels, like taef1), not saved."""
     from diffusers import (AutoencoderKL, AutoencoderTiny, FlowMatchEulerDiscreteScheduler, FluxPipeline,
@@ -145,9 +165,7 @@ def _build_tiny(cfg: FluxTinyConfig):
                         up_block_types=("UpDecoderBlock2D",) * levels,
                         layers_per_block=1, norm_num_groups=min(4, min(cfg.vae_channels)), use_quant_conv=False,
                         use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)
-    dims = dict(patch_size=1, in_channels=64, attention_head_dim=cfg.attention_head_dim,
-                num_attention_heads=cfg.num_attention_heads, joint_attention_dim=cfg.text_dim,
-                pooled_projection_dim=cfg.text_dim, guidance_embeds=True, axes_dims_rope=list(cfg.axes_dims_rope))
+    dims = _tiny_transformer_dims(cfg)
     transformer = FluxTransformer2DModel(num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers, **dims)
     controlnet = InpaintControlNet(num_layers=cfg.controlnet_layers, num_single_layers=0, **dims)
     for layer in [controlnet.controlnet_x_embedder, *controlnet.controlnet_blocks]:  # random, not zero
@@ -176,6 +194,32 @@ def materialize_tiny_flux(tiny: FluxTinyConfig | Mapping[str, Any] | None,
 
     key = fingerprint({"parts": [*PIPELINE_PARTS, "controlnet", "fast_decoder"], **asdict(cfg)})
     return publish_folder_once(Path(cache_dir) / "models" / f"flux-tiny-{key}", write)
+
+
+def fill_transformer_config() -> dict[str, Any]:
+    """The transformer config of black-forest-labs/FLUX.1-Fill-dev (FLUX.1-dev's, 384 channels in, 64 out)."""
+    return {"patch_size": 1, "in_channels": FILL_IN_CHANNELS, "out_channels": LATENT_CHANNELS, "num_layers": 19,
+            "num_single_layers": 38, "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+            "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}
+
+
+def materialize_tiny_fill(tiny: FluxTinyConfig | Mapping[str, Any] | None,
+                          cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """Write a random Fill transformer of the tiny FLUX's sizes into
+    ``cache_dir/models/flux-fill-tiny-<hash>/transformer`` unless it is there; returns the folder."""
+    from diffusers import FluxTransformer2DModel
+
+    cfg = FluxTinyConfig.from_mapping(tiny)
+
+    def write(staging: Path) -> None:
+        torch.manual_seed(cfg.seed)
+        dims = _tiny_transformer_dims(cfg) | {"in_channels": FILL_IN_CHANNELS, "out_channels": LATENT_CHANNELS}
+        transformer = FluxTransformer2DModel(num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers, **dims)
+        transformer.save_pretrained(staging / "transformer", safe_serialization=True)
+        (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    key = fingerprint({"parts": ["fill_transformer"], **asdict(cfg)})
+    return publish_folder_once(Path(cache_dir) / "models" / f"flux-fill-tiny-{key}", write)
 
 
 @dataclass
@@ -240,17 +284,73 @@ def load_flux(pretrained: str = FLUX_HUB_ID, controlnet: str = CONTROLNET_HUB_ID
         control_root, subfolder = tiny_root, "controlnet"
     else:
         control_root, subfolder = folder_or_hub_id(controlnet, CONTROLNET_HUB_ID, "inpaint.controlnet"), None
+    _check_pipeline_folder(root, PIPELINE_PARTS)
+    net = load_controlnet(control_root, subfolder, dtype=dtype, device=device)
+    pipe = _load_pipeline(FluxPipeline, root, dtype, device)
+    return FluxComponents(source=root, controlnet_source=str(control_root), pipeline=pipe, controlnet=net)
+
+
+def _check_pipeline_folder(root: str, parts: tuple[str, ...]) -> None:
+    """One clear error when the local folder ``root`` lacks one of ``parts`` (hub ids are not checked)."""
     if Path(root).is_dir():
-        absent = [p for p in PIPELINE_PARTS if not (Path(root) / p).is_dir()]
+        absent = [p for p in parts if not (Path(root) / p).is_dir()]
         if absent:
             raise ModelLoadError(f"FLUX folder {root} has no subfolder(s) {absent}; it must hold the diffusers layout "
-                                 f"of FLUX.1-dev (model_index.json, {', '.join(PIPELINE_PARTS)})")
-    net = load_controlnet(control_root, subfolder, dtype=dtype, device=device)
+                                 f"of FLUX.1-dev (model_index.json, {', '.join(parts)})")
+
+
+def _load_pipeline(pipeline_class, root: str, dtype: torch.dtype, device: str | torch.device, **parts):
+    """``pipeline_class`` from ``root`` (``parts``: components given instead of loaded), in eval mode on ``device``."""
     try:
-        pipe = FluxPipeline.from_pretrained(root, dtype=dtype)
+        pipe = pipeline_class.from_pretrained(root, dtype=dtype, **parts)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load FLUX from {root}: {exc}") from exc
     pipe.to(device)
     for part in (pipe.text_encoder, pipe.text_encoder_2, pipe.vae, pipe.transformer):
         part.eval()
-    return FluxComponents(source=root, controlnet_source=str(control_root), pipeline=pipe, controlnet=net)
+    return pipe
+
+
+def load_fill_transformer(source: str, *, tiny: FluxTinyConfig | Mapping[str, Any] | None = None,
+                          cache_dir: str | Path = DEFAULT_CACHE, dtype: torch.dtype = torch.float32,
+                          device: str | torch.device = "cpu"):
+    """The FLUX.1-Fill transformer (``transformer/`` of a hub id or folder in FLUX.1-Fill-dev's layout, or
+    ``"tiny"``); one clear error, before its weights load, when its input/output widths are not 384/64."""
+    from diffusers import FluxTransformer2DModel
+
+    if source == "tiny":
+        root = str(materialize_tiny_fill(tiny, cache_dir))
+    else:
+        root = folder_or_hub_id(source, FILL_HUB_ID, "inpaint.fill_model")
+    try:
+        config = FluxTransformer2DModel.load_config(root, subfolder="transformer")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the FLUX.1-Fill transformer from {source!r}: {exc}") from exc
+    widths = (config["in_channels"], config.get("out_channels") or config["in_channels"])
+    if widths != (FILL_IN_CHANNELS, LATENT_CHANNELS):
+        raise ModelLoadError(
+            f"the transformer at {source!r} takes {widths[0]} input and gives {widths[1]} output channels, but a "
+            f"FLUX.1-Fill transformer takes {FILL_IN_CHANNELS} (noisy latents {LATENT_CHANNELS} + masked image "
+            f"{LATENT_CHANNELS} + mask {FILL_MASK_CHANNELS}) and gives {LATENT_CHANNELS}; set inpaint.fill_model to "
+            f"{FILL_HUB_ID} or a folder of the same layout")
+    try:
+        model = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the FLUX.1-Fill transformer from {source!r}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def load_flux_fill(pretrained: str = FLUX_HUB_ID, fill: str = FILL_HUB_ID, *,
+                   tiny: FluxTinyConfig | Mapping[str, Any] | None = None, cache_dir: str | Path = DEFAULT_CACHE,
+                   dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"):
+    """A ``FluxFillPipeline``: text encoders, VAE and scheduler of ``pretrained`` (FLUX.1-dev or FLUX.1-Fill-dev:
+    hub id, folder or ``"tiny"``) and the Fill transformer of ``fill`` (hub id, folder or ``"tiny"``)."""
+    from diffusers import FluxFillPipeline
+
+    if pretrained == "tiny":
+        root = str(materialize_tiny_flux(tiny, cache_dir))
+    else:
+        root = folder_or_hub_id(pretrained, FLUX_HUB_ID, "inpaint.model")
+    _check_pipeline_folder(root, tuple(p for p in PIPELINE_PARTS if p != "transformer"))
+    transformer = load_fill_transformer(fill, tiny=tiny, cache_dir=cache_dir, dtype=dtype, device=device)
+    return _load_pipeline(FluxFillPipeline, root, dtype, device, transformer=transformer)
