@@ -26,6 +26,8 @@ from reangle.utils import atomic_write_text, resolve_device
 
 EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
 OMEGA_METRICS = ("camera_rot_err", "camera_trans_err", "warp_psnr", "warp_lpips")  # need the run's Omega
+START_FRAME_METRICS = ("met3r", "sed", "tsed")  # what eval.source=start_frames can score (paper Tab. 2)
+SOURCES = ("samples", "start_frames")
 
 
 def run_config(run_dir: str | os.PathLike, files: Sequence[str] = (), overrides: Iterable[str] = ()) -> DictConfig:
@@ -78,8 +80,39 @@ def reference_videos(cfg: DictConfig, reference: str | os.PathLike | None) -> li
     return [read_full_video(p, h, w) for p in sources]
 
 
+def start_frame_views(cfg: DictConfig) -> EvalInputs:
+    """Stage III's ``run.dir/start_frames/<view>.png`` as one-frame videos ``[1, 3, H, W]`` with their
+    views' cameras from the run's Omega (``K``, ``w2c[:1]``)."""
+    from reangle.sampling.plan import INPAINTED_DIR, read_image
+    from reangle.sampling.run import find_omega
+
+    folder = Path(cfg.run.dir) / INPAINTED_DIR
+    omega = find_omega(cfg)
+    names = {v.name for v in omega.views}
+    paths = sorted(p for p in folder.glob("*.png") if p.stem in names)
+    if len(paths) < 2:
+        raise EvalConfigError(f"eval.source=start_frames needs two or more start frames of Omega views in {folder}; "
+                              f"found {len(paths)} (run stage III first: python -m reangle.inpaint --run)")
+    videos = {p.stem: read_image(p, omega.height, omega.width)[None] for p in paths}
+    cameras = {}
+    for name in videos:
+        camera = omega.read_camera(omega.view(name))
+        cameras[name] = {"K": camera["K"], "w2c": camera["w2c"][:1]}
+    return EvalInputs(videos=videos, fps=float(cfg.data.fps), mode=cfg.mode, settings=cfg.eval, cameras=cameras,
+                      omega=omega)
+
+
 def inputs_from_config(cfg: DictConfig, metrics: Sequence[str]) -> EvalInputs:
-    """The generated views, their fps and the reference videos (read only when FID/FVD are asked)."""
+    """The generated views, their fps and the reference videos (read only when FID/FVD are asked);
+    with ``eval.source=start_frames`` stage III's start frames instead (:func:`start_frame_views`)."""
+    if cfg.eval.source not in SOURCES:
+        raise EvalConfigError(f"unknown eval.source {cfg.eval.source!r}; use one of {list(SOURCES)}")
+    if cfg.eval.source == "start_frames":
+        others = [m for m in metrics if m not in START_FRAME_METRICS]
+        if others:
+            raise EvalConfigError(f"eval.source=start_frames scores {', '.join(START_FRAME_METRICS)} only, not "
+                                  f"{', '.join(others)}: pass --metrics {','.join(START_FRAME_METRICS)}")
+        return start_frame_views(cfg)
     videos, metadata = sampled_views(cfg.eval.samples_dir, cfg.data.height, cfg.data.width)
     fps = float(metadata[0].get("settings", {}).get("fps", cfg.data.fps))
     needs_reference = any(m in ("fid", "fvd") for m in metrics)

@@ -105,3 +105,32 @@ def test_two_ranks_make_the_same_start_frames_as_one(tmp_path, omega3, tiny_mode
         # float32 sums over differently composed batches on each rank (the tiny MEt3R has 2+2 DUSt3R blocks):
         # equal to a few 1e-4 relative; the chosen candidates, hence the images, are the same
         assert s1[name]["scores"] == pytest.approx(s2[name]["scores"], rel=5e-4)
+
+
+def test_evaluation_scores_the_start_frames_themselves(trained_run, tmp_path):
+    """eval.source=start_frames: the paper's Tab. 2 metrics on stage III's images, each view a one-frame video."""
+    import itertools
+
+    import torch
+
+    from eval.__main__ import main as eval_main
+    from eval.models import EvalConfigError
+    from reangle.consistency import load_met3r
+    from reangle.sampling.plan import read_image
+
+    out = tmp_path / "tab2"
+    result = eval_main(["--run", str(trained_run), "--metrics", "met3r,sed,tsed", "eval.source=start_frames",
+                        f"eval.out_dir={out}"])
+    data = json.loads((out / "eval.json").read_text())
+    names = [f"orbit_left_{i}" for i in range(3)]
+    assert sorted(data["videos"]) == names and set(data["aggregate"]) == {"met3r", "sed", "tsed"}
+    frames = {n: read_image(trained_run / "start_frames" / f"{n}.png", 64, 96) for n in names}
+    met3r = load_met3r(point_source="tiny", featup_source="tiny", img_size=64, radius=0.04)
+    pairs = torch.stack([torch.stack([frames[a], frames[b]]) for a, b in itertools.combinations(names, 2)])
+    with torch.no_grad():
+        expected = float(met3r(pairs * 2 - 1).mean())
+    assert result.aggregate["met3r"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(EvalConfigError, match="scores met3r, sed, tsed only"):
+        eval_main(["--run", str(trained_run), "--metrics", "met3r,fid", "eval.source=start_frames"])
+    with pytest.raises(EvalConfigError, match="unknown eval.source"):
+        eval_main(["--run", str(trained_run), "--metrics", "met3r", "eval.source=videos"])

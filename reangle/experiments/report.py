@@ -140,9 +140,8 @@ class SweepResults:
                       *self._table(TABLE1_METRICS, paper_table1_row)]
         if table2:
             lines += ["", "## Multi-view consistency (layout of the paper's Tab. 2)", "",
-                      "The paper scores stage III's start frames; ours score the time steps of the sampled videos "
-                      "that `eval.met3r.frame_stride` and `eval.sed.frame_stride` select (a stride of at least "
-                      "the frame count: the first frames only, the paper's setting).", "",
+                      "The paper scores stage III's start frames; a sweep's scores come from the sampled videos "
+                      "(evaluate the start frames themselves with `eval.source=start_frames`).", "",
                       *self._table(TABLE2_METRICS, paper_table2_row)]
         other = [m for m in self.metrics if m not in TABLE1_METRICS and m not in TABLE2_METRICS]
         if other:
