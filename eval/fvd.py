@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from eval.frechet import frechet_distance, gaussian_from_sums
-from reangle.models.vbench import to_uint8
-from reangle.utils import temporary_path
+from reangle.io.video import uint8_levels
+from reangle.utils import seeded, temporary_path
 
 
 class TinyVideoFeatures(nn.Module):
@@ -28,8 +28,7 @@ class TinyVideoFeatures(nn.Module):
 
     def __init__(self, seed: int = 0):
         super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.conv = nn.Conv3d(3, 16, 3, stride=2)
 
     def forward(self, videos: Tensor, rescale: bool = False, resize: bool = False,
@@ -65,7 +64,7 @@ def video_clips(frames: Tensor, clip_length: int, clip_stride: int) -> Tensor:
     if n < clip_length:
         raise ValueError(f"FVD clips need {clip_length} frames but a video has {n}; lower eval.fvd.clip_length")
     starts = range(0, n - clip_length + 1, clip_stride)
-    levels = to_uint8(frames)
+    levels = uint8_levels(frames)
     return torch.stack([levels[s:s + clip_length] for s in starts]).transpose(1, 2)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from reangle.consistency import TINY_DUST3R, TINY_SEED
+from reangle.utils import seeded
 
 TINY = "tiny"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".pkl")
@@ -79,15 +80,13 @@ def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> An
         from reangle.nets.dust3r import load_dust3r
         source = checked_source(eval_cfg, "dust3r", allow_hub=True)
         size = int(eval_cfg.camera.size)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
+        with seeded(TINY_SEED):
             return load_dust3r({**TINY_DUST3R, "img_size": (size, size)} if source == TINY else source, device=device)
     if model == "lpips":
         from eval.warp_fidelity import load_lpips
         source = eval_cfg.models.lpips
         source = source if source in SPECIAL_SOURCES["lpips"] else checked_source(eval_cfg, "lpips")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
+        with seeded(TINY_SEED):
             return load_lpips(source, device=device)
     if model == "i3d":
         from eval.fvd import build_fvd, load_i3d, materialize_tiny_i3d

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from reangle.models.vbench import to_uint8
+from reangle.io.video import uint8_levels
 
 
 def midpoint_pairs(frames: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,7 +38,7 @@ def smoothness_score(frames: Tensor, interpolated: Tensor) -> float:
     """Score of a video ``[N, 3, H, W]`` from its interpolated midpoints ``[(N + 1) // 2 - 1, 3, H, W]``."""
     odd = frames[1::2]
     n = min(odd.shape[0], interpolated.shape[0])
-    original = to_uint8(odd[:n]).double()
+    original = uint8_levels(odd[:n]).double()
     # VBench truncates (astype(uint8)); the 1e-4 keeps an exact level k / 255 from dropping to k - 1
     predicted = interpolated[:n].double().clamp(0, 1).mul(255).add(1e-4).floor()
     return float((255.0 - (original - predicted).abs().mean()) / 255.0)

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from .nets.featup import HUB_ID as FEATUP_HUB_ID
 from .nets.featup import UpsampledBackbone, load_featup
 from .nets.raster import AlphaCompositor, rasterize_points
-from .utils import imagenet_normalize
+from .io.video import resize_frames
+from .utils import imagenet_normalize, seeded
 
 POINT_MODEL_IDS = {
     "dust3r": "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt",
@@ -226,10 +227,7 @@ class MEt3R(nn.Module):
         return out if return_maps else out.score
 
     def _resize(self, images: Tensor) -> Tensor:
-        if self.img_size is None or tuple(images.shape[-2:]) == (self.img_size, self.img_size):
-            return images
-        return F.interpolate(images, (self.img_size, self.img_size), mode="bilinear", align_corners=False,
-                             antialias=True)
+        return images if self.img_size is None else resize_frames(images, self.img_size, self.img_size)
 
     def image_features(self, images: Tensor) -> Tensor:
         """Features (N, C, s, s) of images (N, 3, H, W) in [-1, 1] at the scoring size, for ``forward(features=...)``."""
@@ -326,8 +324,7 @@ def load_met3r(
         point_source = {**TINY_DUST3R, "img_size": (size, size)}
     if featup_source == TINY:
         featup_source = TINY_FEATUP
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)  # only random (tiny) weights depend on it
+    with seeded(TINY_SEED):  # only random (tiny) weights depend on it
         point_model = load_dust3r(point_source, device=device, dtype=dtype)
         featup = load_featup(featup_source, dino_source=dino_source, device=device, dtype=dtype)
     return MEt3R(point_model, FeatUpFeatures(featup), **options).to(device)

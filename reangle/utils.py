@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -109,3 +110,12 @@ def build_with_weights(build, state: dict[str, torch.Tensor], what: str) -> torc
         raise ValueError(f"{what} does not match the architecture: missing keys {sorted(missing)[:5]}, "
                          f"unexpected keys {sorted(unexpected)[:5]}")
     return module
+
+
+@contextmanager
+def seeded(seed: int = 0) -> Iterator[None]:
+    """Random draws inside the block (e.g. a tiny random model's initial weights) follow ``seed``, the
+    same on every rank and in every run; the global RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reangle.utils import atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, resolve_device
+from reangle.utils import (atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, resolve_device,
+                           seeded)
 
 TINY = "tiny"
 
@@ -64,8 +65,8 @@ def load_depth_anything(source: str, device: torch.device, dtype: torch.dtype):
     """Depth Anything from a hub id, a local folder, or ``"tiny"`` (random, seeded)."""
     from transformers import DepthAnythingForDepthEstimation
     if source == TINY:
-        torch.manual_seed(0)
-        model = DepthAnythingForDepthEstimation(tiny_depth_anything_config())
+        with seeded(0):
+            model = DepthAnythingForDepthEstimation(tiny_depth_anything_config())
     else:
         try:
             model = DepthAnythingForDepthEstimation.from_pretrained(source, torch_dtype=dtype)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from reangle.io.video import resize_frames
 from reangle.sampling.plan import view_seed
 
 from .inpainter import Inpainter
@@ -115,7 +115,7 @@ class ScoredViews:
     def decode(self, k: int, clean: Tensor) -> Tensor:
         with _Clock(self.timings, "decode", self.device):
             images = self.inpainter.decode(clean, self.conditions[k], fast=self.settings.fast_decode)
-            return resize(images, self.score_size, self.score_size).clamp(-1, 1)
+            return resize_frames(images, self.score_size, self.score_size).clamp(-1, 1)
 
     def score(self, decoded: Sequence[Tensor]) -> Tensor:
         with _Clock(self.timings, "met3r", self.device), torch.no_grad():
@@ -123,15 +123,6 @@ class ScoredViews:
                 self.reference_inputs = ImageInputs.of(self.met3r, self.references)
             return consistency_table(self.met3r, decoded, self.references, self.settings.min_overlap,
                                      self.reference_inputs)
-
-
-def resize(images: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
-    """``[B, C, h, w]`` -> ``[B, C, height, width]`` (antialiased bilinear, or nearest)."""
-    if tuple(images.shape[-2:]) == (height, width):
-        return images
-    if mode == "nearest":
-        return F.interpolate(images, size=(height, width), mode="nearest")
-    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
 def check_views(views: Sequence[ViewInput]) -> None:
@@ -168,15 +159,16 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
     score_size = getattr(met3r, "img_size", None) or size
     references: list[Tensor] = []
     if settings.use_input_frame and input_frame is not None:
-        references.append(resize(input_frame[None] * 2 - 1, score_size, score_size))
+        references.append(resize_frames(input_frame[None] * 2 - 1, score_size, score_size))
     groups = [list(views[:2])] + [[v] for v in views[2:]] if len(views) > 1 else [list(views)]
     show = progress and ranks.rank == 0
     outputs: list[ViewOutput] = []
     with tqdm(total=len(views), desc="stage III views", unit="view", disable=not show) as view_bar:
         for group in groups:
             start = time.perf_counter()
-            conditions = [inpainter.condition(resize(v.image[None].float(), size, size),
-                                              resize(v.visible[None, None].float(), size, size, "nearest"), v.prompt)
+            conditions = [inpainter.condition(resize_frames(v.image[None].float(), size, size),
+                                              resize_frames(v.visible[None, None].float(), size, size, "nearest"),
+                                              v.prompt)
                           for v in group]
             names = [v.name for v in group]
             generator = torch.Generator().manual_seed(view_seed(settings.seed, "+".join(names)))
@@ -195,7 +187,7 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
                 with _Clock(timings, "decode", model.device):
                     decoded = inpainter.decode(latents, cond)
                 image = finish(decoded[0], view, settings.paste_back)
-                references.append(resize(image[None] * 2 - 1, score_size, score_size))
+                references.append(resize_frames(image[None] * 2 - 1, score_size, score_size))
                 outputs.append(ViewOutput(view.name, image, result.scores, names, result.model_calls, seconds))
                 view_bar.update(1)
     return outputs
@@ -204,7 +196,7 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
 def finish(decoded_pm1: Tensor, view: ViewInput, paste_back: bool) -> Tensor:
     """Decoded ``[3, size, size]`` in [-1, 1] -> ``[3, H, W]`` in [0, 1] at the view's size (optionally pasted)."""
     h, w = view.image.shape[-2:]
-    image = resize(((decoded_pm1.float() + 1) / 2)[None], h, w)[0].clamp(0, 1).cpu()
+    image = resize_frames(((decoded_pm1.float() + 1) / 2)[None], h, w)[0].clamp(0, 1).cpu()
     if paste_back:
         visible = (view.visible > 0.5).to(image.dtype)
         image = visible * view.image.float().cpu() + (1 - visible) * image

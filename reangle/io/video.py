@@ -150,6 +150,15 @@ def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
     return frames[[position[i] for i in indices]]
 
 
+def resize_frames(images: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """``[B, C, h, w]`` -> ``[B, C, height, width]``, aspect not kept (antialiased bilinear, or nearest)."""
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    if mode == "nearest":
+        return F.interpolate(images, size=(height, width), mode="nearest")
+    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
 def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Resize ``[N, C, h, w]`` so it covers ``height x width`` (aspect kept), then centre-crop."""
     h, w = frames.shape[-2:]
@@ -179,10 +188,14 @@ def read_video(path: str | os.PathLike, num_frames: int = 49, height: int = 480,
     return resize_center_crop(frames, height, width).clamp_(0.0, 1.0).contiguous()
 
 
+def uint8_levels(frames: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> uint8 levels of the same shape (round to nearest), as frames decoded from an 8-bit video."""
+    return frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """``[N, 3, H, W]`` in [0, 1] -> uint8 ``[N, H, W, 3]``."""
-    return (frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-            .permute(0, 2, 3, 1).cpu().numpy())
+    return uint8_levels(frames).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _atomic_target(path: Path) -> Path:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from reangle.utils import fingerprint, temporary_path
+from reangle.utils import fingerprint, seeded, temporary_path
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 HUB_ID = "THUDM/CogVideoX-5b-I2V"
@@ -137,7 +137,6 @@ def _build_tiny(cfg: TinyConfig):
     if cfg.height % (2 * spatial) or cfg.width % (2 * spatial) or (cfg.num_frames - 1) % 4:
         raise ModelLoadError(f"tiny model size {cfg.num_frames}x{cfg.height}x{cfg.width} does not fit: height and "
                              f"width must be multiples of {2 * spatial} and frames 1 + 4k")
-    torch.manual_seed(cfg.seed)
     tokenizer = tiny_t5_tokenizer(cfg.max_text_length)
     text_encoder = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer), d_model=cfg.text_embed_dim, d_kv=8, d_ff=2 * cfg.text_embed_dim,
@@ -164,7 +163,9 @@ def materialize_tiny(tiny: TinyConfig | Mapping[str, Any] | None, cache_dir: str
     cfg = TinyConfig.from_mapping(tiny)
 
     def write(staging: Path) -> None:
-        _build_tiny(cfg).save_pretrained(staging, safe_serialization=True)
+        with seeded(cfg.seed):
+            pipe = _build_tiny(cfg)
+        pipe.save_pretrained(staging, safe_serialization=True)
         (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
     return publish_folder_once(Path(cache_dir) / "models" / f"tiny-{cfg.key()}", write)

@@ -41,7 +41,7 @@ from diffusers.configuration_utils import register_to_config
 
 from reangle.models.cogvideox import (DEFAULT_CACHE, TINY_CHARS, ModelLoadError, folder_or_hub_id,
                                       publish_folder_once, sizes_from_mapping, tiny_t5_tokenizer)
-from reangle.utils import fingerprint
+from reangle.utils import fingerprint, seeded
 
 FLUX_HUB_ID = "black-forest-labs/FLUX.1-dev"
 CONTROLNET_HUB_ID = "alimama-creative/FLUX.1-dev-Controlnet-Inpainting-Beta"
@@ -149,7 +149,6 @@ def _build_tiny(cfg: FluxTinyConfig):
     if sum(cfg.axes_dims_rope) != cfg.attention_head_dim:
         raise ModelLoadError(f"tiny FLUX axes_dims_rope {cfg.axes_dims_rope} must sum to attention_head_dim "
                              f"{cfg.attention_head_dim}")
-    torch.manual_seed(cfg.seed)
     tokenizer = _tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_dim, intermediate_size=2 * cfg.text_dim,
@@ -186,7 +185,8 @@ def materialize_tiny_flux(tiny: FluxTinyConfig | Mapping[str, Any] | None,
     cfg = FluxTinyConfig.from_mapping(tiny)
 
     def write(staging: Path) -> None:
-        pipe, controlnet, fast_decoder = _build_tiny(cfg)
+        with seeded(cfg.seed):
+            pipe, controlnet, fast_decoder = _build_tiny(cfg)
         pipe.save_pretrained(staging, safe_serialization=True)
         controlnet.save_pretrained(staging / "controlnet", safe_serialization=True)
         fast_decoder.save_pretrained(staging / "fast_decoder", safe_serialization=True)
@@ -212,9 +212,10 @@ def materialize_tiny_fill(tiny: FluxTinyConfig | Mapping[str, Any] | None,
     cfg = FluxTinyConfig.from_mapping(tiny)
 
     def write(staging: Path) -> None:
-        torch.manual_seed(cfg.seed)
         dims = _tiny_transformer_dims(cfg) | {"in_channels": FILL_IN_CHANNELS, "out_channels": LATENT_CHANNELS}
-        transformer = FluxTransformer2DModel(num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers, **dims)
+        with seeded(cfg.seed):
+            transformer = FluxTransformer2DModel(num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers,
+                                                 **dims)
         transformer.save_pretrained(staging / "transformer", safe_serialization=True)
         (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
 

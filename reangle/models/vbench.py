@@ -33,9 +33,10 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
+from reangle.io.video import uint8_levels
 from reangle.nets.amt import AMTS, MIN_SIZE, SIZE_MULTIPLE, load_amt_s
 from reangle.nets.dino import VisionTransformer, load_dino, read_state_dict
-from reangle.utils import build_with_weights, imagenet_normalize
+from reangle.utils import build_with_weights, imagenet_normalize, seeded
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,14 +67,9 @@ def _check_frames(frames: Tensor, name: str = "frames") -> None:
         raise ValueError(f"{name} must be [N, 3, H, W] float in [0, 1], got shape {tuple(frames.shape)}")
 
 
-def to_uint8(frames: Tensor) -> Tensor:
-    """[0, 1] float -> uint8 levels (round to nearest), as frames decoded from an 8-bit video."""
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def _resize_uint8(frames: Tensor, size, interpolation: TF.InterpolationMode) -> Tensor:
     """VBench's torchvision ``Resize(size, interpolation, antialias=False)`` on uint8 frames -> [0, 1] float."""
-    resized = TF.resize(to_uint8(frames), size, interpolation=interpolation, antialias=False)
+    resized = TF.resize(uint8_levels(frames), size, interpolation=interpolation, antialias=False)
     return resized.float() / 255
 
 
@@ -90,13 +86,6 @@ def pad_to_multiple(frames: Tensor, multiple: int, minimum: int = 0) -> tuple[Te
 
 def _frozen(module: nn.Module) -> nn.Module:
     return module.eval().requires_grad_(False)
-
-
-def _seeded(build):
-    """Build a random module with the fixed tiny seed, leaving the global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        return build()
 
 
 # ----------------------------------------------------------------------------- subject consistency (DINO)
@@ -118,7 +107,8 @@ class SubjectFeatures(nn.Module):
 def load_subject_model(source: str | os.PathLike) -> SubjectFeatures:
     """DINO ViT-B/16 (``dino_vitbase16_pretrain.pth`` or the hub name ``dino_vitb16``); ``"tiny"``: a 32-wide ViT."""
     if str(source) == "tiny":
-        dino = _seeded(lambda: load_dino(TINY_DINO))
+        with seeded(TINY_SEED):
+            dino = load_dino(TINY_DINO)
     else:
         dino = load_dino(source)
     return _frozen(SubjectFeatures(dino))
@@ -184,7 +174,8 @@ def _read_clip_state(path: Path) -> dict[str, Tensor]:
 def _load_clip(model_name: str, source: str | os.PathLike) -> CLIPImageFeatures:
     name = str(source)
     if name == "tiny":
-        visual = _seeded(lambda: build_clip_visual("tiny"))
+        with seeded(TINY_SEED):
+            visual = build_clip_visual("tiny")
     elif Path(name).is_file():
         visual = build_with_weights(lambda: build_clip_visual(model_name), _read_clip_state(Path(name)),
                                     f"{model_name} checkpoint {name}")
@@ -229,7 +220,8 @@ def load_aesthetic_model(clip_source: str | os.PathLike, head_source: str | os.P
     clip = _load_clip(AESTHETIC_CLIP, clip_source)
     dim = clip.output_dim
     if str(head_source) == "tiny":
-        head = _seeded(lambda: nn.Linear(dim, 1))
+        with seeded(TINY_SEED):
+            head = nn.Linear(dim, 1)
     else:
         state = read_state_dict(head_source, "aesthetic head checkpoint")
         head = nn.Linear(dim, 1)
@@ -258,7 +250,7 @@ class ImagingQuality(nn.Module):
             scale = IMAGING_LONGER_SIDE / max(h, w)
             x = _resize_uint8(frames, [int(scale * h), int(scale * w)], TF.InterpolationMode.BILINEAR)
         else:
-            x = to_uint8(frames).float() / 255
+            x = uint8_levels(frames).float() / 255
         return self.musiq(x).reshape(-1) / 100
 
 
@@ -278,7 +270,8 @@ def build_musiq(**overrides) -> nn.Module:
 def load_imaging_model(source: str | os.PathLike) -> ImagingQuality:
     """MUSIQ with the SPAQ head: ``musiq_spaq_ckpt-358bb6af.pth`` (pyiqa release) or ``"tiny"``."""
     if str(source) == "tiny":
-        musiq = _seeded(lambda: build_musiq(**TINY_MUSIQ))
+        with seeded(TINY_SEED):
+            musiq = build_musiq(**TINY_MUSIQ)
     else:
         state = {k.removeprefix("module."): v for k, v in read_state_dict(source, "MUSIQ checkpoint").items()}
         musiq = build_with_weights(build_musiq, state, f"single-output MUSIQ checkpoint {source}")
@@ -352,7 +345,8 @@ def load_flow_model(source: str | os.PathLike) -> OpticalFlow:
     """RAFT-large: ``raft-things.pth`` (princeton-vl release, converted) or a torchvision-format state dict
     (``raft_large_C_T_SKHT_V2-ff5fadd5.pth``); ``"tiny"``: RAFT-large at seeded random init."""
     if str(source) == "tiny":
-        raft = _seeded(build_raft)
+        with seeded(TINY_SEED):
+            raft = build_raft()
     else:
         state = convert_raft_checkpoint(read_state_dict(source, "RAFT checkpoint"))
         raft = build_with_weights(build_raft, state, f"RAFT-large checkpoint {source}")

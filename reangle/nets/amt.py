@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reangle.nets.dino import read_state_dict
-from reangle.utils import build_with_weights
+from reangle.utils import build_with_weights, seeded
 
 MIN_SIZE = 128
 """Smallest height/width the four-level correlation pyramid accepts."""
@@ -353,8 +353,7 @@ def load_amt_s(source: str | os.PathLike, *, device: str | torch.device = "cpu")
     """AMT-S in eval mode with frozen weights: ``"tiny"`` (the full architecture at seeded random
     init, for tests) or a local ``.pth`` / ``.safetensors`` checkpoint (loaded strictly)."""
     if str(source) == "tiny":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             model = AMTS()
     else:
         model = build_with_weights(AMTS, read_state_dict(source, "AMT-S checkpoint"), f"AMT-S checkpoint {source}")
