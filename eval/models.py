@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from reangle.consistency import TINY_DUST3R, TINY_SEED
+from reangle.errors import InputError
 from reangle.utils import seeded
 
 TINY = "tiny"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".pkl")
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(InputError):
     """An evaluation setting that cannot be used, naming its config key."""
 
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from reangle.errors import InputError
 from reangle.utils import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -34,7 +35,7 @@ BASE_CONFIG = CONFIG_DIR / "base.yaml"
 RUN_CONFIG = "config.yaml"  # the resolved config that train.py saves into run.dir
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot be used, with the key that is wrong."""
 
 

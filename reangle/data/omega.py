@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reangle.errors import InputError
 from reangle.io.video import read_video, write_mp4
 from reangle.utils import temporary_path
 
@@ -33,7 +34,7 @@ MANIFEST = "manifest.json"
 INPUT_VIEW = "input"
 
 
-class OmegaError(ValueError):
+class OmegaError(InputError):
     """An Omega folder that is missing, incomplete or inconsistent."""
 
 

@@ -13,10 +13,11 @@ from typing import Iterable
 
 import torch
 
+from reangle.errors import InputError
 from reangle.utils import temporary_path
 
 
-class CacheError(ValueError):
+class CacheError(InputError):
     """A cache entry that is missing, unreadable or not what its key promises."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reangle.errors import InputError
 from reangle.utils import read_yaml_mapping
 
 SYNTHETIC = "synthetic"
@@ -32,7 +33,7 @@ FIELDS = ("name", "video", "prompt", "mode", "views", "overrides")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A benchmark manifest that cannot be used, with the entry that is wrong."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reangle.errors import InputError
 from reangle.utils import read_yaml_mapping
 
 METHODS = ("grid", "random")
@@ -33,7 +34,7 @@ DISTRIBUTIONS = ("constant", "categorical", "uniform", "int_uniform", "log_unifo
                  "q_uniform", "normal", "log_normal")
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """A sweep file that cannot be run, with what is wrong."""
 
 

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from reangle.errors import InputError
 from reangle.utils import (atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, resolve_device,
                            seeded)
 
 TINY = "tiny"
 
 
-class DepthError(ValueError):
+class DepthError(InputError):
     """Depth that cannot be produced as configured."""
 
 

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from reangle.errors import InputError
 from reangle.geometry.camera import look_at
 
 MOTIONS = ("orbit_left", "orbit_right", "orbit_up", "orbit_down", "dolly_in", "dolly_out")
@@ -40,7 +41,7 @@ MOTION_TOKENS = {
 }
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(InputError):
     """An unknown motion or a malformed view definition."""
 
 

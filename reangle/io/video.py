@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reangle.errors import InputError
 from reangle.utils import temporary_path
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
@@ -23,7 +24,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 SHORT_VIDEO_STRATEGIES = ("error", "loop", "pad")
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video that cannot be used as asked (missing, unreadable, too short)."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from reangle.errors import InputError
 from reangle.utils import fingerprint, seeded, temporary_path
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
@@ -55,7 +56,7 @@ TINY_WORDS = ("a an the of on in at to and with camera movement orbit left right
 TINY_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,.;:!?'\"-_()<>/"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     """A model source that cannot be loaded as asked."""
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from reangle.errors import InputError
 from reangle.utils import temporary_path
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -67,7 +68,7 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
     return folder / LORA_FILE
 
 
-class LoraFileError(ValueError):
+class LoraFileError(InputError):
     """A LoRA file that is missing or not a CogVideoX LoRA in diffusers format."""
 
 

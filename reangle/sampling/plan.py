@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from reangle.data.omega import INPUT_VIEW, Omega
+from reangle.errors import InputError
 from reangle.io.video import read_video, resize_center_crop
 
 INPAINTED_DIR = "start_frames"   # stage III writes <run_dir>/start_frames/<view>.png
@@ -30,7 +31,7 @@ SOURCES = ("user", "inpainted", "warped_first_frame", "input_first_frame")
 MODES = ("static", "dynamic")
 
 
-class SamplingInputError(ValueError):
+class SamplingInputError(InputError):
     """Sampling inputs that cannot be used (unknown view, missing start frame)."""
 
 

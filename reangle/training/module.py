@@ -14,12 +14,13 @@ from typing import Any
 import lightning as L
 import torch
 
+from reangle.errors import InputError
 from reangle.models.spec import ModelSpec
 from reangle.training.full_params import plain_name
 from reangle.training.loss import NORMALIZATIONS, masked_loss
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(InputError):
     """A checkpoint whose weights are not the trainable weights of this model."""
 
 
