@@ -2,7 +2,8 @@
 
 Frames are ``[N, 3, H, W]`` float tensors in [0, 1]. Sources: video files read with
 decord (mp4, avi, mov, webm, mkv; decoded from the first frame, never seeking), GIFs
-(Pillow) and folders of image frames (sorted by name). Writers: mp4 (H.264 through
+(Pillow) and folders of image frames (in natural order: numbers in names read as numbers;
+8- or 16-bit images, 16-bit ones rounded to 8 bits). Writers: mp4 (H.264 through
 imageio-ffmpeg) and GIF.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from reangle.errors import InputError
-from reangle.utils import temporary_path
+from reangle.utils import natural_sorted, temporary_path
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -29,7 +30,9 @@ class VideoError(InputError):
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of a frame folder in natural order (``frame2`` before ``frame10``)."""
+    return natural_sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                          f"frame folder {folder}", VideoError)
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -129,15 +132,29 @@ def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
         return _decode_sequentially(_ffmpeg_frames(path), unique)
 
 
+def _read_frame(file: Path) -> np.ndarray:
+    """One image file as uint8 ``[h, w, 3]``; 16-bit greyscale (Pillow's ``I;16``/``I``) rounded to 8 bits
+    (``v / 257``; Pillow itself reads 16-bit colour as 8-bit)."""
+    from PIL import Image
+    with Image.open(file) as im:
+        if im.mode == "I" or im.mode.startswith("I;16"):
+            grey = np.asarray(im).astype(np.float64)
+            if grey.min() < 0 or grey.max() > 65535:
+                raise VideoError(f"frame {file} holds values outside the 16-bit range; save 8- or 16-bit images")
+            return np.repeat(np.round(grey / 257.0).astype(np.uint8)[..., None], 3, axis=-1)
+        if im.mode == "F":
+            raise VideoError(f"frame {file} holds floating-point pixels; save 8- or 16-bit images")
+        return np.asarray(im.convert("RGB"))
+
+
 def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
     """Decode the frames at ``indices`` as uint8 ``[n, h, w, 3]``."""
     unique = sorted(set(indices))
     position = {idx: i for i, idx in enumerate(unique)}
     try:
         if path.is_dir():
-            from PIL import Image
             files = _frame_files(path)
-            frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in unique])
+            frames = np.stack([_read_frame(files[i]) for i in unique])
         elif path.suffix.lower() == ".gif":
             from PIL import Image, ImageSequence
             with Image.open(path) as im:
@@ -146,6 +163,8 @@ def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
                                    if i in keep])
         else:
             frames = _decode_file(path, unique)
+    except VideoError:
+        raise
     except Exception as exc:
         raise VideoError(f"cannot decode video {path}: {exc}") from exc
     return frames[[position[i] for i in indices]]
@@ -160,15 +179,20 @@ def resize_frames(images: torch.Tensor, height: int, width: int, mode: str = "bi
     return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
-def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize ``[N, C, h, w]`` so it covers ``height x width`` (aspect kept), then centre-crop."""
+def resize_center_crop(frames: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[N, C, h, w]`` so it covers ``height x width`` (aspect kept), then centre-crop.
+
+    ``mode``: ``bilinear`` (antialiased when shrinking) or ``nearest`` (maps such as depth)."""
     h, w = frames.shape[-2:]
     if (h, w) == (height, width):
         return frames
     scale = max(height / h, width / w)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                           antialias=scale < 1)
+    if mode == "nearest":
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="nearest")
+    else:
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                               antialias=scale < 1)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return frames[..., top:top + height, left:left + width]
 
