@@ -60,6 +60,29 @@ def natural_sorted(paths: Iterable[Path], what: str, error: type[Exception] = Va
     return [p for _, _, p in keyed]
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (from /proc where it exists: reading it never changes it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_safetensors(path: str | os.PathLike) -> Path:
+    """Give the ``.safetensors`` file ``path`` (or every one below the folder ``path``) the mode any new file
+    gets (0666 less the umask): the safetensors library creates them 0600 whatever the umask."""
+    path = Path(path)
+    mode = 0o666 & ~current_umask()
+    for file in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]:
+        file.chmod(mode)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)

@@ -35,9 +35,10 @@ import torch
 
 from reangle import utils
 from reangle.data.latent_mask import latent_mask
-from reangle.models.cogvideox import DEFAULT_CACHE, HUB_ID, TinyConfig, load_components, resolve_pretrained
+from reangle.models.cogvideox import (DEFAULT_CACHE, HUB_ID, TinyConfig, frame_grid, load_components,
+                                     resolve_pretrained)
 from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
-from reangle.models.spec import DiffusionPair, ModelSpec
+from reangle.models.spec import DiffusionPair, FrameGrid, ModelSpec
 from reangle.training.loss import x0_from_velocity
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,6 +83,11 @@ def rotary_embedding(config: Mapping[str, Any], frames: int, height: int, width:
 
 class CogVideoXI2V(ModelSpec):
     """CogVideoX image-to-video with a LoRA on its attention projections."""
+
+    @classmethod
+    def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
+        """:func:`reangle.models.cogvideox.frame_grid` of ``model.pretrained`` (and ``model.tiny``)."""
+        return frame_grid(str(model["pretrained"]), model.get("tiny"))
 
     def __init__(self, pretrained: str = HUB_ID, *, tiny: Mapping[str, Any] | None = None, revision: str | None = None,
                  cache_dir: str = DEFAULT_CACHE, weights_dtype: str = "bf16", lora_rank: int = 128,
