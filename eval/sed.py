@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reangle.errors import MissingPackageError
 from reangle.geometry.camera import camera_center
 from reangle.geometry.splat import relative_pose
 from reangle.io.video import to_uint8
@@ -92,7 +93,7 @@ def sift_features(images: Tensor) -> list[tuple[Tensor, Tensor]]:
     try:
         import cv2
     except ImportError as exc:
-        raise ImportError("SED needs OpenCV's SIFT: pip install opencv-python-headless") from exc
+        raise MissingPackageError("SED needs OpenCV's SIFT: pip install opencv-python-headless") from exc
     sift = cv2.SIFT_create()
     features = []
     for rgb in to_uint8(images):

@@ -35,6 +35,7 @@ import torch
 
 from reangle import utils
 from reangle.data.latent_mask import latent_mask
+from reangle.errors import InputError
 from reangle.models.cogvideox import (DEFAULT_CACHE, HUB_ID, TinyConfig, frame_grid, load_components,
                                      resolve_pretrained)
 from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
@@ -95,9 +96,9 @@ class CogVideoXI2V(ModelSpec):
                  gradient_checkpointing: bool = True, image_noise_mean: float = -3.0, image_noise_std: float = 0.5,
                  image_dropout: float = 0.05, image_condition: str = "per_step"):
         if not 0.0 <= image_dropout <= 1.0:
-            raise ValueError(f"image_dropout must lie in [0, 1], got {image_dropout}")
+            raise InputError(f"train.image_dropout must lie in [0, 1], got {image_dropout}")
         if image_condition not in IMAGE_CONDITIONS:
-            raise ValueError(f"unknown image condition {image_condition!r}; use one of {IMAGE_CONDITIONS}")
+            raise InputError(f"unknown train.image_condition {image_condition!r}; use one of {IMAGE_CONDITIONS}")
         self.image_condition = image_condition
         self.pretrained, self.revision, self.cache_dir = pretrained, revision, cache_dir
         self.tiny = TinyConfig.from_mapping(tiny) if pretrained == "tiny" else None
