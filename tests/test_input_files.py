@@ -55,21 +55,39 @@ def test_sixteen_bit_grey_png_frames_are_scaled_to_eight_bits(tmp_path):
     assert (frame == 1).float().mean() < 0.01     # not clipped to white
 
 
-def test_sixteen_bit_colour_png_frames_keep_their_colours(tmp_path):
+@pytest.mark.parametrize("alpha", [False, True])
+def test_sixteen_bit_colour_png_frames_are_rounded_to_eight_bits(tmp_path, alpha):
     folder = tmp_path / "f"
     folder.mkdir()
     rgb = np.stack([*np.meshgrid(np.arange(64) * 1000, np.arange(40) * 1600, indexing="xy"), np.full((40, 64), 30000)],
                    axis=-1).astype(np.uint16)
-    cv2.imwrite(str(folder / "frame0.png"), rgb[..., ::-1])                  # OpenCV writes BGR
+    bgr = rgb[..., ::-1]                                                     # OpenCV writes BGR(A)
+    if alpha:
+        bgr = np.concatenate([bgr, np.full((40, 64, 1), 1000, np.uint16)], axis=-1)
+    cv2.imwrite(str(folder / "frame0.png"), bgr)
     frame = read_video(folder, num_frames=1, height=40, width=64)[0]
-    expected = torch.from_numpy(rgb / 65535.0).permute(2, 0, 1).float()
-    assert (frame - expected).abs().max() <= 1.5 / 255
+    expected = torch.from_numpy(np.round(rgb / 257.0) / 255).permute(2, 0, 1).float()
+    torch.testing.assert_close(frame, expected, atol=1e-6, rtol=0)
 
 
 def write_depth_folder(folder, maps, names):
     folder.mkdir()
     for m, name in zip(maps, names):
         np.save(folder / name, m.astype(np.float32))
+
+
+@pytest.mark.parametrize("suffix,mode", [(".png", "RGB"), (".png", "L"), (".png", "P"), (".png", "LA"),
+                                        (".png", "RGBA"), (".tif", "RGB"), (".jpg", "RGB"), (".bmp", "RGB")])
+def test_eight_bit_frames_read_the_same_as_pillow_reads_them(tmp_path, suffix, mode):
+    from PIL import Image
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    rgb = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).convert(mode).save(folder / f"frame0{suffix}")
+    expected = np.asarray(Image.open(folder / f"frame0{suffix}").convert("RGB"))
+    frame = read_video(folder, num_frames=1, height=24, width=32)[0]
+    torch.testing.assert_close(frame, torch.from_numpy(expected).permute(2, 0, 1).float() / 255)
 
 
 def test_npy_depth_folder_reads_numbers_as_numbers(tmp_path):

@@ -22,6 +22,7 @@ from reangle.utils import natural_sorted, temporary_path
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+DEEP_IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}  # may hold 16 bits per channel
 SHORT_VIDEO_STRATEGIES = ("error", "loop", "pad")
 
 
@@ -133,18 +134,26 @@ def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
 
 
 def _read_frame(file: Path) -> np.ndarray:
-    """One image file as uint8 ``[h, w, 3]``; 16-bit greyscale (Pillow's ``I;16``/``I``) rounded to 8 bits
-    (``v / 257``; Pillow itself reads 16-bit colour as 8-bit)."""
-    from PIL import Image
-    with Image.open(file) as im:
-        if im.mode == "I" or im.mode.startswith("I;16"):
-            grey = np.asarray(im).astype(np.float64)
-            if grey.min() < 0 or grey.max() > 65535:
-                raise VideoError(f"frame {file} holds values outside the 16-bit range; save 8- or 16-bit images")
-            return np.repeat(np.round(grey / 257.0).astype(np.uint8)[..., None], 3, axis=-1)
-        if im.mode == "F":
-            raise VideoError(f"frame {file} holds floating-point pixels; save 8- or 16-bit images")
-        return np.asarray(im.convert("RGB"))
+    """One image file as uint8 ``[h, w, 3]`` RGB (alpha dropped). PNG and TIFF, which may hold 16
+    bits per channel, are read at full depth by OpenCV and rounded to 8 bits (``v / 257``); other
+    formats by Pillow."""
+    if file.suffix.lower() not in DEEP_IMAGE_SUFFIXES:
+        from PIL import Image
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))
+    import cv2
+    image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise VideoError(f"cannot read frame {file}")
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise VideoError(f"frame {file} holds {image.dtype} pixels; save 8- or 16-bit images")
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=-1)
+    if image.shape[2] == 2:                              # grey + alpha
+        return np.repeat(image[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(image[..., 2::-1])       # BGR(A) -> RGB
 
 
 def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
