@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reangle.config import ConfigError, load_config, load_run_config, split_config_tokens
-from reangle.data.omega import OmegaError
-from reangle.io.video import VideoError
-from reangle.models.lora import LoraFileError
-from reangle.sampling.plan import SamplingInputError
+from reangle.config import load_config, load_run_config, split_config_tokens
+from reangle.errors import run_entry_point
 from reangle.sampling.run import run_files, sample_from_config
 
 
@@ -53,7 +50,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, SamplingInputError, LoraFileError, OmegaError, VideoError) as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(run_entry_point(main))

@@ -22,13 +22,8 @@ from callbacks.lora_export import LoraExport
 from callbacks.progress import StepProgressBar
 from callbacks.step_stats import StepStats
 from callbacks.video_sampling import VideoSampling
-from eval.models import EvalConfigError
-from reangle.config import ConfigError, add_config_arguments, config_from_args, save_config
-from reangle.data.omega import OmegaError
-from reangle.geometry.depth import DepthError
-from reangle.geometry.trajectory import TrajectoryError
-from reangle.io.video import VideoError
-from reangle.models.cogvideox import ModelLoadError
+from reangle.config import add_config_arguments, config_from_args, save_config
+from reangle.errors import run_entry_point
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
 
 
@@ -75,9 +70,4 @@ def report(cfg) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as exc:
-        sys.exit(f"config error: {exc}")
-    except (VideoError, DepthError, TrajectoryError, OmegaError, ModelLoadError, EvalConfigError) as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(run_entry_point(main))

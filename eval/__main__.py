@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eval.models import EvalConfigError
 from eval.run import evaluate_run
-from reangle.config import ConfigError, split_config_tokens
-from reangle.data.omega import OmegaError
-from reangle.io.video import VideoError
+from reangle.config import split_config_tokens
+from reangle.errors import run_entry_point
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +35,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (EvalConfigError, ConfigError, OmegaError, VideoError, ImportError) as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(run_entry_point(main))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from reangle.consistency import TINY_DUST3R, TINY_SEED
-from reangle.errors import InputError
+from reangle.errors import InputError, MissingPackageError
 from reangle.utils import seeded
 
 TINY = "tiny"
@@ -46,7 +46,7 @@ def _vbench():
     try:
         from reangle.models import vbench
     except ImportError as exc:
-        raise ImportError(f"the VBench networks (reangle.models.vbench) are not available: {exc}") from exc
+        raise MissingPackageError(f"the VBench networks (reangle.models.vbench) are not available: {exc}") from exc
     return vbench
 
 

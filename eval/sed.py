@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reangle.errors import MissingPackageError
 from reangle.geometry.camera import camera_center
 from reangle.geometry.splat import relative_pose
 from reangle.io.video import to_uint8
@@ -92,16 +93,16 @@ def sift_features(images: Tensor) -> list[tuple[Tensor, Tensor]]:
     try:
         import cv2
     except ImportError as exc:
-        raise ImportError("SED needs OpenCV's SIFT: pip install opencv-python-headless") from exc
+        raise MissingPackageError("SED needs OpenCV's SIFT: pip install opencv-python-headless") from exc
     sift = cv2.SIFT_create()
     features = []
     for rgb in to_uint8(images):
         keypoints, descriptors = sift.detectAndCompute(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), None)
-        if descriptors is None:
-            features.append((torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, 128)))
-            continue
-        xy = cv2.KeyPoint_convert(keypoints).astype(np.float64).reshape(-1, 2)
-        features.append((torch.from_numpy(xy), torch.from_numpy(descriptors)))
+        # OpenCV 4 gives descriptors None for no keypoints, OpenCV 5 an empty [0, 128] array (and
+        # KeyPoint_convert an empty tuple); reading .pt of each keypoint works under both.
+        xy = np.array([kp.pt for kp in keypoints], dtype=np.float64).reshape(-1, 2)
+        desc = np.zeros((0, 128), np.float32) if descriptors is None else descriptors.reshape(-1, 128)
+        features.append((torch.from_numpy(xy), torch.from_numpy(np.ascontiguousarray(desc, np.float32))))
     return features
 
 

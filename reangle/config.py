@@ -9,7 +9,8 @@ error naming it. The open places are a ``params:`` mapping next to a ``target:``
 signature when :func:`instantiate` builds it, and a mapping that is empty (``{}``)
 in the schema, whose keys the user names (e.g. ``sample.start_frames``).
 
-Every value is checked against the type of its default in the schema (:func:`check_types`):
+Every value is checked against the type of its default in the schema (:func:`check_types`),
+then against its range (:data:`RANGES`, :func:`check_ranges`; the frame size by the backbone):
 an integer key takes integers, a number key integers or floats, a boolean key true/false, a
 list key a list (of its default's element type), a mapping key a mapping; a string key (and
 a required ``???`` key: a path or a name) takes any scalar, written as text. A ``null``
@@ -20,7 +21,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -47,6 +50,48 @@ EXTRA_TYPES: dict[str, tuple[type, ...]] = {
     "sample.grid_max_width": (type(None),),   # null: full size
     "trainer.devices": (str, list),           # 1, "auto", [0, 1]
     "trainer.strategy": (dict,),              # a name, or {target, params}
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric key's range: finite, ``>= low`` (``> low`` when ``open``), and ``<= high`` if given."""
+
+    low: float
+    open: bool = False
+    high: float | None = None
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.open else value >= self.low
+        return math.isfinite(value) and above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        low = f"{'>' if self.open else '>='} {self.low:g}"
+        return f"{low} and <= {self.high:g}" if self.high is not None else low
+
+
+# The range of each numeric key (a null value, where the key takes null, is not checked); the frame
+# size keys data.height, data.width, data.num_frames are the backbone's to judge (check_frame_grid).
+RANGES: dict[str, Bound] = {
+    "data.fps": Bound(0, open=True),
+    "data.frame_start": Bound(0),
+    "data.frame_stride": Bound(1),
+    "camera.focal": Bound(0, open=True),
+    "camera.pivot_distance": Bound(0, open=True),
+    "lora.rank": Bound(1),
+    "lora.alpha": Bound(0, open=True),
+    "lora.dropout": Bound(0, high=1),
+    "train.steps": Bound(1),
+    "train.batch_size": Bound(1),
+    "train.lr": Bound(0, open=True),
+    "train.weight_decay": Bound(0),
+    "train.eps": Bound(0, open=True),
+    "train.grad_clip": Bound(0),             # a negative norm would scale gradients by a negative factor
+    "train.image_dropout": Bound(0, high=1),
+    "train.checkpoint_every": Bound(1),
+    "sample.steps": Bound(1),
+    "inpaint.steps": Bound(1),
+    "inpaint.candidates": Bound(1),
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", type(None): "null"}
@@ -99,6 +144,29 @@ def check_types(cfg: DictConfig, schema: dict, prefix: str = "") -> None:
             if bad:
                 raise ConfigError(f"config key {path}={plain!r}: expected a list of "
                                   f"{_expected(element, _ELEMENT_NAMES)}, got {bad[0]!r} ({_given(bad[0])})")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every key of :data:`RANGES` within its range, and the frame size one the backbone takes
+    (:func:`check_frame_grid`); a :class:`ConfigError` naming the key, the value and the range."""
+    for path, bound in RANGES.items():
+        value = OmegaConf.select(cfg, path)
+        if value is not None and not bound.holds(float(value)):
+            raise ConfigError(f"config key {path}={value!r}: must be {bound}")
+    check_frame_grid(cfg)
+
+
+def check_frame_grid(cfg: DictConfig) -> None:
+    """``data.height``, ``data.width`` and ``data.num_frames`` as the backbone of ``cfg.model`` takes them
+    (its spec's ``frame_grid``)."""
+    from reangle.models import spec_class
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    d = cfg.data
+    problem = spec_class(model).frame_grid(model).problem(d.height, d.width, d.num_frames)
+    if problem:
+        raise ConfigError(f"data.height x data.width = {d.height} x {d.width} with data.num_frames={d.num_frames} "
+                          f"does not fit model.pretrained={model['pretrained']}: {problem}")
 
 
 def _open_params(node: Any) -> None:
@@ -169,6 +237,7 @@ def load_config(files: Sequence[str | os.PathLike] = (), overrides: Iterable[str
         raise ConfigError(f"cannot resolve config key {_dotted_key(exc)!r}: "
                           f"{str(exc).splitlines()[0]}") from exc
     check_types(cfg, schema)
+    check_ranges(cfg)
     return cfg
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from reangle.config import ConfigError, add_config_arguments, config_from_args
-from reangle.experiments.manifest import ManifestError, load_manifest
+from reangle.errors import run_entry_point
+from reangle.experiments.manifest import load_manifest
 from reangle.experiments.plan import Unit, parse_shard, plan_units, shard
 from reangle.experiments.report import TRIALS, SweepResults, setting_label
 from reangle.experiments.sweep_spec import SweepError, SweepSpec, load_sweep
@@ -158,12 +159,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return args.command(args)
-    except (SweepError, ManifestError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return args.command(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

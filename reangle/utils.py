@@ -4,9 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +41,46 @@ def temporary_path(path: str | os.PathLike) -> Path:
     """A hidden sibling of ``path`` (same suffix) to write before renaming it into place."""
     path = Path(path)
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of a file name with its numbers read as numbers (``frame2`` before ``frame10``),
+    case-insensitive."""
+    return tuple(int(part) if i % 2 else part.casefold() for i, part in enumerate(re.split(r"(\d+)", name)))
+
+
+def natural_sorted(paths: Iterable[Path], what: str, error: type[Exception] = ValueError) -> list[Path]:
+    """``paths`` in natural order of their stems (:func:`natural_key`); ``error`` when two stems
+    read the same (``frame1.png`` and ``frame01.png``, ``a.png`` and ``a.jpg``): the order is ambiguous."""
+    keyed = sorted(((natural_key(p.stem), p.name, p) for p in paths), key=lambda item: item[:2])
+    for (key, name, _), (next_key, next_name, _) in zip(keyed, keyed[1:]):
+        if key == next_key:
+            raise error(f"{what} holds {name} and {next_name}, whose order is ambiguous; rename the files so "
+                        f"their numbers differ (e.g. frame0.png, frame1.png, ..., frame10.png)")
+    return [p for _, _, p in keyed]
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (from /proc where it exists: reading it never changes it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_safetensors(path: str | os.PathLike) -> Path:
+    """Give the ``.safetensors`` file ``path`` (or every one below the folder ``path``) the mode any new file
+    gets (0666 less the umask): the safetensors library creates them 0600 whatever the umask."""
+    path = Path(path)
+    mode = 0o666 & ~current_umask()
+    for file in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]:
+        file.chmod(mode)
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reangle.config import ConfigError, add_config_arguments, config_from_args
+from reangle.config import add_config_arguments, config_from_args
 from reangle.data.build import build_omega
+from reangle.errors import run_entry_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,10 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached Omega exists")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    cfg = config_from_args(args)
     omega = build_omega(cfg, force=args.force)
     print(f"Omega: {omega.root} ({len(omega.views)} views incl. the input)")
     if (omega.root / "preview.mp4").is_file():
@@ -28,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

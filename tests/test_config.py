@@ -14,7 +14,7 @@ def _write(tmp_path, name, text):
 def test_files_then_overrides_win_in_order(tmp_path):
     a = _write(tmp_path, "a.yaml", "data:\n  video: a.mp4\n  num_frames: 17\n")
     b = _write(tmp_path, "b.yaml", "data:\n  num_frames: 25\n")
-    cfg = load_config([a, b], ["data.height=64", "run.name=x"])
+    cfg = load_config([a, b], ["data.height=64", "run.name=x", "model.pretrained=tiny"])
     assert cfg.data.video == "a.mp4"
     assert cfg.data.num_frames == 25
     assert cfg.data.height == 64

@@ -83,12 +83,18 @@ def test_bad_views_are_one_clear_error(models):
 
 
 def test_consistency_table_is_the_mean_over_each_tuples_pairs(models):
-    from reangle.inpaint.reward import consistency_table
+    from reangle.inpaint.reward import consistency_terms, term_labels
+    from reangle.inpaint.search import mean_of_terms
+
+    def consistency_table(*args, **kwargs):
+        return mean_of_terms(consistency_terms(*args, **kwargs))[0]
 
     _, met3r = models
     g = torch.Generator().manual_seed(2)
     a, b, refs = (torch.rand((n, 3, SIZE, SIZE), generator=g) * 2 - 1 for n in (2, 3, 2))
+    assert term_labels(["a", "b"], ["r0", "r1"]) == [("a", "r0"), ("a", "r1"), ("a", "b"), ("b", "r0"), ("b", "r1")]
     with torch.no_grad():
+        assert consistency_terms(met3r, [a, b], refs, min_overlap=0.0).shape == (2, 3, 5)
         table = consistency_table(met3r, [a, b], refs, min_overlap=0.0)
 
         def m(x, y):
@@ -102,7 +108,7 @@ def test_consistency_table_is_the_mean_over_each_tuples_pairs(models):
                 assert float(table[i, j]) == pytest.approx(expected, abs=1e-5)
         assert torch.isinf(consistency_table(met3r, [a], refs, min_overlap=1.01)).all()
         with pytest.raises(ValueError, match="nothing to score"):
-            consistency_table(met3r, [a], None, min_overlap=0.0)
+            consistency_terms(met3r, [a], None, min_overlap=0.0)
 
 
 def test_a_lone_view_is_scored_against_the_input_frame_only_when_asked(models):
@@ -115,3 +121,21 @@ def test_a_lone_view_is_scored_against_the_input_frame_only_when_asked(models):
     ref = inpaint_views(inpainter, met3r, view, InpaintSettings(**settings, use_input_frame=True), input_frame=frame,
                         progress=False)
     assert len(ref[0].scores) == 2 and all(s == s for s in ref[0].scores) and ref[0].model_calls == 5
+
+
+def test_views_no_candidate_overlaps_are_recorded_by_name_in_scores_json(models, tmp_path):
+    """min_overlap above 1: no pair passes the guard, so every partner is left out and no score is valid."""
+    import json
+
+    from reangle.inpaint.run import SCORES_FILE, write_outputs
+
+    inpainter, met3r = models
+    settings = InpaintSettings(steps=3, candidates=2, size=SIZE, seed=0, min_overlap=1.01, use_input_frame=True)
+    frame = torch.rand((3, 48, 72), generator=torch.Generator().manual_seed(8))
+    out = inpaint_views(inpainter, met3r, _views(3), settings, input_frame=frame, progress=False)
+    assert [o.left_out for o in out] == [[["input", "view_1"]] * 2, [["input", "view_0"]] * 2,
+                                         [["input", "view_0", "view_1"]] * 2]
+    write_outputs(tmp_path, out, settings)
+    record = json.loads((tmp_path / "start_frames" / SCORES_FILE).read_text())
+    assert record["views"]["view_2"]["left_out"] == [["input", "view_0", "view_1"]] * 2
+    assert record["views"]["view_2"]["scores"] == [None, None]       # inf is null, not 3.4e38

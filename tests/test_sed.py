@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eval.sed import (fundamental_matrix, match_descriptors, nearest_view_pairs, sed_tsed, sed_tsed_video,
-                      symmetric_epipolar_distance, tsed)
+                      sift_features, symmetric_epipolar_distance, tsed)
 from reangle.geometry.camera import intrinsics, look_at, project, transform
 from reangle.geometry.trajectory import motion_pose, motion_trajectory
 from reangle.io.synthetic import SyntheticScene
@@ -125,6 +125,18 @@ def test_a_featureless_view_has_no_matches_and_is_inconsistent(rendered_views):
     result = sed_tsed(blank, K_img, w2c, pairs=[(0, 1), (0, 2)])
     assert result.num_matches[0] == 0 and math.isnan(result.medians[0]) and result.tsed == 0.5
     assert result.sed == pytest.approx(result.medians[1].item())
+
+
+@pytest.mark.parametrize("no_descriptors", [None, np.zeros((0, 128), np.float32)], ids=["opencv4", "opencv5"])
+def test_sift_without_keypoints_reads_both_opencv_conventions(monkeypatch, no_descriptors):
+    """OpenCV 4 answers ``((), None)`` for an image without keypoints, OpenCV 5.1 ``((), [0, 128])``."""
+    class NoKeypoints:
+        def detectAndCompute(self, gray, mask):
+            return (), no_descriptors
+    monkeypatch.setattr(cv2, "SIFT_create", NoKeypoints)
+    (xy, desc), = sift_features(torch.zeros(1, 3, 32, 32))
+    assert xy.shape == (0, 2) and xy.dtype == torch.float64
+    assert desc.shape == (0, 128) and desc.dtype == torch.float32
 
 
 def test_sed_tsed_checks_its_inputs(rendered_views):

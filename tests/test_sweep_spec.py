@@ -122,25 +122,25 @@ def test_shards_split_every_unit_exactly_once():
             parse_shard(bad)
 
 
-def test_a_sweep_started_outside_the_project_root_is_refused(tmp_path, monkeypatch, capsys):
+def test_a_sweep_started_outside_the_project_root_is_refused(tmp_path, monkeypatch):
     path = _write_sweep(tmp_path, run_cap=1)
     monkeypatch.chdir(tmp_path)
-    assert sweep.main([str(path), "--dry-run"]) == 2
-    assert "run the sweep from the project root" in capsys.readouterr().err
+    with pytest.raises(SweepError, match="run the sweep from the project root"):
+        sweep.main([str(path), "--dry-run"])
 
 
-def test_metrics_without_the_evaluation_package_are_refused_before_any_trial(tmp_path, monkeypatch, capsys):
+def test_metrics_without_the_evaluation_package_are_refused_before_any_trial(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "has_eval_cli", lambda: False)
-    code = sweep.main([str(CONFIG_DIR / "sweeps" / "tiny.yaml"), "--manifest", str(SYNTHETIC), "--out", str(tmp_path),
-                       "--metrics", "met3r"])
-    assert code == 2 and "needs the evaluation package" in capsys.readouterr().err
+    with pytest.raises(SweepError, match="needs the evaluation package"):
+        sweep.main([str(CONFIG_DIR / "sweeps" / "tiny.yaml"), "--manifest", str(SYNTHETIC), "--out", str(tmp_path),
+                    "--metrics", "met3r"])
     assert not (tmp_path / "trials").exists()
 
 
-def test_an_override_of_a_swept_key_is_refused_before_any_trial(tmp_path, capsys):
-    code = sweep.main([str(CONFIG_DIR / "sweeps" / "tiny.yaml"), "--manifest", str(SYNTHETIC), "--out", str(tmp_path),
-                       "train.masked=true", "train.steps=2"])
-    assert code == 2 and "train.masked conflicts with the sweep's own parameter" in capsys.readouterr().err
+def test_an_override_of_a_swept_key_is_refused_before_any_trial(tmp_path):
+    with pytest.raises(SweepError, match="train.masked conflicts with the sweep's own parameter"):
+        sweep.main([str(CONFIG_DIR / "sweeps" / "tiny.yaml"), "--manifest", str(SYNTHETIC), "--out", str(tmp_path),
+                    "train.masked=true", "train.steps=2"])
     assert not (tmp_path / "trials").exists()
 
 

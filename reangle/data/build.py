@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from reangle.config import ConfigError
 from reangle.data.omega import (INPUT_VIEW, MANIFEST, Omega, OmegaError, link_file, publish, relink_view,
                                 staging_dir, write_view)
 from reangle.geometry.camera import intrinsics
@@ -45,7 +46,7 @@ def check_inputs(cfg: DictConfig) -> tuple[list[int] | None, list[TargetView]]:
     if cfg.depth.source not in DEPTH_SOURCES:
         raise DepthError(f"unknown depth.source {cfg.depth.source!r}; use one of {DEPTH_SOURCES}")
     if cfg.warp.splat not in SPLAT_MODES:
-        raise ValueError(f"unknown warp.splat {cfg.warp.splat!r}; use one of {SPLAT_MODES}")
+        raise ConfigError(f"unknown warp.splat {cfg.warp.splat!r}; use one of {SPLAT_MODES}")
     if d.video == SYNTHETIC:
         indices = None
     else:

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 
 from reangle.errors import InputError
-from reangle.utils import temporary_path
+from reangle.utils import temporary_path, umask_safetensors
 
 
 class CacheError(InputError):
@@ -37,7 +37,7 @@ class TensorCache:
         final = self.path(key)
         tmp = temporary_path(final)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": key})
-        os.replace(tmp, final)
+        os.replace(umask_safetensors(tmp), final)
         return final
 
     def load(self, key: str, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reangle.experiments.manifest import BenchmarkVideo, Manifest, format_override
-from reangle.experiments.sweep_spec import SweepSpec, draw_trials
+from reangle.experiments.sweep_spec import SweepError, SweepSpec, draw_trials
 from reangle.utils import fingerprint
 
 SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
@@ -53,7 +53,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` (0 <= i < n) -> ``(i, n)``."""
     match = SHARD_PATTERN.match(text or "")
     if not match or not int(match[1]) < int(match[2]):
-        raise ValueError(f"--shard {text!r} must be i/n with 0 <= i < n, e.g. 0/4 ... 3/4")
+        raise SweepError(f"--shard {text!r} must be i/n with 0 <= i < n, e.g. 0/4 ... 3/4")
     return int(match[1]), int(match[2])
 
 

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from reangle.errors import InputError
-from reangle.utils import (atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, resolve_device,
-                           seeded)
+from reangle.io.video import resize_center_crop
+from reangle.utils import (atomic_save_npy, file_fingerprint, fingerprint, imagenet_normalize, natural_sorted,
+                           resolve_device, seeded)
 
 TINY = "tiny"
 
@@ -146,7 +147,10 @@ class DepthAnything:
 
 @dataclass
 class NpyDepth:
-    """Maps from a folder of per-frame ``.npy`` files (sorted by name), resized to the frames.
+    """Maps from a folder of per-frame ``.npy`` files (in natural order, as frame folders).
+
+    Each map must show what the video's frame shows, at any resolution: it gets the frames'
+    resize (nearest) + centre crop to their size.
 
     ``output`` says what the files hold: ``disparity`` (what Depth Anything predicts, as the
     released code saves it), converted like the model's output, or ``depth``. NaN or
@@ -168,7 +172,7 @@ class NpyDepth:
         folder = Path(self.folder)
         if not folder.is_dir():
             raise DepthError(f"depth folder not found: {folder}")
-        return sorted(folder.glob("*.npy"))
+        return natural_sorted(folder.glob("*.npy"), f"depth folder {folder}", DepthError)
 
     def key(self) -> dict:
         return {"source": "npy", "files": [(p.name, file_fingerprint(p)) for p in self.files()],
@@ -193,7 +197,8 @@ class NpyDepth:
             if nonpositive.any():
                 raise DepthError(f"depth file {files[indices[int(nonpositive.nonzero()[0])]]} holds depth <= 0; "
                                  f"depth must be positive (if the files hold disparity, set depth.output=disparity)")
-        maps = F.interpolate(maps.unsqueeze(1), size=(h, w), mode="nearest").squeeze(1)
+        # the frames' own resize + centre crop: a map of the video's aspect lands pixel on pixel
+        maps = resize_center_crop(maps.unsqueeze(1), h, w, mode="nearest").squeeze(1)
         return prediction_to_depth(maps, self.output, self.disparity_scale, self.disparity_eps, self.clip)
 
 

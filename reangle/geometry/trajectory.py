@@ -17,6 +17,7 @@ angle linearly (``i s``, as released).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -41,8 +42,63 @@ MOTION_TOKENS = {
 }
 
 
+# Magnitudes a view may ask for (inclusive): degrees for orbits (beyond 90 the camera sees the
+# back of what the input shows), fractions of the pivot distance for dollies (dolly_in 1 would
+# put the camera on the pivot).
+MAGNITUDE_RANGES = {"orbit_left": (0.0, 90.0), "orbit_right": (0.0, 90.0), "orbit_up": (0.0, 90.0),
+                    "orbit_down": (0.0, 90.0), "dolly_in": (0.0, 0.99), "dolly_out": (0.0, 1.0)}
+MAX_CAMERA_DISTANCE = 2.0   # custom poses: camera centre within this many pivot distances of the input camera
+POSE_TOLERANCE = 1e-4       # custom poses: |R R^T - I|, |det R - 1| and the last row's error, each entry
+VIEW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # names become file names (no /, no leading .)
+
+
 class TrajectoryError(InputError):
     """An unknown motion or a malformed view definition."""
+
+
+def check_view_name(name: Any) -> str:
+    """``name`` if it is a safe file name (letters, digits, ``_ . -``; 1-64 characters, no leading ``.``)."""
+    if not isinstance(name, str) or not VIEW_NAME.fullmatch(name):
+        raise TrajectoryError(f"view name {name!r} is not a safe file name: use 1-64 letters, digits, '_', '.' or "
+                              f"'-', starting with a letter or digit")
+    return name
+
+
+def check_magnitude(motion: str, magnitude: float, what: str) -> float:
+    """``magnitude`` if it is finite and in :data:`MAGNITUDE_RANGES` of ``motion``."""
+    low, high = MAGNITUDE_RANGES[check_motion(motion)]
+    if not low <= magnitude <= high:   # NaN fails too
+        unit = "degrees" if motion.startswith("orbit") else "fraction of the pivot distance"
+        raise TrajectoryError(f"{what}: {motion} magnitude {magnitude} is outside [{low}, {high}] ({unit})")
+    return magnitude
+
+
+def check_poses(w2c: torch.Tensor, pivot_distance: float, name: str) -> torch.Tensor:
+    """``w2c [N, 4, 4]`` if every matrix is a finite rigid world-to-camera transform: rotation
+    orthonormal with det +1 and last row ``0 0 0 1`` (within :data:`POSE_TOLERANCE`), camera centre
+    within :data:`MAX_CAMERA_DISTANCE` pivot distances of the input camera."""
+    bad = ~torch.isfinite(w2c).flatten(1).all(dim=1)
+    where = f"view {name!r}: pose {int(bad.nonzero()[0]) if bad.any() else 0}"
+    if bad.any():
+        raise TrajectoryError(f"{where} holds NaN or infinite values")
+    rotation, translation = w2c[:, :3, :3], w2c[:, :3, 3]
+    eye = torch.eye(3, dtype=w2c.dtype)
+    errors = {
+        "its last row is not 0 0 0 1": (w2c[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=w2c.dtype)).abs().amax(-1),
+        "its rotation is not orthonormal (scaled or sheared)": (rotation @ rotation.transpose(1, 2) - eye).abs().flatten(1).amax(-1),
+        "its rotation has determinant -1 (a reflection)": (torch.linalg.det(rotation) - 1).abs(),
+    }
+    for problem, error in errors.items():
+        if (error > POSE_TOLERANCE).any():
+            raise TrajectoryError(f"view {name!r}: pose {int((error > POSE_TOLERANCE).nonzero()[0])} is not a rigid "
+                                  f"world-to-camera matrix: {problem} (tolerance {POSE_TOLERANCE})")
+    distance = (rotation.transpose(1, 2) @ translation[..., None]).squeeze(-1).norm(dim=-1)   # |camera centre|
+    if (distance > MAX_CAMERA_DISTANCE * pivot_distance).any():
+        far = int((distance > MAX_CAMERA_DISTANCE * pivot_distance).nonzero()[0])
+        raise TrajectoryError(f"view {name!r}: pose {far} puts the camera {float(distance[far]):.4g} from the input "
+                              f"camera, more than {MAX_CAMERA_DISTANCE} x camera.pivot_distance "
+                              f"({MAX_CAMERA_DISTANCE * pivot_distance:g}); check the units")
+    return w2c
 
 
 @dataclass
@@ -120,20 +176,26 @@ def movement_prefix(motion: str) -> str:
     return f"{token} Camera movement {words}, "
 
 
-def _custom_poses(spec: Any, num_frames: int, name: str) -> torch.Tensor:
+def _custom_poses(spec: Any, num_frames: int, name: str, pivot_distance: float) -> torch.Tensor:
     if isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.is_file():
             raise TrajectoryError(f"view {name!r}: pose file not found: {path}")
-        poses = torch.from_numpy(np.load(path)).double()
+        try:
+            poses = torch.from_numpy(np.load(path).astype(np.float64))
+        except (ValueError, OSError) as exc:
+            raise TrajectoryError(f"view {name!r}: cannot read pose file {path} as a numeric .npy array ({exc})") from exc
     else:
-        poses = torch.tensor(np.asarray(spec, dtype=np.float64))
+        try:
+            poses = torch.tensor(np.asarray(spec, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TrajectoryError(f"view {name!r}: poses must be numbers in 4x4 matrices ({exc})") from exc
     if poses.shape == (4, 4):
         poses = poses.expand(num_frames, 4, 4).clone()
     if poses.shape != (num_frames, 4, 4):
         raise TrajectoryError(f"view {name!r}: poses must be one 4x4 matrix or {num_frames} of them, "
                               f"got shape {tuple(poses.shape)}")
-    return poses
+    return check_poses(poses, pivot_distance, name)
 
 
 def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequence[str],
@@ -145,7 +207,9 @@ def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequ
     Random views: ``per_motion`` of each motion (default 2 static, 1 dynamic), magnitudes
     uniform in ``ranges[motion]`` drawn from ``seed``. ``custom`` entries are
     ``{name, motion, magnitude}`` or ``{name, poses}`` (one or N 4x4 world-to-camera
-    matrices, or a ``.npy`` path), each with an optional ``prompt_prefix``. ``dolly_profile``:
+    matrices, or a ``.npy`` path), each with an optional ``prompt_prefix``; names must be safe
+    file names (:func:`check_view_name`), poses rigid (:func:`check_poses`), magnitudes (random
+    ranges included) within :data:`MAGNITUDE_RANGES`. ``dolly_profile``:
     how dynamic dollies reach their magnitude (:func:`ramp`).
     """
     if mode not in ("static", "dynamic"):
@@ -156,6 +220,9 @@ def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequ
         check_motion(motion)
         if motion not in ranges or len(ranges[motion]) != 2:
             raise TrajectoryError(f"views.ranges.{motion} must be [low, high]")
+        low, high = (check_magnitude(motion, float(bound), f"views.ranges.{motion}") for bound in ranges[motion])
+        if low > high:
+            raise TrajectoryError(f"views.ranges.{motion} must be [low, high] with low <= high, got {[low, high]}")
     count = per_motion if per_motion is not None else (1 if dynamic else 2)
     generator = torch.Generator().manual_seed(seed)
     views: list[TargetView] = []
@@ -170,17 +237,18 @@ def build_views(mode: str, num_frames: int, pivot_distance: float, motions: Sequ
                     prompt_prefix=movement_prefix(motion) if dynamic else ""))
     for entry in custom:
         entry = dict(entry)
-        name = entry.get("name")
-        if not name:
+        if not entry.get("name"):
             raise TrajectoryError(f"custom view {entry} needs a 'name'")
+        name = check_view_name(entry["name"])
         unknown = set(entry) - {"name", "motion", "magnitude", "poses", "prompt_prefix"}
         if unknown:
             raise TrajectoryError(f"custom view {name!r} has unknown key(s) {sorted(unknown)}")
         if "poses" in entry:
-            w2c = _custom_poses(entry["poses"], num_frames, name)
+            w2c = _custom_poses(entry["poses"], num_frames, name, pivot_distance)
             motion, magnitude, prefix = entry.get("motion"), float(entry.get("magnitude", 0.0)), ""
         elif "motion" in entry and "magnitude" in entry:
-            motion, magnitude = check_motion(entry["motion"]), float(entry["magnitude"])
+            motion = check_motion(entry["motion"])
+            magnitude = check_magnitude(motion, float(entry["magnitude"]), f"custom view {name!r}")
             w2c = motion_trajectory(motion, magnitude, num_frames, pivot_distance, dynamic, dolly_profile)
             prefix = movement_prefix(motion) if dynamic else ""
         else:

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 
 from reangle.config import RUN_CONFIG, ConfigError, load_run_config
-from reangle.data.omega import OmegaError
+from reangle.errors import run_entry_point
 from reangle.io.grid import tile_videos
-from reangle.io.video import VideoError, write_image
-from reangle.models.cogvideox import ModelLoadError
+from reangle.io.video import write_image
 from reangle.sampling.plan import INPAINTED_DIR, SamplingInputError
 from reangle.sampling.run import find_omega
 
@@ -55,7 +54,4 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, SamplingInputError, OmegaError, VideoError, ModelLoadError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    sys.exit(run_entry_point(main))

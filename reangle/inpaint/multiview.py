@@ -19,10 +19,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from reangle.io.video import resize_frames
+from reangle.data.omega import INPUT_VIEW
 from reangle.sampling.plan import view_seed
 
 from .inpainter import Inpainter
-from .reward import ImageInputs, consistency_table
+from .reward import ImageInputs, consistency_terms, term_labels
 from .search import Ranks, guided_sample
 
 
@@ -59,7 +60,9 @@ class ViewInput:
 @dataclass
 class ViewOutput:
     """An inpainted view ``[3, H, W]`` in [0, 1] at the input's size, with its search record (``scores`` per
-    guided step, ``model_calls`` of the whole search: for the first pair, both views')."""
+    guided step; ``left_out`` per guided step: the views, finished ones or ``input``, whose pair with this
+    view no candidate overlapped enough, left out of the mean; ``model_calls`` of the whole search: for
+    the first pair, both views')."""
 
     name: str
     image: Tensor
@@ -67,6 +70,7 @@ class ViewOutput:
     searched_with: list[str]
     model_calls: int
     seconds: float
+    left_out: list[list[str]]
 
 
 @dataclass
@@ -121,7 +125,7 @@ class ScoredViews:
         with _Clock(self.timings, "met3r", self.device), torch.no_grad():
             if self.references is not None and self.reference_inputs is None:
                 self.reference_inputs = ImageInputs.of(self.met3r, self.references)
-            return consistency_table(self.met3r, decoded, self.references, self.settings.min_overlap,
+            return consistency_terms(self.met3r, decoded, self.references, self.settings.min_overlap,
                                      self.reference_inputs)
 
 
@@ -158,8 +162,10 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
     timings = timings or Timings()
     score_size = getattr(met3r, "img_size", None) or size
     references: list[Tensor] = []
+    reference_names: list[str] = []
     if settings.use_input_frame and input_frame is not None:
         references.append(resize_frames(input_frame[None] * 2 - 1, score_size, score_size))
+        reference_names.append(INPUT_VIEW)
     groups = [list(views[:2])] + [[v] for v in views[2:]] if len(views) > 1 else [list(views)]
     show = progress and ranks.rank == 0
     outputs: list[ViewOutput] = []
@@ -183,12 +189,17 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
                                        stochastic=settings.stochastic, ranks=ranks,
                                        on_step=lambda i, n, s: step_bar.update(1))
             seconds = time.perf_counter() - start
+            labels = term_labels(names, reference_names)
             for view, cond, latents in zip(group, conditions, result.latents):
                 with _Clock(timings, "decode", model.device):
                     decoded = inpainter.decode(latents, cond)
                 image = finish(decoded[0], view, settings.paste_back)
                 references.append(resize_frames(image[None] * 2 - 1, score_size, score_size))
-                outputs.append(ViewOutput(view.name, image, result.scores, names, result.model_calls, seconds))
+                reference_names.append(view.name)
+                left_out = [sorted(b if a == view.name else a for a, b in (labels[t] for t in step)
+                                   if view.name in (a, b)) for step in result.left_out]
+                outputs.append(ViewOutput(view.name, image, result.scores, names, result.model_calls, seconds,
+                                          left_out))
                 view_bar.update(1)
     return outputs
 

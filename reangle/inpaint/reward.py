@@ -3,7 +3,9 @@
 Scores are MEt3R values (lower = more consistent). A pair whose renders share fewer than
 ``min_overlap`` (a fraction of the pixels) scores ``inf``: MEt3R gives 0 to pairs that do
 not overlap at all, which would otherwise make a candidate that shares nothing with the
-finished views look perfect. Every image's MEt3R inputs (its features and the point model's
+finished views look perfect. A pair that NO candidate passes (e.g. a finished view on the
+other side of the scene) says nothing about which candidate is better: the search leaves it
+out of the mean (:func:`reangle.inpaint.search.mean_of_terms`) and records it. Every image's MEt3R inputs (its features and the point model's
 encoder tokens) are computed once per table (the finished views' once per search, passed
 in) and shared by all the pairs it is in.
 """
@@ -52,15 +54,22 @@ def pair_scores(met3r, first: Tensor, second: Tensor, min_overlap: float,
     return guard_overlap(out.score.float(), overlap, min_overlap).view(a, b)
 
 
-def consistency_table(met3r, candidates: Sequence[Tensor], references: Tensor | None, min_overlap: float,
+def term_labels(views: Sequence[str], references: Sequence[str]) -> list[tuple[str, str]]:
+    """``(view, paired with)`` of each term of :func:`consistency_terms`, in its order: per view
+    (earlier first) its pair with every reference, then with every later view."""
+    return [(v, other) for i, v in enumerate(views) for other in (*references, *views[i + 1:])]
+
+
+def consistency_terms(met3r, candidates: Sequence[Tensor], references: Tensor | None, min_overlap: float,
                       reference_inputs: ImageInputs | None = None) -> Tensor:
-    """Mean guarded MEt3R of each tuple of candidates -> table (S_1, ..., S_K).
+    """Guarded MEt3R of each tuple of candidates, one term per pair -> (S_1, ..., S_K, P).
 
     ``candidates``: K batches (S_k, 3, H, W) in [-1, 1], one per view searched together;
-    ``references``: finished views (R, 3, H, W) or None, with their MEt3R inputs
-    (``ImageInputs.of(met3r, references)``; computed here when None). A tuple's score is the
-    mean over its pairs: every candidate against every reference, and the K candidates
-    among themselves (each pair once, earlier view first).
+    ``references``: R finished views (R, 3, H, W) or None, with their MEt3R inputs
+    (``ImageInputs.of(met3r, references)``; computed here when None). The P = K R + K (K - 1) / 2
+    terms are every candidate against every reference and the K candidates among themselves
+    (each pair once), in the order of :func:`term_labels`; a tuple's score is their mean
+    (:func:`reangle.inpaint.search.mean_of_terms`).
     """
     k = len(candidates)
     has_refs = references is not None and len(references) > 0
@@ -70,19 +79,16 @@ def consistency_table(met3r, candidates: Sequence[Tensor], references: Tensor | 
     inputs = [ImageInputs.of(met3r, c) for c in candidates]
     if has_refs and reference_inputs is None:
         reference_inputs = ImageInputs.of(met3r, references)
-    total = torch.zeros(shape, device=candidates[0].device)
-    pairs = 0
+    terms = []
     for v, batch in enumerate(candidates):
         view_shape = [1] * k
         view_shape[v] = shape[v]
         if has_refs:
             scores = pair_scores(met3r, batch, references, min_overlap, (inputs[v], reference_inputs))
-            total = total + scores.sum(1).view(view_shape)
-            pairs += references.shape[0]
+            terms += [column.view(view_shape).expand(shape) for column in scores.T]
         for w in range(v + 1, k):
             pair_shape = [1] * k
             pair_shape[v], pair_shape[w] = shape[v], shape[w]
             scores = pair_scores(met3r, batch, candidates[w], min_overlap, (inputs[v], inputs[w]))
-            total = total + scores.view(pair_shape)
-            pairs += 1
-    return total / pairs
+            terms.append(scores.view(pair_shape).expand(shape))
+    return torch.stack(terms, dim=-1)

@@ -3,7 +3,8 @@
 Writes ``<run_dir>/start_frames/<view>.png`` (the Omega's size; sampling prefers these over
 the warped first frames) and ``<run_dir>/start_frames/scores.json`` (the inpainter; per view: the chosen
 MEt3R score per step (null: nothing was scored, or no candidate passed the overlap
-guard), the views searched together, model calls, seconds; the settings; seconds per phase),
+guard), the views (finished ones, or ``input``) left out of each step's mean because no candidate
+overlapped them enough, the views searched together, model calls, seconds; the settings; seconds per phase),
 every file through a temporary name and a rename.
 """
 from __future__ import annotations
@@ -107,7 +108,7 @@ def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], set
     folder = Path(run_dir) / INPAINTED_DIR
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
     views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
-                      "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
+                      "left_out": o.left_out, "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
     record = {"inpainter": inpainter, "settings": vars(settings), "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()

@@ -32,7 +32,8 @@ class Candidates(Protocol):
         """Clean latents (B, ...) -> what :meth:`score` takes (e.g. images (B, 3, H, W) in [-1, 1])."""
 
     def score(self, decoded: Sequence[Tensor]) -> Tensor:
-        """K decoded batches (B_1, ...), ..., (B_K, ...) -> table (B_1, ..., B_K); lower is better, inf = never."""
+        """K decoded batches (B_1, ...), ..., (B_K, ...) -> terms (B_1, ..., B_K, P) whose mean is the score
+        (:func:`mean_of_terms`); lower is better, inf = never."""
 
 
 class Ranks:
@@ -78,10 +79,12 @@ class TorchRanks(Ranks):
 @dataclass
 class SearchResult:
     """Final latents per view (each shaped like the initial ones), the chosen score per
-    guided step (``inf``: no candidate was valid; NaN: nothing scored), and the model calls (all ranks)."""
+    guided step (``inf``: no candidate was valid; NaN: nothing scored), the indices of the score
+    terms left out per guided step (:func:`mean_of_terms`), and the model calls (all ranks)."""
 
     latents: list[Tensor]
     scores: list[float] = field(default_factory=list)
+    left_out: list[list[int]] = field(default_factory=list)
     model_calls: int = 0
 
 
@@ -91,9 +94,22 @@ def slices(count: int, world_size: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def mean_of_terms(terms: Tensor) -> tuple[Tensor, list[int]]:
+    """Score table (B_1, ..., B_K) of ``terms`` (B_1, ..., B_K, P): the mean over the terms that some
+    candidate tuple passes (a finite value), and the indices of the terms left out (``inf`` or NaN
+    for every tuple: e.g. a finished view no candidate overlaps enough). A tuple failing a term
+    that others pass scores ``inf``; with every term left out every tuple does."""
+    passes = torch.isfinite(terms).flatten(0, -2).any(dim=0)
+    if not passes.any():
+        return torch.full(terms.shape[:-1], float("inf"), dtype=terms.dtype, device=terms.device), \
+            list(range(terms.shape[-1]))
+    table = terms[..., passes].nan_to_num(nan=float("inf"), posinf=float("inf")).mean(dim=-1)
+    return table, (~passes).nonzero().flatten().tolist()
+
+
 def select_best(table: Tensor) -> tuple[tuple[int, ...], float]:
     """Index tuple and value of the minimum of a score table (NaN counts as inf; ties: first)."""
-    flat = table.float().nan_to_num(nan=float("inf")).flatten()
+    flat = table.float().nan_to_num(nan=float("inf"), posinf=float("inf")).flatten()
     best = int(torch.argmin(flat))
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(best), table.shape)), float(flat[best])
 
@@ -140,6 +156,7 @@ def guided_sample(model: Candidates, initial: Sequence[Tensor], sigmas: Sequence
                 candidates.append(ode_step(latents[k], outputs[k], sigma, sigma_next))
         local_out = [model.velocity(k, candidates[k][local.start:local.stop], sigma_next) for k in views]
         result.model_calls += count * len(initial)
+        left_out: list[int] = []
         if count == 1:
             choice, value = (0,) * len(initial), float("nan")
         else:
@@ -147,13 +164,15 @@ def guided_sample(model: Candidates, initial: Sequence[Tensor], sigmas: Sequence
                        for k in views]
             others = [ranks.gather(d) for d in decoded[1:]]
             rows = model.score([decoded[0], *others])
-            choice, value = select_best(ranks.gather(rows))
+            table, left_out = mean_of_terms(ranks.gather(rows))   # over every rank's candidates: the same choice
+            choice, value = select_best(table)
         for k in views:
             j = choice[k]
             owned = local_out[k][j - local.start:j - local.start + 1] if owners[j] == ranks.rank else None
             outputs[k] = ranks.broadcast(owned, owners[j], like=candidates[k][j:j + 1])
             latents[k] = candidates[k][j:j + 1]
         result.scores.append(value)
+        result.left_out.append(left_out)
         if on_step is not None:
             on_step(i, steps, value)
     result.latents = latents

@@ -2,7 +2,8 @@
 
 Frames are ``[N, 3, H, W]`` float tensors in [0, 1]. Sources: video files read with
 decord (mp4, avi, mov, webm, mkv; decoded from the first frame, never seeking), GIFs
-(Pillow) and folders of image frames (sorted by name). Writers: mp4 (H.264 through
+(Pillow) and folders of image frames (in natural order: numbers in names read as numbers;
+8- or 16-bit images, 16-bit ones rounded to 8 bits). Writers: mp4 (H.264 through
 imageio-ffmpeg) and GIF.
 """
 from __future__ import annotations
@@ -17,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from reangle.errors import InputError
-from reangle.utils import temporary_path
+from reangle.utils import natural_sorted, temporary_path
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+DEEP_IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}  # may hold 16 bits per channel
 SHORT_VIDEO_STRATEGIES = ("error", "loop", "pad")
 
 
@@ -29,7 +31,9 @@ class VideoError(InputError):
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of a frame folder in natural order (``frame2`` before ``frame10``)."""
+    return natural_sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                          f"frame folder {folder}", VideoError)
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -129,15 +133,37 @@ def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
         return _decode_sequentially(_ffmpeg_frames(path), unique)
 
 
+def _read_frame(file: Path) -> np.ndarray:
+    """One image file as uint8 ``[h, w, 3]`` RGB (alpha dropped). PNG and TIFF, which may hold 16
+    bits per channel, are read at full depth by OpenCV and rounded to 8 bits (``v / 257``); other
+    formats by Pillow."""
+    if file.suffix.lower() not in DEEP_IMAGE_SUFFIXES:
+        from PIL import Image
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))
+    import cv2
+    image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise VideoError(f"cannot read frame {file}")
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise VideoError(f"frame {file} holds {image.dtype} pixels; save 8- or 16-bit images")
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=-1)
+    if image.shape[2] == 2:                              # grey + alpha
+        return np.repeat(image[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(image[..., 2::-1])       # BGR(A) -> RGB
+
+
 def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
     """Decode the frames at ``indices`` as uint8 ``[n, h, w, 3]``."""
     unique = sorted(set(indices))
     position = {idx: i for i, idx in enumerate(unique)}
     try:
         if path.is_dir():
-            from PIL import Image
             files = _frame_files(path)
-            frames = np.stack([np.asarray(Image.open(files[i]).convert("RGB")) for i in unique])
+            frames = np.stack([_read_frame(files[i]) for i in unique])
         elif path.suffix.lower() == ".gif":
             from PIL import Image, ImageSequence
             with Image.open(path) as im:
@@ -146,6 +172,8 @@ def _decode(path: Path, indices: Sequence[int]) -> np.ndarray:
                                    if i in keep])
         else:
             frames = _decode_file(path, unique)
+    except VideoError:
+        raise
     except Exception as exc:
         raise VideoError(f"cannot decode video {path}: {exc}") from exc
     return frames[[position[i] for i in indices]]
@@ -160,15 +188,20 @@ def resize_frames(images: torch.Tensor, height: int, width: int, mode: str = "bi
     return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
-def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize ``[N, C, h, w]`` so it covers ``height x width`` (aspect kept), then centre-crop."""
+def resize_center_crop(frames: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize ``[N, C, h, w]`` so it covers ``height x width`` (aspect kept), then centre-crop.
+
+    ``mode``: ``bilinear`` (antialiased when shrinking) or ``nearest`` (maps such as depth)."""
     h, w = frames.shape[-2:]
     if (h, w) == (height, width):
         return frames
     scale = max(height / h, width / w)
     new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False,
-                           antialias=scale < 1)
+    if mode == "nearest":
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="nearest")
+    else:
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                               antialias=scale < 1)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return frames[..., top:top + height, left:left + width]
 

@@ -33,7 +33,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from reangle.errors import InputError
-from reangle.utils import fingerprint, seeded, temporary_path
+from reangle.models.spec import FrameGrid
+from reangle.utils import fingerprint, seeded, temporary_path, umask_safetensors
 
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
 HUB_ID = "THUDM/CogVideoX-5b-I2V"
@@ -190,12 +191,36 @@ def publish_folder_once(final: Path, write: Callable[[Path], None], marker: str 
     shutil.rmtree(staging, ignore_errors=True)
     write(staging)
     try:
-        os.replace(staging, final)
+        os.replace(umask_safetensors(staging), final)
     except OSError:  # another process published it first
         shutil.rmtree(staging, ignore_errors=True)
         if not (final / marker).is_file():
             raise
     return final
+
+
+# CogVideoX-5b-I2V's published configs: a VAE of 8x spatial and 4x temporal compression, patches of
+# 2 x 2 latents, learned positional embeddings for a 60 x 90 latent grid (480 x 720 pixels).
+HUB_GRID = FrameGrid(spatial=16, temporal=4, size=(480, 720))
+
+
+def frame_grid(pretrained: str, tiny: TinyConfig | Mapping[str, Any] | None = None) -> FrameGrid:
+    """The video sizes ``pretrained`` takes, from its VAE and transformer configs (tiny sizes, a local
+    folder's ``vae/`` and ``transformer/config.json``; a hub id: CogVideoX-5b-I2V's published values,
+    else the family's 16 px / 1 + 4k without a fixed size). Reads no weights, downloads nothing."""
+    if pretrained == "tiny":
+        t = TinyConfig.from_mapping(tiny)
+        return FrameGrid(2 ** (len(t.vae_channels) - 1) * 2, 4, (t.height, t.width))
+    folder = Path(pretrained).expanduser()
+    files = [folder / "vae" / "config.json", folder / "transformer" / "config.json"]
+    if all(f.is_file() for f in files):
+        vae, transformer = (json.loads(f.read_text()) for f in files)
+        factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        size = (transformer.get("sample_height", 60) * factor, transformer.get("sample_width", 90) * factor) \
+            if transformer.get("use_learned_positional_embeddings", True) else None
+        return FrameGrid(factor * transformer.get("patch_size", 2), transformer.get("temporal_compression_ratio", 4),
+                         size)
+    return HUB_GRID if pretrained == HUB_ID else FrameGrid(spatial=16, temporal=4)
 
 
 def resolve_pretrained(pretrained: str, *, tiny: TinyConfig | Mapping[str, Any] | None = None,

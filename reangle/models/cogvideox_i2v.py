@@ -35,9 +35,11 @@ import torch
 
 from reangle import utils
 from reangle.data.latent_mask import latent_mask
-from reangle.models.cogvideox import DEFAULT_CACHE, HUB_ID, TinyConfig, load_components, resolve_pretrained
+from reangle.errors import InputError
+from reangle.models.cogvideox import (DEFAULT_CACHE, HUB_ID, TinyConfig, frame_grid, load_components,
+                                     resolve_pretrained)
 from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
-from reangle.models.spec import DiffusionPair, ModelSpec
+from reangle.models.spec import DiffusionPair, FrameGrid, ModelSpec
 from reangle.training.loss import x0_from_velocity
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,15 +85,20 @@ def rotary_embedding(config: Mapping[str, Any], frames: int, height: int, width:
 class CogVideoXI2V(ModelSpec):
     """CogVideoX image-to-video with a LoRA on its attention projections."""
 
+    @classmethod
+    def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
+        """:func:`reangle.models.cogvideox.frame_grid` of ``model.pretrained`` (and ``model.tiny``)."""
+        return frame_grid(str(model["pretrained"]), model.get("tiny"))
+
     def __init__(self, pretrained: str = HUB_ID, *, tiny: Mapping[str, Any] | None = None, revision: str | None = None,
                  cache_dir: str = DEFAULT_CACHE, weights_dtype: str = "bf16", lora_rank: int = 128,
                  lora_alpha: float = 128, lora_targets: Sequence[str] = DEFAULT_TARGETS, lora_dropout: float = 0.0,
                  gradient_checkpointing: bool = True, image_noise_mean: float = -3.0, image_noise_std: float = 0.5,
                  image_dropout: float = 0.05, image_condition: str = "per_step"):
         if not 0.0 <= image_dropout <= 1.0:
-            raise ValueError(f"image_dropout must lie in [0, 1], got {image_dropout}")
+            raise InputError(f"train.image_dropout must lie in [0, 1], got {image_dropout}")
         if image_condition not in IMAGE_CONDITIONS:
-            raise ValueError(f"unknown image condition {image_condition!r}; use one of {IMAGE_CONDITIONS}")
+            raise InputError(f"unknown train.image_condition {image_condition!r}; use one of {IMAGE_CONDITIONS}")
         self.image_condition = image_condition
         self.pretrained, self.revision, self.cache_dir = pretrained, revision, cache_dir
         self.tiny = TinyConfig.from_mapping(tiny) if pretrained == "tiny" else None

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from reangle.errors import InputError
-from reangle.utils import temporary_path
+from reangle.utils import temporary_path, umask_safetensors
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -64,12 +64,33 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
     CogVideoXImageToVideoPipeline.save_lora_weights(staging, transformer_lora_layers=state,
                                                     transformer_lora_adapter_metadata=metadata)
     shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    os.replace(umask_safetensors(staging), folder)
     return folder / LORA_FILE
 
 
 class LoraFileError(InputError):
     """A LoRA file that is missing or not a CogVideoX LoRA in diffusers format."""
+
+
+def check_lora_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """One sentence if a LoRA ``state`` (diffusers keys ``transformer.<module>.lora_A|B.weight``) targets
+    a module ``model`` lacks, or one whose features differ (a LoRA of another model or size)."""
+    modules = dict(model.named_modules())
+    for key, weight in state.items():
+        name, _, part = key.removeprefix("transformer.").rpartition(".lora_")
+        if part not in ("A.weight", "B.weight"):
+            continue
+        module = modules.get(name)
+        if module is None or not hasattr(module, "in_features"):
+            raise LoraFileError(f"LoRA file {path} updates {name}, which the model does not have; sample with the "
+                                f"model it was trained on (model.pretrained, model.tiny)")
+        side, got, expected = ("input", weight.shape[1], module.in_features) if part == "A.weight" else \
+            ("output", weight.shape[0], module.out_features)
+        if got != expected:
+            rank = weight.shape[0] if part == "A.weight" else weight.shape[1]
+            raise LoraFileError(f"LoRA file {path} does not fit the model: its rank-{rank} update of {name} has "
+                                f"{got} {side} features where the model has {expected}; sample with the model it "
+                                f"was trained on (model.pretrained, model.tiny)")
 
 
 def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "default") -> None:
@@ -86,5 +107,6 @@ def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "def
         raise LoraFileError(f"cannot read LoRA file {path}: {exc}") from exc
     if not any(k.startswith("transformer.") for k in state):
         raise LoraFileError(f"LoRA file {path} has no 'transformer.' keys; it is not a CogVideoX LoRA in diffusers format")
+    check_lora_fits(model, state, path)
     CogVideoXLoraLoaderMixin.load_lora_into_transformer(state, transformer=model, adapter_name=adapter_name,
                                                         metadata=metadata)

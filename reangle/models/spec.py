@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -27,8 +28,34 @@ class DiffusionPair:
     weight: torch.Tensor
 
 
+@dataclass(frozen=True)
+class FrameGrid:
+    """The video sizes a backbone takes: height and width multiples of ``spatial`` pixels,
+    ``num_frames = 1 + temporal * k``, and ``size`` = the one (height, width) it takes, if fixed."""
+
+    spatial: int = 1
+    temporal: int = 1
+    size: tuple[int, int] | None = None
+
+    def problem(self, height: int, width: int, num_frames: int) -> str | None:
+        """What is wrong with ``height x width`` pixels and ``num_frames`` frames, or None."""
+        if self.size is not None and (height, width) != tuple(self.size):
+            return f"it takes exactly {self.size[0]} x {self.size[1]} pixels (learned positional embeddings)"
+        if height < self.spatial or width < self.spatial or height % self.spatial or width % self.spatial:
+            return f"height and width must be positive multiples of {self.spatial} pixels"
+        if num_frames < 1 or (num_frames - 1) % self.temporal:
+            return f"num_frames must be 1 + {self.temporal}k (e.g. {1 + self.temporal * max(1, (num_frames - 1) // self.temporal)})"
+        return None
+
+
 class ModelSpec(ABC):
     """One backbone for stage II."""
+
+    @classmethod
+    def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
+        """The video sizes the backbone of the ``model`` config section takes, known before loading
+        anything (config validation asks it). Default: any size."""
+        return FrameGrid()
 
     @abstractmethod
     def fingerprint(self, kind: str) -> str:

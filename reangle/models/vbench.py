@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
+from reangle.errors import MissingPackageError
 from reangle.io.video import uint8_levels
 from reangle.nets.amt import AMTS, MIN_SIZE, SIZE_MULTIPLE, load_amt_s
 from reangle.nets.dino import VisionTransformer, load_dino, read_state_dict
@@ -258,7 +259,7 @@ def _musiq_class():
     try:
         from pyiqa.archs.musiq_arch import MUSIQ
     except ImportError as error:
-        raise ImportError(f"{_PYIQA_HINT} ({error})") from error
+        raise MissingPackageError(f"{_PYIQA_HINT} ({error})") from error
     return MUSIQ
 
 

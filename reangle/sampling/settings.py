@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
+from reangle.config import ConfigError
 from reangle.sampling.sampler import SCHEDULERS, SamplingSettings
 
 
@@ -30,9 +31,9 @@ class SampleOptions:
         """From a full resolved config (uses ``cfg.sample``)."""
         s = OmegaConf.to_container(cfg.sample, resolve=True)
         if s["every_n_steps"] < 0:
-            raise ValueError(f"sample.every_n_steps must be >= 0 (0: off), got {s['every_n_steps']}")
+            raise ConfigError(f"sample.every_n_steps must be >= 0 (0: off), got {s['every_n_steps']}")
         if s["scheduler"] not in ("model", *SCHEDULERS):
-            raise ValueError(f"unknown sample.scheduler {s['scheduler']!r}; use one of {['model', *SCHEDULERS]}")
+            raise ConfigError(f"unknown sample.scheduler {s['scheduler']!r}; use one of {['model', *SCHEDULERS]}")
         settings = SamplingSettings(steps=int(s.pop("steps")), guidance=float(s.pop("guidance")),
                                     dynamic_guidance=bool(s.pop("dynamic_guidance")),
                                     lora_scale=float(s.pop("lora_scale")), negative_prompt=str(s.pop("negative_prompt")))

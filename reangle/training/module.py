@@ -32,7 +32,7 @@ class Stage2Module(L.LightningModule):
                  loss_normalize: str = "all", seed: int = 42):
         super().__init__()
         if loss_normalize not in NORMALIZATIONS:
-            raise ValueError(f"unknown loss normalisation {loss_normalize!r}; use one of {NORMALIZATIONS}")
+            raise InputError(f"unknown loss normalisation {loss_normalize!r}; use one of {NORMALIZATIONS}")
         self.spec = spec
         self.net = spec.load_diffusion_model()
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
