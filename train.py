@@ -30,6 +30,7 @@ from reangle.geometry.trajectory import TrajectoryError
 from reangle.io.video import VideoError
 from reangle.models.cogvideox import ModelLoadError
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
+from reangle.training.wandb_run import agent_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +48,10 @@ def training_callbacks(cfg) -> list[L.Callback]:
 def main(argv: list[str] | None = None) -> L.Trainer:
     args = parse_args(argv)
     cfg = config_from_args(args)
+    agent = agent_overrides(cfg.run.name, cfg.logger.group)  # a `wandb agent` trial: its own run folder
+    if agent:
+        args.overrides = [*args.overrides, *agent]
+        cfg = config_from_args(args)
     ckpt = resume_path(cfg)
     L.seed_everything(cfg.run.seed, workers=True)
     rank_zero_only(save_config)(cfg, cfg.run.dir)
