@@ -21,16 +21,15 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from reangle.config import ConfigError, add_config_arguments, config_from_args
 from reangle.experiments.manifest import ManifestError, load_manifest
 from reangle.experiments.plan import Unit, parse_shard, plan_units, shard
 from reangle.experiments.report import TRIALS, SweepResults, setting_label
 from reangle.experiments.sweep_spec import SweepError, SweepSpec, load_sweep
-from reangle.experiments.trial import read_result, run_unit
+from reangle.experiments.trial import UnitBusy, raise_on_termination, read_result, run_unit
 
 WANDB_MODES = ("offline", "online", "auto", "disabled")
+STATIC_ONLY_METRICS = ("sed", "tsed")  # python -m eval refuses them for dynamic runs (eval/registry.py)
 
 
 def has_eval_cli() -> bool:
@@ -49,13 +48,43 @@ def unit_config(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, 
     return config_from_args(parser.parse_args(spec.program_args(overrides)))
 
 
-def validate(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, extra: list[str] = ()) -> str | None:
-    """None when the unit's config is valid, else the error."""
+def metrics_problem(metrics: list[str], cfg) -> str | None:
+    """Why ``python -m eval --metrics`` would refuse ``metrics`` for a unit of config ``cfg`` (its
+    mode and ``eval.source``), or None. Asked before anything trains."""
+    from eval.registry import METRICS
+    from eval.run import SOURCES, START_FRAME_METRICS
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        return f"unknown metric(s) {', '.join(unknown)}; python -m eval knows {', '.join(METRICS)}"
+    if cfg.eval.source not in SOURCES:
+        return f"unknown eval.source {cfg.eval.source!r}; use one of {', '.join(SOURCES)}"
+    if cfg.eval.source == "start_frames":
+        others = [m for m in metrics if m not in START_FRAME_METRICS]
+        if others:
+            return (f"eval.source=start_frames scores {', '.join(START_FRAME_METRICS)} only, not "
+                    f"{', '.join(others)}")
+        if cfg.mode != "static" or not cfg.inpaint.enabled:
+            return "eval.source=start_frames needs stage III's start frames: static mode with inpaint.enabled=true"
+    static_only = [m for m in metrics if m in STATIC_ONLY_METRICS]
+    if static_only and cfg.mode != "static":
+        return (f"{', '.join(static_only)} compare neighbouring views of static view transport; this unit is "
+                f"{cfg.mode}: leave {', '.join(static_only)} out of --metrics or run its videos as static")
+    return None
+
+
+def check_unit(spec: SweepSpec, unit: Unit, trials_dir: Path, args: argparse.Namespace,
+               metrics: list[str]) -> str | None:
+    """None when the unit can run as asked (its config, the metrics for its mode and source, the
+    W&B mode for its logger), else the error."""
     try:
-        unit_config(spec, unit, trials_dir, wandb_mode, extra)
+        cfg = unit_config(spec, unit, trials_dir, args.wandb_mode or "offline", args.overrides)
     except ConfigError as exc:
         return str(exc)
-    return None
+    if args.wandb_mode in ("online", "auto") and cfg.logger.kind != "wandb":
+        return (f"--wandb-mode {args.wandb_mode} has no effect: the unit logs with logger.kind={cfg.logger.kind}; "
+                f"add logger.kind=wandb after the sweep file")
+    return metrics_problem(metrics, cfg) if metrics else None
 
 
 def _describe(unit: Unit) -> str:
@@ -81,13 +110,15 @@ def run_sweep(args: argparse.Namespace) -> int:
         units = shard(units, *parse_shard(args.shard))
     out = Path(args.out) if args.out else Path("sweeps") / spec.name
     trials_dir = out / TRIALS
-    invalid = [(u, e) for u in units if (e := validate(spec, u, trials_dir, args.wandb_mode, args.overrides))
-               is not None]
+    wandb_mode = args.wandb_mode or "offline"
+    invalid = [(u, e) for u in units if (e := check_unit(spec, u, trials_dir, args, metrics)) is not None]
     if args.dry_run:
         bad = dict((u.id, e) for u, e in invalid)
         for unit in units:
             result = read_result(trials_dir / unit.id)
             state = {None: "to run", "ok": "finished"}.get(result and result.get("status"), "failed")
+            if state == "failed":
+                state += f" in {result.get('stage') or '?'}"
             print(f"{_describe(unit)}  {state if unit.id not in bad else 'INVALID: ' + bad[unit.id]}")
         print(f"{len(units)} units ({spec.method} sweep {spec.name!r}"
               + (f" x {len(manifest.videos)} videos of {manifest.name!r}" if manifest else "")
@@ -95,25 +126,39 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 1 if invalid else 0
     if invalid:
         lines = "\n".join(f"  {u.id}: {e}" for u, e in invalid)
-        raise SweepError(f"{len(invalid)} unit(s) have an invalid config; fix the sweep or manifest:\n{lines}")
+        raise SweepError(f"{len(invalid)} unit(s) cannot run as asked; fix the sweep, manifest or options:\n{lines}")
     recorded = {u.id: read_result(trials_dir / u.id) for u in units}
     todo = [u for u in units if recorded[u.id] is None or (args.retry_failed and recorded[u.id]["status"] != "ok")]
     print(f"sweep {spec.name!r}: {len(units)} units, {len(units) - len(todo)} already recorded, {len(todo)} to run "
-          f"-> {out}")
-    for unit in tqdm(todo, desc=f"sweep {spec.name}", unit="trial"):
-        result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, args.wandb_mode, args.timeout,
-                                            args.overrides)
-        tqdm.write(f"{result['status']:>6}  {_describe(unit)}  {result['seconds']:.0f} s"
-                   + (f"  {result['error']}" if result["error"] else ""))
+          f"-> {out}", flush=True)
+    busy = []
+    for number, unit in enumerate(todo, 1):
+        head = f"[{number}/{len(todo)}] {_describe(unit)}"
+
+        def on_stage(stage: str, log: Path) -> None:
+            print(f"{head}: {stage} ... (log: {log})", flush=True)
+
+        previous = recorded[unit.id] if args.retry_failed else None
+        try:
+            result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, wandb_mode, args.timeout,
+                                                  args.overrides, previous=previous, on_stage=on_stage)
+        except UnitBusy as exc:
+            busy.append(unit.id)
+            print(f"{head}: skipped, {exc}", flush=True)
+            continue
+        print(f"{head}: {result['status']} in {result['seconds']:.0f} s"
+              + (f" ({result['stage']}: {result['error']})" if result["error"] else ""), flush=True)
     paths = SweepResults(out).write()
     print(f"results: {', '.join(str(p) for p in paths[:2])} and {len(paths) - 2} plot(s) in {out / 'plots'}")
-    failed = [r for r in recorded.values() if r["status"] != "ok"]
+    failed = [r for r in recorded.values() if r is not None and r["status"] != "ok"]
+    if busy:
+        print(f"{len(busy)} unit(s) were running in another process and were left to it: {', '.join(busy)}")
     if failed:
-        print(f"{len(failed)} unit(s) failed (logs in {trials_dir}/<unit>/trial.log; --retry-failed runs them again):")
+        print(f"{len(failed)} unit(s) failed (logs in {trials_dir}/<unit>/trial.log; --retry-failed runs the "
+              f"failed stage again):")
         for result in failed:
-            print(f"  {result['id']}: {result['error']}")
-        return 1
-    return 0
+            print(f"  {result['id']} ({result.get('stage') or '?'}): {result['error']}")
+    return 1 if failed or busy else 0
 
 
 def report(args: argparse.Namespace) -> int:
@@ -146,10 +191,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                                       "unit (default: none, no evaluation)")
     parser.add_argument("--count", type=int, help="number of trials (random sweeps; default: the file's run_cap)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
-    parser.add_argument("--wandb-mode", default="offline", choices=WANDB_MODES, help="logger.wandb_mode of every "
-                                                                                     "trial (default offline)")
-    parser.add_argument("--retry-failed", action="store_true", help="run units whose recorded result is a failure "
-                                                                   "again (default: keep the recorded failure)")
+    parser.add_argument("--wandb-mode", choices=WANDB_MODES, help="logger.wandb_mode of every trial (default "
+                                                                  "offline); online/auto need logger.kind=wandb")
+    parser.add_argument("--retry-failed", action="store_true", help="run the failed stage of units whose recorded "
+                                                                   "result is a failure again (a unit that failed in "
+                                                                   "evaluation keeps its training; default: keep the "
+                                                                   "recorded failure)")
     parser.add_argument("--timeout", type=float, help="seconds each process of a unit may run (default: no limit)")
     args = parser.parse_intermixed_args(argv)
     args.command = run_sweep
@@ -158,11 +205,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    raise_on_termination()
     try:
         return args.command(args)
     except (SweepError, ManifestError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the running unit is stopped already
+        why = str(exc) or "SIGINT"
+        print(f"\ninterrupted ({why}): the running unit was stopped; run the same command again to continue "
+              f"(recorded units are kept, the interrupted one starts afresh)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
