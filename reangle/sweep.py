@@ -74,17 +74,18 @@ def metrics_problem(metrics: list[str], cfg) -> str | None:
 
 
 def check_unit(spec: SweepSpec, unit: Unit, trials_dir: Path, args: argparse.Namespace,
-               metrics: list[str]) -> str | None:
-    """None when the unit can run as asked (its config, the metrics for its mode and source, the
-    W&B mode for its logger), else the error."""
+               metrics: list[str]) -> tuple[str | None, dict]:
+    """``(None, labels)`` when the unit can run as asked (its config, the metrics for its mode and
+    source, the W&B mode for its logger), else ``(error, {})``; labels: its ``mode`` and ``source``."""
     try:
         cfg = unit_config(spec, unit, trials_dir, args.wandb_mode or "offline", args.overrides)
     except ConfigError as exc:
-        return str(exc)
+        return str(exc), {}
+    labels = {"mode": cfg.mode, "source": cfg.eval.source}
     if args.wandb_mode in ("online", "auto") and cfg.logger.kind != "wandb":
         return (f"--wandb-mode {args.wandb_mode} has no effect: the unit logs with logger.kind={cfg.logger.kind}; "
-                f"add logger.kind=wandb after the sweep file")
-    return metrics_problem(metrics, cfg) if metrics else None
+                f"add logger.kind=wandb after the sweep file"), labels
+    return (metrics_problem(metrics, cfg) if metrics else None), labels
 
 
 def _describe(unit: Unit) -> str:
@@ -111,7 +112,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("sweeps") / spec.name
     trials_dir = out / TRIALS
     wandb_mode = args.wandb_mode or "offline"
-    invalid = [(u, e) for u in units if (e := check_unit(spec, u, trials_dir, args, metrics)) is not None]
+    checked = {u.id: check_unit(spec, u, trials_dir, args, metrics) for u in units}
+    invalid = [(u, checked[u.id][0]) for u in units if checked[u.id][0] is not None]
     if args.dry_run:
         bad = dict((u.id, e) for u, e in invalid)
         for unit in units:
@@ -141,7 +143,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         previous = recorded[unit.id] if args.retry_failed else None
         try:
             result = recorded[unit.id] = run_unit(spec, unit, trials_dir, metrics, wandb_mode, args.timeout,
-                                                  args.overrides, previous=previous, on_stage=on_stage)
+                                                  args.overrides, previous=previous, labels=checked[unit.id][1],
+                                                  on_stage=on_stage)
         except UnitBusy as exc:
             busy.append(unit.id)
             print(f"{head}: skipped, {exc}", flush=True)

@@ -15,7 +15,7 @@ unit folder (``.<unit id>.lock``, held by the runner and inherited by the unit's
 keeps a second runner out of a folder in use.
 
 ``result.json``: ``id``, ``sweep``, ``trial``, ``video``, ``params``, ``status`` (``ok`` |
-``failed``), ``stage`` (where it failed: ``train`` | ``eval``), ``seconds`` (all stages),
+``failed``), ``mode`` and ``source`` (the unit's mode and ``eval.source``), ``stage`` (where it failed: ``train`` | ``eval``), ``seconds`` (all stages),
 ``stage_seconds`` (per stage), ``train_loss`` (the last ``train/loss`` of the run's CSV log),
 ``metrics`` (``eval.json``'s ``aggregate``), ``views`` (``eval.json``'s per-view scores),
 ``error`` (the last line the failing process printed), ``command``.
@@ -191,12 +191,12 @@ def _eval_metrics(run_dir: Path, metrics: list[str]) -> tuple[dict[str, float], 
 
 def run_unit(spec: SweepSpec, unit: Unit, trials_dir: str | Path, metrics: list[str] = (),
              wandb_mode: str = "offline", timeout: float | None = None, extra: list[str] = (),
-             previous: dict[str, Any] | None = None,
+             previous: dict[str, Any] | None = None, labels: dict[str, Any] | None = None,
              on_stage: Callable[[str, Path], None] = lambda stage, log: None) -> dict[str, Any]:
     """Run ``unit`` (``extra``: more ``key=value`` for every unit) and record its ``result.json``;
     returns the result. From scratch, unless ``previous`` (its recorded result) failed in
-    evaluation: then only the evaluation runs again. ``on_stage(stage, log)`` is called as each
-    stage starts. Raises :class:`UnitBusy` when another process holds the unit."""
+    evaluation: then only the evaluation runs again. ``labels`` (e.g. the unit's ``mode`` and
+    ``source``) are recorded with the result. ``on_stage(stage, log)`` is called as each stage starts. Raises :class:`UnitBusy` when another process holds the unit."""
     trials_dir = Path(trials_dir)
     run_dir = trials_dir / unit.id
     with unit_lock(trials_dir, unit.id) as lock:
@@ -223,7 +223,7 @@ def run_unit(spec: SweepSpec, unit: Unit, trials_dir: str | Path, metrics: list[
             if error is not None:
                 break
         result = {"id": unit.id, "sweep": spec.name, "trial": unit.trial,
-                  "video": unit.video.name if unit.video else None, "params": unit.params,
+                  "video": unit.video.name if unit.video else None, "params": unit.params, **(labels or {}),
                   "status": "ok" if error is None else "failed", "stage": stage if error is not None else None,
                   "seconds": round(sum(seconds.values()), 3), "stage_seconds": seconds,
                   "train_loss": final_train_loss(run_dir), "metrics": values, "views": views, "error": error,
