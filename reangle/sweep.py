@@ -151,8 +151,14 @@ def run_sweep(args: argparse.Namespace) -> int:
             continue
         print(f"{head}: {result['status']} in {result['seconds']:.0f} s"
               + (f" ({result['stage']}: {result['error']})" if result["error"] else ""), flush=True)
-    paths = SweepResults(out).write()
+    results = SweepResults(out)
+    paths = results.write()
     print(f"results: {', '.join(str(p) for p in paths[:2])} and {len(paths) - 2} plot(s) in {out / 'plots'}")
+    if todo:
+        logged = log_summary(results, spec, unit_config(spec, units[0], trials_dir, wandb_mode, args.overrides),
+                             wandb_mode)
+        if logged:
+            print(f"W&B: the sweep table is in run {spec.name}-summary ({logged})")
     failed = [r for r in recorded.values() if r is not None and r["status"] != "ok"]
     if busy:
         print(f"{len(busy)} unit(s) were running in another process and were left to it: {', '.join(busy)}")
@@ -162,6 +168,27 @@ def run_sweep(args: argparse.Namespace) -> int:
         for result in failed:
             print(f"  {result['id']} ({result.get('stage') or '?'}): {result['error']}")
     return 1 if failed or busy else 0
+
+
+def log_summary(results: SweepResults, spec: SweepSpec, unit_cfg, wandb_mode: str) -> str | None:
+    """Log the sweep-level table (settings x metrics, n) to a W&B run of the sweep's group when the
+    units log to W&B; returns the run's folder, or None."""
+    from reangle.training.wandb_run import resolve_mode
+
+    if unit_cfg is None or unit_cfg.logger.kind != "wandb":
+        return None
+    mode, _ = resolve_mode(wandb_mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    columns, rows = results.summary()
+    run = wandb.init(project=unit_cfg.logger.project, entity=unit_cfg.logger.entity, group=spec.name,
+                     name=f"{spec.name}-summary", job_type="sweep-summary", tags=[f"sweep:{spec.name}"],
+                     dir=str(results.dir), mode=mode, reinit="create_new")
+    run.log({"sweep/results": wandb.Table(columns=columns, data=rows)})
+    run.finish()
+    return str(Path(run.dir).parent)
 
 
 def report(args: argparse.Namespace) -> int:

@@ -172,3 +172,28 @@ def test_a_timed_out_step_is_killed_with_the_processes_it_started(tmp_path):
     assert error == "timed out after 1.5 s" and time.monotonic() - started < 30
     time.sleep(4)
     assert not marker.exists()  # the child went with its parent's group
+
+
+def test_the_sweep_table_goes_to_wandb_with_n(tmp_path, monkeypatch):
+    from reangle import sweep
+    from reangle.experiments.sweep_spec import load_sweep
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "sweep"
+    _unit(out, "000-a", {"lora.rank": 16}, "a", metrics={"met3r": 0.1}, config_overrides=[])
+    _unit(out, "000-b", {"lora.rank": 16}, "b", metrics={"met3r": 0.3}, config_overrides=[])
+    _unit(out, "001-a", {"lora.rank": 32}, "a", metrics={"met3r": 0.2}, config_overrides=[])
+    results = SweepResults(out)
+    columns, rows = results.summary()
+    assert columns == ["mode", "source", "setting", "n", "failed", "train_loss", "met3r"]
+    assert rows == [["static", "samples", "lora.rank=16", 1, 0, 0.5, 0.1], ["static", "samples", "lora.rank=32", 1, 0, 0.5, 0.2]]
+    spec = load_sweep(CONFIG_DIR / "sweeps" / "tiny.yaml")
+    csv_cfg = load_config([CONFIG_DIR / "presets" / "tiny.yaml"])
+    assert sweep.log_summary(results, spec, csv_cfg, "offline") is None  # the units do not log to W&B
+    wandb_cfg = load_config([CONFIG_DIR / "presets" / "tiny.yaml"], ["logger.kind=wandb"])
+    assert sweep.log_summary(results, spec, wandb_cfg, "disabled") is None
+    run_dir = sweep.log_summary(results, spec, wandb_cfg, "offline")
+    table, = (out / "wandb").glob("offline-run-*/files/media/table/sweep/results_*.table.json")
+    assert str(table).startswith(run_dir)
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == columns and logged["data"] == rows

@@ -353,6 +353,19 @@ class SweepResults:
         ax.legend(fontsize=7)
         return [_save(fig, out_dir / f"{_slug(column)}_vs_{_slug(key)}{suffix}.png")]
 
+    def summary(self) -> tuple[list[str], list[list[Any]]]:
+        """The sweep-level table (columns, rows): per group and setting, n (the videos compared), the
+        failures, the final training loss and every metric, means over the group's common videos."""
+        columns = ["mode", "source", "setting", "n", "failed", "train_loss", *self.metrics]
+        rows = []
+        for group, settings in self.groups.items():
+            videos = self.compared_videos(group)
+            for setting, results in settings.items():
+                finished = [r for r in results if r.get("status") == "ok"]
+                rows.append([*group, setting, len(videos) if videos else len(finished), len(results) - len(finished)]
+                            + [_mean(self.values(group, setting, c, videos)) for c in ["train_loss", *self.metrics]])
+        return columns, rows
+
     def write(self) -> list[Path]:
         """Write ``results.csv``, ``results.md`` and the plots into the sweep folder; returns the paths."""
         paths = [atomic_write_text(self.dir / "results.csv", self.csv_text()),
