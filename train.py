@@ -30,6 +30,7 @@ from reangle.geometry.trajectory import TrajectoryError
 from reangle.io.video import VideoError
 from reangle.models.cogvideox import ModelLoadError
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
+from reangle.quiet import silence_noise
 from reangle.training.wandb_run import agent_overrides
 
 
@@ -46,6 +47,7 @@ def training_callbacks(cfg) -> list[L.Callback]:
 
 
 def main(argv: list[str] | None = None) -> L.Trainer:
+    silence_noise()
     args = parse_args(argv)
     cfg = config_from_args(args)
     agent = agent_overrides(cfg.run.name, cfg.logger.group)  # a `wandb agent` trial: its own run folder
