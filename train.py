@@ -20,6 +20,7 @@ from callbacks.consistent_inpainting import ConsistentInpainting
 from callbacks.evaluation import Evaluation
 from callbacks.lora_export import LoraExport
 from callbacks.progress import StepProgressBar
+from callbacks.run_media import RunMedia
 from callbacks.step_stats import StepStats
 from callbacks.video_sampling import VideoSampling
 from eval.models import EvalConfigError
@@ -31,7 +32,7 @@ from reangle.io.video import VideoError
 from reangle.models.cogvideox import ModelLoadError
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
 from reangle.quiet import silence_noise
-from reangle.training.wandb_run import agent_overrides
+from reangle.training.wandb_run import agent_overrides, wants_lora_artifact
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
     stage3 = [ConsistentInpainting(cfg)] if cfg.mode == "static" and cfg.inpaint.enabled else []
     evaluation = Evaluation.from_config(cfg)  # after VideoSampling: evaluates what it sampled
-    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), *stage3, VideoSampling.from_config(cfg),
+    media = RunMedia(cfg.run.dir, lora_artifact=wants_lora_artifact(cfg.logger))  # after stage III and the export
+    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), *stage3, media, VideoSampling.from_config(cfg),
                                             *([evaluation] if evaluation else [])])  # stage III before sampling
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)

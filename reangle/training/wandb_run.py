@@ -19,11 +19,13 @@ import string
 from pathlib import Path
 from typing import Mapping
 
+from reangle.config import ConfigError
 from reangle.utils import atomic_write_text
 
 SWEEP_ID, RUN_ID = "WANDB_SWEEP_ID", "WANDB_RUN_ID"
 AGENT_VARIABLES = (SWEEP_ID, RUN_ID, "WANDB_SWEEP_PARAM_PATH")
 RUN_RECORD = "wandb_run.json"
+LORA_ARTIFACT = ("auto", "true", "false")
 
 
 def agent_trial(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
@@ -59,6 +61,16 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 def new_run_id() -> str:
     """A fresh W&B run id (8 lowercase letters and digits, as W&B makes them)."""
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def wants_lora_artifact(logger_cfg) -> bool:
+    """Whether the final LoRA goes to W&B as an artifact (``logger.lora_artifact``: ``auto`` = when online)."""
+    setting = str(logger_cfg.lora_artifact).lower()
+    if setting not in LORA_ARTIFACT:
+        raise ConfigError(f"logger.lora_artifact={logger_cfg.lora_artifact!r}: use one of {', '.join(LORA_ARTIFACT)}")
+    if logger_cfg.kind != "wandb" or setting == "false":
+        return False
+    return setting == "true" or resolve_mode(logger_cfg.wandb_mode)[0] == "online"
 
 
 def recorded_run(run_dir: str | os.PathLike) -> dict | None:
