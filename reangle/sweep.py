@@ -10,7 +10,9 @@ Reads a W&B sweep file (``configs/sweeps/``), runs every trial on every video of
 ``--metrics`` names any), into ``DIR/trials/<unit id>/``, and writes ``DIR/results.csv``,
 ``DIR/results.md`` and ``DIR/plots/``. A failed unit is recorded and the rest go on (exit
 code 1 at the end). Re-running skips every unit with a recorded result (``--retry-failed``:
-except the failed ones) and restarts interrupted ones from scratch.
+except the failed ones, whose failed stage runs again) and restarts interrupted ones from
+scratch. Every unit's config, metrics and W&B mode are checked before anything runs; Ctrl-C
+(or SIGTERM) stops the running unit's processes and exits with code 130.
 Run it from the project root (the sweep's command names ``train.py`` and config files
 relative to it), as a W&B agent would.
 """

@@ -95,8 +95,9 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_di
     table = (out / "results.md").read_text()
     assert "| train.masked=True | 2 | 1 |" in table and "| train.masked=False | 2 | 1 |" in table
     assert "## Failures" in table and all(k in table for k in failed)
-    plot = out / "plots" / "train_loss_by_setting.png"
-    assert plot.read_bytes()[:8] == PNG_MAGIC
+    plot = out / "plots" / "train_loss_by_setting_masked.png"  # masked and plain losses are plotted apart
+    assert plot.read_bytes()[:8] == PNG_MAGIC and (out / "plots" / "train_loss_by_setting_plain.png").is_file()
+    assert not (out / "plots" / "train_loss_by_setting.png").exists()
 
     plot.unlink()
     assert sweep.main(["report", str(out)]) == 1

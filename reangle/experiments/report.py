@@ -259,7 +259,8 @@ class SweepResults:
                       "400 steps, lr 1e-4, masked loss, all six motions with M = 12 static / 6 dynamic, 40 sampling "
                       "steps, guidance 6; stage III with the ControlNet, 50 steps at 1024 px, S = 25 when guided): "
                       "Tab. 1 for the full method's sampled videos, Tab. 2 for the start frames. The paper's n is its "
-                      "28 videos. Lower is better for " + (", ".join(lower) or "none here") + ".", ""]
+                      "28 videos. Lower is better for " + (", ".join(lower) or "none here") + ". A blank cell: no "
+                      "compared video has a value (the metric was not asked for that unit, or it failed).", ""]
         if failed:
             lines += ["## Failures", ""]
             lines += [f"- `{r.get('id')}` (video {r.get('video') or '-'}, {setting_label(r.get('params', {}))}) "
