@@ -45,7 +45,8 @@ def _add_once(logger: logging.Logger, new: logging.Filter) -> None:
 
 def silence_noise() -> None:
     """Install the filters listed in the module docstring (idempotent)."""
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"`FluxPosEmbed` is deprecated", category=FutureWarning)
     for name in LIGHTNING_INFO_LOGGERS:
         _add_once(logging.getLogger(name), _DropMessages(("💡 Tip:",), contains="litlogger"))

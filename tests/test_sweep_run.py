@@ -120,6 +120,9 @@ def test_sweep_with_metrics_records_the_evaluation_aggregate(tmp_path, tiny_mode
     assert result["status"] == "ok" and set(result["metrics"]) == {"temporal_flickering", "warp_psnr"}
     assert result["metrics"] == {m: evaluated[m] for m in result["metrics"]}
     assert 0 < result["metrics"]["temporal_flickering"] <= 1
+    per_view = json.loads((out / "trials" / key / "eval.json").read_text())["videos"]
     with open(out / "results.csv", newline="") as handle:
-        row, = list(csv.DictReader(handle))
-    assert float(row["temporal_flickering"]) == result["metrics"]["temporal_flickering"]
+        row, *view_rows = list(csv.DictReader(handle))
+    assert row["view"] == "all" and float(row["temporal_flickering"]) == result["metrics"]["temporal_flickering"]
+    assert {r["view"]: float(r["temporal_flickering"]) for r in view_rows} == {
+        view: scores["temporal_flickering"] for view, scores in per_view.items()} and view_rows

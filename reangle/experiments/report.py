@@ -126,8 +126,8 @@ class SweepResults:
 
     def loss_kind(self, result: dict[str, Any]) -> str:
         """``masked`` or ``plain``: which diffusion loss the unit's ``train_loss`` is."""
-        masked = (self.configs.get(result["id"], {}).get("train") or {}).get("masked",
-                                                                               result.get("params", {}).get("train.masked", True))
+        swept = result.get("params", {}).get("train.masked", True)
+        masked = (self.configs.get(result["id"], {}).get("train") or {}).get("masked", swept)
         return "masked" if masked else "plain"
 
     def failures(self) -> list[dict[str, Any]]:

@@ -15,7 +15,8 @@ unit folder (``.<unit id>.lock``, held by the runner and inherited by the unit's
 keeps a second runner out of a folder in use.
 
 ``result.json``: ``id``, ``sweep``, ``trial``, ``video``, ``params``, ``status`` (``ok`` |
-``failed``), ``mode`` and ``source`` (the unit's mode and ``eval.source``), ``stage`` (where it failed: ``train`` | ``eval``), ``seconds`` (all stages),
+``failed``), ``mode`` and ``source`` (the unit's mode and ``eval.source``), ``stage`` (where it
+failed: ``train`` | ``eval``), ``seconds`` (all stages),
 ``stage_seconds`` (per stage), ``train_loss`` (the last ``train/loss`` of the run's CSV log),
 ``metrics`` (``eval.json``'s ``aggregate``), ``views`` (``eval.json``'s per-view scores),
 ``error`` (the last line the failing process printed), ``command``.
@@ -127,8 +128,9 @@ def _run(argv: list[str], log: Path, timeout: float | None, keep_fds: tuple[int,
         handle.write(f"$ {shlex.join(argv)}\n")
         handle.flush()
         # the guard leads its own process group and stops it as a whole (e.g. the ranks of a multi-GPU run)
-        process = subprocess.Popen([sys.executable, "-m", GUARD, *argv], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                                   pass_fds=keep_fds, preexec_fn=_die_with_parent(os.getpid()))
+        process = subprocess.Popen([sys.executable, "-m", GUARD, *argv], stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=env, pass_fds=keep_fds,
+                                   preexec_fn=_die_with_parent(os.getpid()))
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -175,7 +177,8 @@ def unit_lock(trials_dir: str | Path, unit_id: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _eval_metrics(run_dir: Path, metrics: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]], str | None]:
+def _eval_metrics(run_dir: Path, metrics: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]],
+                                                               str | None]:
     """The aggregate and per-view scores of ``eval.json``, and an error when a metric is missing."""
     path = run_dir / EVAL_JSON
     if not path.is_file():
@@ -196,7 +199,8 @@ def run_unit(spec: SweepSpec, unit: Unit, trials_dir: str | Path, metrics: list[
     """Run ``unit`` (``extra``: more ``key=value`` for every unit) and record its ``result.json``;
     returns the result. From scratch, unless ``previous`` (its recorded result) failed in
     evaluation: then only the evaluation runs again. ``labels`` (e.g. the unit's ``mode`` and
-    ``source``) are recorded with the result. ``on_stage(stage, log)`` is called as each stage starts. Raises :class:`UnitBusy` when another process holds the unit."""
+    ``source``) are recorded with the result. ``on_stage(stage, log)`` is called as each stage
+    starts. Raises :class:`UnitBusy` when another process holds the unit."""
     trials_dir = Path(trials_dir)
     run_dir = trials_dir / unit.id
     with unit_lock(trials_dir, unit.id) as lock:
