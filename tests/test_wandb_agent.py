@@ -132,3 +132,22 @@ def test_evaluation_logs_into_the_recorded_run(tmp_path, monkeypatch):
     assert again.version == first.version
     assert build_loggers(cfg)[0].version != first.version  # a new training run is a new W&B run
     assert wandb_run.recorded_run(tmp_path / "nowhere") is None
+
+
+def test_python_m_eval_logs_into_the_training_run(tmp_path, tiny_omega, tiny_model_dir):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env["PYTHONPATH"] = str(ROOT)
+    train = [sys.executable, "train.py", "--config", "configs/presets/tiny.yaml", f"run.root={tmp_path}",
+             f"run.cache_dir={tiny_model_dir.parent.parent}", f"train.omega={tiny_omega}", "data.height=64",
+             "data.width=96", "train.steps=1", "train.checkpoint_every=1", "sample.steps=1",
+             "sample.views=[orbit_left_0]", "logger.kind=wandb", "logger.wandb_mode=offline"]
+    proc = subprocess.run(train, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "tiny"
+    run_id = recorded_run(run_dir)["id"]
+    proc = subprocess.run([sys.executable, "-m", "eval", "--run", str(run_dir), "--metrics", "temporal_flickering"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # training, then evaluation
+    assert any(list(r.glob("files/media/table/eval/videos_*.table.json")) for r in runs)
