@@ -88,6 +88,11 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def video_name(result: dict[str, Any]) -> str:
+    """The unit's manifest video, or the sweep command's own input when it ran without a manifest."""
+    return result.get("video") or "the command's video"
+
+
 def _run_config(sweep_dir: Path, unit_id: str) -> dict[str, Any]:
     path = sweep_dir / TRIALS / unit_id / "config.yaml"
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
@@ -140,14 +145,14 @@ class SweepResults:
     # --- comparisons --------------------------------------------------------------------------
     def common_videos(self, group: tuple[str, str]) -> list[str]:
         """The videos every setting of ``group`` finished (what its settings are compared over)."""
-        finished = [{r.get("video") or "-" for r in results if r.get("status") == "ok"}
+        finished = [{video_name(r) for r in results if r.get("status") == "ok"}
                     for results in self.groups[group].values()]
         return sorted(set.intersection(*finished)) if finished else []
 
     def values(self, group: tuple[str, str], setting: str, column: str, videos: list[str] | None) -> list[float]:
         """``column`` of the finished units of ``setting`` in ``group`` (of ``videos`` only, unless None)."""
         return [v for r in self.groups[group][setting] if r.get("status") == "ok"
-                and (videos is None or (r.get("video") or "-") in videos) and (v := self.value(r, column)) is not None]
+                and (videos is None or video_name(r) in videos) and (v := self.value(r, column)) is not None]
 
     def compared_videos(self, group: tuple[str, str]) -> list[str] | None:
         """The common videos, or None (each setting its own videos) when there are none."""
@@ -199,7 +204,7 @@ class SweepResults:
         if common:
             lines.append(f"Settings are compared over the {len(common)} video(s) every setting finished: "
                          f"{', '.join(common)}.")
-            extra = {s: sorted({r.get('video') or '-' for r in rs if r.get('status') == 'ok'} - set(common))
+            extra = {s: sorted({video_name(r) for r in rs if r.get('status') == 'ok'} - set(common))
                      for s, rs in settings.items()}
             left_out = [f"{s}: {', '.join(v)}" for s, v in extra.items() if v]
             if left_out:
@@ -263,7 +268,7 @@ class SweepResults:
                       "compared video has a value (the metric was not asked for that unit, or it failed).", ""]
         if failed:
             lines += ["## Failures", ""]
-            lines += [f"- `{r.get('id')}` (video {r.get('video') or '-'}, {setting_label(r.get('params', {}))}) "
+            lines += [f"- `{r.get('id')}` (video {video_name(r)}, {setting_label(r.get('params', {}))}) "
                       f"failed in {r.get('stage') or '?'}: {r.get('error')} (log: {TRIALS}/{r.get('id')}/trial.log)"
                       for r in failed]
         return "\n".join(lines).rstrip("\n") + "\n"
@@ -329,7 +334,7 @@ class SweepResults:
             return []  # masked and plain losses on one axis would read as comparable
         for results in self.groups[group].values():
             for r in results:
-                if r.get("status") == "ok" and (videos is None or (r.get("video") or "-") in videos) \
+                if r.get("status") == "ok" and (videos is None or video_name(r) in videos) \
                         and (v := self.value(r, column)) is not None:
                     lines[setting_label({k: r["params"].get(k) for k in others})][float(r["params"][key])].append(v)
         if not lines:
