@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     silence_noise()
     args = parse_args(argv)
     cfg = config_from_args(args)
-    agent = agent_overrides(cfg.run.name, cfg.logger.group)  # a `wandb agent` trial: its own run folder
+    agent = agent_overrides(cfg)  # a `wandb agent` trial: its own run folder, group and tags
     if agent:
         args.overrides = [*args.overrides, *agent]
         cfg = config_from_args(args)

@@ -66,6 +66,8 @@ def test_agent_trials_get_their_own_run_folder_and_wandb_run(tmp_path, tiny_mode
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert config["train"]["masked"] is params["train.masked"] and config["lora"]["rank"] == params["lora.rank"]
         assert config["logger"]["group"] == "sweep-swp0042" and config["run"]["name"] == f"tiny-{run_id}"
+        assert config["logger"]["tags"] == ["sweep:swp0042", "video:synthetic",
+                                            *(f"{k}={json.dumps(v)}" for k, v in params.items())]
         offline, = (run_dir / "wandb").glob("offline-run-*")
         assert offline.name.endswith(f"-{run_id}")
         assert recorded_run(run_dir) == {"id": run_id, "project": "reangle", "group": "sweep-swp0042",
@@ -73,12 +75,20 @@ def test_agent_trials_get_their_own_run_folder_and_wandb_run(tmp_path, tiny_mode
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_agent_overrides_only_under_an_agent_and_keep_an_explicit_group():
-    assert agent_overrides("tiny", None, {}) == []
-    assert agent_overrides("tiny", None, {"WANDB_RUN_ID": "r1"}) == []  # a plain resumed run, not a sweep trial
-    env = {"WANDB_SWEEP_ID": "s9", "WANDB_RUN_ID": "r1"}
-    assert agent_overrides("tiny", None, env) == ['run.name="tiny-r1"', 'logger.group="sweep-s9"']
-    assert agent_overrides("tiny-r1", "mine", env) == ['run.name="tiny-r1"']
+def test_agent_overrides_only_under_an_agent_and_keep_an_explicit_group(tmp_path):
+    from reangle.config import load_config
+
+    cfg = load_config([ROOT / "configs/presets/tiny.yaml"], ["logger.tags=[mine]"])
+    assert agent_overrides(cfg, {}) == []
+    assert agent_overrides(cfg, {"WANDB_RUN_ID": "r1"}) == []  # a plain resumed run, not a sweep trial
+    params = tmp_path / "config-r1.yaml"  # what the agent writes for the trial
+    params.write_text("wandb_version: 1\n\nlora.rank:\n  value: 8\ntrain.masked:\n  value: false\n")
+    env = {"WANDB_SWEEP_ID": "s9", "WANDB_RUN_ID": "r1", "WANDB_SWEEP_PARAM_PATH": str(params)}
+    tags = ["mine", "sweep:s9", "video:synthetic", "lora.rank=8", "train.masked=false"]
+    assert agent_overrides(cfg, env) == ['run.name="tiny-r1"', f"logger.tags={json.dumps(tags)}",
+                                         'logger.group="sweep-s9"']
+    grouped = load_config([ROOT / "configs/presets/tiny.yaml"], ['run.name="tiny-r1"', "logger.group=mine"])
+    assert agent_overrides(grouped, env)[0] == 'run.name="tiny-r1"' and len(agent_overrides(grouped, env)) == 2
 
 
 def _mode_in_fresh_process(tmp_path, env):

@@ -13,10 +13,10 @@ from typing import Any
 
 from reangle.experiments.manifest import BenchmarkVideo, Manifest, format_override
 from reangle.experiments.sweep_spec import SweepSpec, draw_trials
+from reangle.training.wandb_run import TAG_LIMIT
 from reangle.utils import fingerprint
 
 SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
-TAG_LIMIT = 64
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import string
 from pathlib import Path
 from typing import Mapping
 
+import yaml
+
 from reangle.config import ConfigError
 from reangle.utils import atomic_write_text
 
@@ -26,6 +28,7 @@ SWEEP_ID, RUN_ID = "WANDB_SWEEP_ID", "WANDB_RUN_ID"
 AGENT_VARIABLES = (SWEEP_ID, RUN_ID, "WANDB_SWEEP_PARAM_PATH")
 RUN_RECORD = "wandb_run.json"
 LORA_ARTIFACT = ("auto", "true", "false")
+TAG_LIMIT = 64  # W&B's longest tag
 
 
 def agent_trial(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
@@ -34,15 +37,29 @@ def agent_trial(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | No
     return (sweep, run) if sweep and run else None
 
 
-def agent_overrides(run_name: str, group: str | None, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """``key=value`` overrides that give an agent's trial its own run folder and W&B group
+def agent_overrides(cfg, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """``key=value`` overrides that give an agent's trial (``cfg``: its config as given) its own run
+    folder, the sweep as W&B group, and tags naming the sweep, the video and each swept value
     (``[]`` outside an agent)."""
     trial = agent_trial(environ)
     if trial is None:
         return []
     sweep, run = trial
-    name = run_name if run_name.endswith(f"-{run}") else f"{run_name}-{run}"
-    return [f"run.name={json.dumps(name)}"] + ([] if group else [f"logger.group={json.dumps(f'sweep-{sweep}')}"])
+    name = cfg.run.name if cfg.run.name.endswith(f"-{run}") else f"{cfg.run.name}-{run}"
+    tags = [*cfg.logger.tags, f"sweep:{sweep}", f"video:{Path(str(cfg.data.video)).stem}"]
+    tags += [f"{key}={json.dumps(value)}" for key, value in swept_values(environ).items()]
+    tags = list(dict.fromkeys(tag[:TAG_LIMIT] for tag in tags))
+    out = [f"run.name={json.dumps(name)}", f"logger.tags={json.dumps(tags)}"]
+    return out + ([] if cfg.logger.group else [f"logger.group={json.dumps(f'sweep-{sweep}')}"])
+
+
+def swept_values(environ: Mapping[str, str] = os.environ) -> dict:
+    """The trial's swept ``{key: value}`` from the file the agent writes (``WANDB_SWEEP_PARAM_PATH``)."""
+    path = environ.get("WANDB_SWEEP_PARAM_PATH")
+    if not path or not Path(path).is_file():
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return {k: v.get("value") for k, v in data.items() if isinstance(v, dict) and "value" in v}
 
 
 def resolve_mode(mode: str) -> tuple[str, str]:
