@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +33,6 @@ from reangle.experiments.sweep_spec import SweepError, SweepSpec, load_sweep
 from reangle.experiments.trial import UnitBusy, raise_on_termination, read_result, run_unit
 
 WANDB_MODES = ("offline", "online", "auto", "disabled")
-STATIC_ONLY_METRICS = ("sed", "tsed")  # python -m eval refuses them for dynamic runs (eval/registry.py)
 
 
 def has_eval_cli() -> bool:
@@ -50,44 +51,44 @@ def unit_config(spec: SweepSpec, unit: Unit, trials_dir: Path, wandb_mode: str, 
     return config_from_args(parser.parse_args(spec.program_args(overrides)))
 
 
-def metrics_problem(metrics: list[str], cfg) -> str | None:
-    """Why ``python -m eval --metrics`` would refuse ``metrics`` for a unit of config ``cfg`` (its
-    mode and ``eval.source``), or None. Asked before anything trains."""
-    from eval.registry import METRICS
-    from eval.run import SOURCES, START_FRAME_METRICS
-
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        return f"unknown metric(s) {', '.join(unknown)}; python -m eval knows {', '.join(METRICS)}"
-    if cfg.eval.source not in SOURCES:
-        return f"unknown eval.source {cfg.eval.source!r}; use one of {', '.join(SOURCES)}"
-    if cfg.eval.source == "start_frames":
-        others = [m for m in metrics if m not in START_FRAME_METRICS]
-        if others:
-            return (f"eval.source=start_frames scores {', '.join(START_FRAME_METRICS)} only, not "
-                    f"{', '.join(others)}")
-        if cfg.mode != "static" or not cfg.inpaint.enabled:
-            return "eval.source=start_frames needs stage III's start frames: static mode with inpaint.enabled=true"
-    static_only = [m for m in metrics if m in STATIC_ONLY_METRICS]
-    if static_only and cfg.mode != "static":
-        return (f"{', '.join(static_only)} compare neighbouring views of static view transport; this unit is "
-                f"{cfg.mode}: leave {', '.join(static_only)} out of --metrics or run its videos as static")
-    return None
+def metric_problems(metrics: list[str], pairs: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+    """Why ``python -m eval`` would refuse ``metrics`` for each ``(mode, eval.source)`` pair, or None;
+    asked of the evaluation package itself (``python -m eval.requests``), before anything trains."""
+    if not pairs:
+        return {}
+    argv = [sys.executable, "-m", "eval.requests", ",".join(metrics), *sorted(f"{m}:{s}" for m, s in pairs)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SweepError(f"cannot check --metrics with the evaluation package: {proc.stderr.strip()[-500:]}")
+    return {tuple(key.split(":", 1)): problem for key, problem in json.loads(proc.stdout).items()}
 
 
-def check_unit(spec: SweepSpec, unit: Unit, trials_dir: Path, args: argparse.Namespace,
-               metrics: list[str]) -> tuple[str | None, dict]:
-    """``(None, labels)`` when the unit can run as asked (its config, the metrics for its mode and
-    source, the W&B mode for its logger), else ``(error, {})``; labels: its ``mode`` and ``source``."""
+def check_unit(spec: SweepSpec, unit: Unit, trials_dir: Path, args: argparse.Namespace):
+    """``(error or None, labels, config)`` of a unit: its config and the W&B mode for its logger
+    (the metrics are checked per mode and source by :func:`metric_problems`); labels: its
+    ``mode`` and ``source``."""
     try:
         cfg = unit_config(spec, unit, trials_dir, args.wandb_mode or "offline", args.overrides)
     except ConfigError as exc:
-        return str(exc), {}
+        return str(exc), {}, None
     labels = {"mode": cfg.mode, "source": cfg.eval.source}
     if args.wandb_mode in ("online", "auto") and cfg.logger.kind != "wandb":
         return (f"--wandb-mode {args.wandb_mode} has no effect: the unit logs with logger.kind={cfg.logger.kind}; "
-                f"add logger.kind=wandb after the sweep file"), labels
-    return (metrics_problem(metrics, cfg) if metrics else None), labels
+                f"add logger.kind=wandb after the sweep file"), labels, cfg
+    if args.metrics and cfg.eval.source == "start_frames" and (cfg.mode != "static" or not cfg.inpaint.enabled):
+        return "eval.source=start_frames needs stage III's start frames: static mode with inpaint.enabled=true", \
+            labels, cfg
+    return None, labels, cfg
+
+
+def check_units(spec: SweepSpec, units: list[Unit], trials_dir: Path, args: argparse.Namespace,
+                metrics: list[str]) -> dict[str, tuple[str | None, dict]]:
+    """``{unit id: (error or None, labels)}``: :func:`check_unit`, then the metrics of every unit."""
+    checked = {u.id: check_unit(spec, u, trials_dir, args) for u in units}
+    pairs = {(labels["mode"], labels["source"]) for error, labels, _ in checked.values() if error is None}
+    problems = metric_problems(metrics, pairs) if metrics else {}
+    return {uid: (error or (problems.get((labels["mode"], labels["source"])) if labels else None), labels)
+            for uid, (error, labels, _) in checked.items()}
 
 
 def _describe(unit: Unit) -> str:
@@ -114,7 +115,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("sweeps") / spec.name
     trials_dir = out / TRIALS
     wandb_mode = args.wandb_mode or "offline"
-    checked = {u.id: check_unit(spec, u, trials_dir, args, metrics) for u in units}
+    checked = check_units(spec, units, trials_dir, args, metrics)
     invalid = [(u, checked[u.id][0]) for u in units if checked[u.id][0] is not None]
     if args.dry_run:
         bad = dict((u.id, e) for u, e in invalid)
