@@ -15,6 +15,7 @@ import sys
 
 from reangle.config import load_config, load_run_config, split_config_tokens
 from reangle.errors import run_entry_point
+from reangle.quiet import silence_noise
 from reangle.sampling.run import run_files, sample_from_config
 
 
@@ -22,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a train.py run directory (config.yaml + lora/final/)")
-    source.add_argument("--config", nargs="+", help="YAML files merged in order onto configs/base.yaml")
+    source.add_argument("--config", nargs="+", action="extend", help="YAML files merged in order onto configs/base.yaml")
     parser.add_argument("--lora", help="LoRA file (diffusers format); required with --config, optional with --run")
     parser.add_argument("--views", help="comma-separated names of the views to sample (default: sample.views)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None):
+    silence_noise()
     args = parse_args(argv)
     if args.run:
         config, lora = run_files(args.run)

@@ -20,11 +20,14 @@ from callbacks.consistent_inpainting import ConsistentInpainting
 from callbacks.evaluation import Evaluation
 from callbacks.lora_export import LoraExport
 from callbacks.progress import StepProgressBar
+from callbacks.run_media import RunMedia
 from callbacks.step_stats import StepStats
 from callbacks.video_sampling import VideoSampling
 from reangle.config import add_config_arguments, config_from_args, save_config
 from reangle.errors import run_entry_point
 from reangle.training.build import (build_datamodule, build_module, build_spec, build_trainer, resume_path)
+from reangle.quiet import silence_noise
+from reangle.training.wandb_run import agent_overrides, wants_lora_artifact
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,8 +43,13 @@ def training_callbacks(cfg) -> list[L.Callback]:
 
 
 def main(argv: list[str] | None = None) -> L.Trainer:
+    silence_noise()
     args = parse_args(argv)
     cfg = config_from_args(args)
+    agent = agent_overrides(cfg)  # a `wandb agent` trial: its own run folder, group and tags
+    if agent:
+        args.overrides = [*args.overrides, *agent]
+        cfg = config_from_args(args)
     ckpt = resume_path(cfg)
     L.seed_everything(cfg.run.seed, workers=True)
     rank_zero_only(save_config)(cfg, cfg.run.dir)
@@ -49,7 +57,8 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     datamodule = build_datamodule(cfg, spec)  # checks the stage I input before the model loads
     stage3 = [ConsistentInpainting(cfg)] if cfg.mode == "static" and cfg.inpaint.enabled else []
     evaluation = Evaluation.from_config(cfg)  # after VideoSampling: evaluates what it sampled
-    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), *stage3, VideoSampling.from_config(cfg),
+    media = RunMedia(cfg.run.dir, lora_artifact=wants_lora_artifact(cfg.logger))  # after stage III and the export
+    trainer = build_trainer(cfg, callbacks=[*training_callbacks(cfg), *stage3, media, VideoSampling.from_config(cfg),
                                             *([evaluation] if evaluation else [])])  # stage III before sampling
     trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
     rank_zero_only(report)(cfg)

@@ -18,7 +18,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", required=True, help="a train.py run directory (config.yaml + samples/)")
     parser.add_argument("--metrics", help="comma-separated metric names (default: eval.metrics)")
     parser.add_argument("--reference", help="folder of reference videos for FID/FVD (default: the run's input video)")
-    parser.add_argument("--config", nargs="+", default=[], metavar="FILE",
+    parser.add_argument("--config", nargs="+", action="extend", default=[], metavar="FILE",
                         help="more YAML files merged onto the run's config (e.g. configs/eval/vbench.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. eval.batch_size=8")
     return parser.parse_args(argv)

@@ -160,7 +160,7 @@ def evaluate_run(run_dir: str | os.PathLike, metrics: Sequence[str] | None = Non
     write_results(result, cfg.eval.out_dir, cfg.run.name)
     if cfg.logger.kind == "wandb":
         from reangle.training.build import build_loggers
-        loggers = [lg for lg in build_loggers(cfg) if hasattr(lg, "log_table")]
+        loggers = [lg for lg in build_loggers(cfg, resume_recorded=True) if hasattr(lg, "log_table")]
         log_table(loggers, result)
         for logger in loggers:
             logger.finalize("success")

@@ -364,9 +364,10 @@ def instantiate(node: Any, **extra: Any) -> Any:
 
 
 def add_config_arguments(parser) -> None:
-    """Add ``--config FILE [FILE ...]`` and ``key=value`` overrides to an argparse parser."""
-    parser.add_argument("--config", nargs="+", default=[], metavar="FILE",
-                        help="YAML files merged in order onto configs/base.yaml")
+    """Add ``--config FILE [FILE ...]`` (repeatable: ``--config a.yaml --config b.yaml`` merges both,
+    in order) and ``key=value`` overrides to an argparse parser."""
+    parser.add_argument("--config", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="YAML files merged in order onto configs/base.yaml (the flag may be repeated)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. data.video=clip.mp4")
 
 

@@ -76,3 +76,18 @@ def test_a_saved_run_config_is_re_rooted_at_the_folder_it_is_loaded_from(tmp_pat
     assert loaded.run.dir == str(moved) and loaded.sample.out_dir == str(moved / "samples")
     assert loaded.eval.samples_dir == str(moved / "samples") and loaded.eval.out_dir == "/somewhere"
     assert loaded.run.cache_dir == cfg.run.cache_dir  # paths outside the run folder stay
+
+
+def test_a_repeated_config_flag_appends_its_files(tmp_path):
+    import argparse
+
+    from reangle.config import add_config_arguments, config_from_args
+
+    a = _write(tmp_path, "a.yaml", "data:\n  video: a.mp4\n  num_frames: 17\n")
+    b = _write(tmp_path, "b.yaml", "data:\n  num_frames: 25\n")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--config", str(a), "--config", str(b), "data.height=64"])
+    assert args.config[:2] == [str(a), str(b)]  # an override after --config is read as one (split later)
+    cfg = config_from_args(args)
+    assert (cfg.data.video, cfg.data.num_frames, cfg.data.height) == ("a.mp4", 25, 64)

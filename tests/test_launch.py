@@ -74,6 +74,49 @@ def test_sweep_array_script_runs_one_shard_per_array_task(tmp_path):
                     "configs/benchmark/synthetic.yaml", "--shard", "3/8", "--metrics", "met3r,sed"]
 
 
+def _array_shards(tmp_path, array_env, ids):
+    """The ``--shard`` of each task of a job array (``array_env``: SLURM_ARRAY_TASK_{MIN,MAX,STEP,COUNT})."""
+    stub = _stub_bin(tmp_path, "python")
+    shards = []
+    for task in ids:
+        env = {"PATH": f"{stub}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_ARRAY_TASK_ID": str(task),
+               "SWEEP": "configs/sweeps/ablations.yaml", "MANIFEST": "configs/benchmark/synthetic.yaml", **array_env}
+        argv = _run("sweep_array.sbatch", env)
+        shards.append(argv[argv.index("--shard") + 1])
+    return shards
+
+
+@pytest.mark.parametrize("first, last, step", [(0, 7, 1), (1, 8, 1), (3, 17, 2)])
+def test_sweep_array_shards_cover_every_unit_whatever_the_array_range(tmp_path, first, last, step):
+    ids = list(range(first, last + 1, step))
+    env = {"SLURM_ARRAY_TASK_MIN": str(first), "SLURM_ARRAY_TASK_MAX": str(last),
+           "SLURM_ARRAY_TASK_COUNT": str(len(ids)), **({"SLURM_ARRAY_TASK_STEP": str(step)} if step > 1 else {})}
+    assert _array_shards(tmp_path, env, ids) == [f"{i}/{len(ids)}" for i in range(len(ids))]
+
+
+def test_sweep_array_refuses_a_list_without_a_regular_step(tmp_path):
+    env = {**os.environ, "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1",
+           "SLURM_ARRAY_TASK_MAX": "9", "SLURM_ARRAY_TASK_COUNT": "3", "SWEEP": "s.yaml", "MANIFEST": "m.yaml"}
+    proc = subprocess.run(["bash", str(LAUNCH / "sweep_array.sbatch")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "no regular place" in proc.stderr
+
+
+def test_slurm_script_with_ntasks_instead_of_ntasks_per_node(tmp_path):
+    stub = _stub_bin(tmp_path, "srun")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update({"PATH": f"{stub}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_NTASKS": "8",
+                "SLURM_NNODES": "2", "SLURM_JOB_ID": "78"})
+    proc = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch"), "data.video=clip.mp4"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    cfg = _train_config(json.loads(proc.stdout))
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)
+    env["SLURM_NTASKS"] = "7"
+    proc = subprocess.run(["bash", str(LAUNCH / "slurm.sbatch")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "does not split evenly" in proc.stderr
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,3 +31,4 @@ def test_bar_shows_steps_out_of_max_steps_across_epochs(capsys):
     assert bar.train_progress_bar.total == 5 and bar.train_progress_bar.n == 5
     assert "training: 100%" in out and "5/5" in out and "train/loss" in out
     assert "Epoch" not in out and "/-2" not in out
+    assert "0/?" not in out and "Training" not in out  # no bar of unknown length before the real one

@@ -95,8 +95,9 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_di
     table = (out / "results.md").read_text()
     assert "| train.masked=True | 2 | 1 |" in table and "| train.masked=False | 2 | 1 |" in table
     assert "## Failures" in table and all(k in table for k in failed)
-    plot = out / "plots" / "train_loss_by_setting.png"
-    assert plot.read_bytes()[:8] == PNG_MAGIC
+    plot = out / "plots" / "train_loss_by_setting_masked.png"  # masked and plain losses are plotted apart
+    assert plot.read_bytes()[:8] == PNG_MAGIC and (out / "plots" / "train_loss_by_setting_plain.png").is_file()
+    assert not (out / "plots" / "train_loss_by_setting.png").exists()
 
     plot.unlink()
     assert sweep.main(["report", str(out)]) == 1
@@ -119,6 +120,9 @@ def test_sweep_with_metrics_records_the_evaluation_aggregate(tmp_path, tiny_mode
     assert result["status"] == "ok" and set(result["metrics"]) == {"temporal_flickering", "warp_psnr"}
     assert result["metrics"] == {m: evaluated[m] for m in result["metrics"]}
     assert 0 < result["metrics"]["temporal_flickering"] <= 1
+    per_view = json.loads((out / "trials" / key / "eval.json").read_text())["videos"]
     with open(out / "results.csv", newline="") as handle:
-        row, = list(csv.DictReader(handle))
-    assert float(row["temporal_flickering"]) == result["metrics"]["temporal_flickering"]
+        row, *view_rows = list(csv.DictReader(handle))
+    assert row["view"] == "all" and float(row["temporal_flickering"]) == result["metrics"]["temporal_flickering"]
+    assert {r["view"]: float(r["temporal_flickering"]) for r in view_rows} == {
+        view: scores["temporal_flickering"] for view, scores in per_view.items()} and view_rows

@@ -162,3 +162,4 @@ def test_units_log_to_wandb_offline_grouped_by_the_sweep(tmp_path):
     wandb_logger = next(lg for lg in build_loggers(cfg) if isinstance(lg, WandbLogger))
     assert wandb_logger._wandb_init["group"] == "ablations" and wandb_logger._wandb_init["mode"] == "offline"
     assert wandb_logger._wandb_init["name"] == unit.id
+    assert wandb_logger._wandb_init["tags"] == ["sweep:ablations", f"video:{unit.video.name}", "experiment=[]"]

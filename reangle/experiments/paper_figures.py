@@ -52,9 +52,24 @@ def matches_paper(config: dict[str, Any]) -> bool:
     return same and per_motion == PAPER_PER_MOTION.get(config.get("mode")) and len(motions) == 6
 
 
+def _paper_stage3(config: dict[str, Any], guidance: bool) -> bool:
+    """Whether stage III ran as in the paper (ControlNet inpainter, its steps and size; S = 25 when guided)."""
+    if _get(config, "inpaint.inpainter", "controlnet") != "controlnet":  # the paper inpaints with the ControlNet
+        return False
+    inpaint = {**PAPER_INPAINT, **({"inpaint.candidates": 25} if guidance else {})}
+    return all(_get(config, k, None) == v for k, v in inpaint.items())
+
+
 def paper_table1_row(config: dict[str, Any]) -> dict[str, float] | None:
-    """The paper's Tab. 1 row for ``config``'s mode when it matches the paper's setting."""
-    return TABLE1.get(config.get("mode")) if matches_paper(config) else None
+    """The paper's Tab. 1 row for ``config``'s mode when it is the paper's full method (its training
+    and sampling settings; in static mode also stage III with stochastic guidance, as the paper ran it)."""
+    if not matches_paper(config):
+        return None
+    if config.get("mode") == "static" and not (_get(config, "inpaint.guidance", None) is True
+                                               and _get(config, "inpaint.enabled", True)
+                                               and _paper_stage3(config, True)):
+        return None
+    return TABLE1.get(config.get("mode"))
 
 
 def paper_table2_row(config: dict[str, Any]) -> dict[str, float] | None:
@@ -62,9 +77,4 @@ def paper_table2_row(config: dict[str, Any]) -> dict[str, float] | None:
     guidance = _get(config, "inpaint.guidance", None)
     if config.get("mode") != "static" or guidance is None or not matches_paper(config):
         return None
-    if _get(config, "inpaint.inpainter", "controlnet") != "controlnet":  # the paper inpaints with the ControlNet
-        return None
-    inpaint = {**PAPER_INPAINT, **({"inpaint.candidates": 25} if guidance else {})}
-    if any(_get(config, k, None) != v for k, v in inpaint.items()):
-        return None
-    return TABLE2[bool(guidance)]
+    return TABLE2[bool(guidance)] if _paper_stage3(config, bool(guidance)) else None

@@ -6,12 +6,14 @@ sweep never mistakes an old result for a new unit. Sharding takes every n-th uni
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from reangle.experiments.manifest import BenchmarkVideo, Manifest, format_override
 from reangle.experiments.sweep_spec import SweepError, SweepSpec, draw_trials
+from reangle.training.wandb_run import TAG_LIMIT
 from reangle.utils import fingerprint
 
 SHARD_PATTERN = re.compile(r"^(\d+)/(\d+)$")
@@ -28,13 +30,20 @@ class Unit:
 
     def overrides(self, sweep: str, trials_dir: str, wandb_mode: str, extra: list[str] = ()) -> list[str]:
         """The ``key=value`` list of this unit, in the order the config loader applies them: W&B
-        settings, the video's overrides, ``extra`` (the runner's own), the swept parameters, then
-        where the run goes."""
-        out = [format_override("logger.group", sweep), format_override("logger.wandb_mode", wandb_mode)]
+        settings (group = the sweep, tags = the sweep, the video and each swept value), the video's
+        overrides, ``extra`` (the runner's own), the swept parameters, then where the run goes."""
+        out = [format_override("logger.group", sweep), format_override("logger.wandb_mode", wandb_mode),
+               format_override("logger.tags", self.tags(sweep))]
         if self.video is not None:
             out += self.video.config_overrides()
         out += list(extra) + [format_override(key, value) for key, value in self.params.items()]
         return out + [format_override("run.root", trials_dir), format_override("run.name", self.id)]
+
+    def tags(self, sweep: str) -> list[str]:
+        """W&B tags of the unit's run (each at most 64 characters, W&B's limit)."""
+        tags = [f"sweep:{sweep}"] + ([f"video:{self.video.name}"] if self.video else [])
+        tags += [f"{key}={json.dumps(value)}" for key, value in self.params.items()]
+        return [tag[:TAG_LIMIT] for tag in tags]
 
 
 def plan_units(spec: SweepSpec, manifest: Manifest | None, count: int | None = None, seed: int = 0) -> list[Unit]:

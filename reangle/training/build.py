@@ -5,11 +5,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from reangle.config import ConfigError, import_target
@@ -17,6 +17,7 @@ from reangle.data.datamodule import OmegaDataModule
 from reangle.geometry.trajectory import check_motion
 from reangle.models.cogvideox_i2v import CogVideoXI2V
 from reangle.training.module import Stage2Module
+from reangle.training.wandb_run import agent_trial, new_run_id, record_run, recorded_run, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,11 @@ def build_strategy(node: Any) -> Any:
     return import_target(node["target"])(**params)
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """CSV logs in ``run.dir/logs`` always; W&B too with ``logger.kind=wandb`` (never online without a key
-    unless asked)."""
+def build_loggers(cfg: DictConfig, resume_recorded: bool = False) -> list:
+    """CSV logs in ``run.dir/logs`` always; W&B too with ``logger.kind=wandb``, in the mode of
+    :func:`~reangle.training.wandb_run.resolve_mode` (printed), under the agent's run id in a
+    ``wandb agent`` trial, and recorded in ``run.dir/wandb_run.json``. ``resume_recorded``: log
+    into the run recorded there (a later process of the same run, e.g. the evaluation)."""
     from lightning.pytorch.loggers import CSVLogger
 
     lg = cfg.logger
@@ -94,16 +97,24 @@ def build_loggers(cfg: DictConfig) -> list:
         raise ConfigError(f"unknown logger.wandb_mode {lg.wandb_mode!r}; use one of {WANDB_MODES}")
     run_dir = Path(cfg.run.dir)
     loggers = [CSVLogger(run_dir, name="logs")]  # logs/version_N: a resumed run keeps the old logs
-    if lg.kind == "wandb":
-        mode = lg.wandb_mode
-        if mode == "auto":
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        if mode != "disabled":
-            from lightning.pytorch.loggers import WandbLogger
+    if lg.kind != "wandb":
+        if lg.wandb_mode == "online":
+            rank_zero_warn("logger.wandb_mode=online has no effect with logger.kind=csv: nothing goes to W&B; "
+                           "set logger.kind=wandb to log there")
+        return loggers
+    mode, why = resolve_mode(lg.wandb_mode)
+    rank_zero_only(print)(f"W&B: {mode} ({why})", flush=True)
+    if mode == "disabled":
+        return loggers
+    from lightning.pytorch.loggers import WandbLogger
 
-            loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name, group=lg.group,
-                                          save_dir=str(run_dir), mode=mode, tags=list(lg.tags),
-                                          config=OmegaConf.to_container(cfg, resolve=True)))
+    recorded = recorded_run(run_dir) if resume_recorded else None
+    trial = agent_trial()
+    run_id = recorded["id"] if recorded else trial[1] if trial else new_run_id()
+    loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name, group=lg.group,
+                                  save_dir=str(run_dir), mode=mode, tags=list(lg.tags), id=run_id,
+                                  config=OmegaConf.to_container(cfg, resolve=True)))
+    rank_zero_only(record_run)(run_dir, run_id, lg.project, lg.group, mode)
     return loggers
 
 
