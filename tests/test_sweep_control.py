@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from reangle import sweep
+from reangle.experiments.sweep_spec import SweepError
 from reangle.experiments.trial import LOG, RESULT, lock_path, unit_lock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,8 +151,9 @@ def test_metrics_are_checked_per_unit_mode_in_the_dry_run_and_before_training(tm
     lines = capsys.readouterr().out.splitlines()
     assert "to run" in next(line for line in lines if "video=still" in line)
     assert "INVALID: sed compare neighbouring views" in next(line for line in lines if "video=moving" in line)
-    assert sweep.main(base + ["--metrics", "tsed"]) == 2  # refused before anything trains
-    assert "cannot run as asked" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(SweepError, match="cannot run as asked"):  # refused before anything trains
+        sweep.main(base + ["--metrics", "tsed"])
+    assert not (tmp_path / "out").exists()
     assert sweep.main(base + ["--dry-run", "--metrics", "met3r"]) == 0
     capsys.readouterr()
     assert sweep.main(base + ["--dry-run", "--metrics", "met3r,fid", "eval.source=start_frames"]) == 1
