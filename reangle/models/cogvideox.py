@@ -228,23 +228,31 @@ def load_components(pretrained: str = HUB_ID, parts: Iterable[str] = COMPONENTS,
 
     Models are put in ``eval()`` mode on ``device`` with weights in ``dtype``; nothing is frozen here.
     """
-    parts = list(parts)
-    unknown = [p for p in parts if p not in COMPONENTS]
-    if unknown:
-        raise ModelLoadError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
     root = resolve_pretrained(pretrained, tiny=tiny, cache_dir=cache_dir)
+    out = CogVideoXComponents(source=root)
+    load_parts(out, pretrained, root, parts, _component_classes(), "CogVideoX-I2V", revision=revision, dtype=dtype,
+               device=device)
+    return out
+
+
+def load_parts(out: Any, pretrained: str, root: str, parts: Iterable[str], classes: Mapping[str, Any], layout_name: str,
+               *, revision: str | None, dtype: torch.dtype, device: str | torch.device) -> None:
+    """Set each of ``parts`` on ``out``, loaded with ``classes[part].from_pretrained(root, subfolder=part)``;
+    models (``torch.nn.Module``) get ``dtype``, ``device`` and ``eval()``."""
+    parts = list(parts)
+    unknown = [p for p in parts if p not in classes]
+    if unknown:
+        raise ModelLoadError(f"unknown component(s) {unknown}; choose from {tuple(classes)}")
     if Path(root).is_dir():
         absent = [p for p in parts if not (Path(root) / p).is_dir()]
         if absent:
             raise ModelLoadError(f"model folder {root} has no subfolder(s) {absent}; it must hold the diffusers "
-                                 f"layout of CogVideoX-I2V (model_index.json, {', '.join(COMPONENTS)})")
-    classes = _component_classes()
-    out = CogVideoXComponents(source=root)
+                                 f"layout of {layout_name} (model_index.json, {', '.join(classes)})")
     for part in parts:
         kwargs: dict[str, Any] = {"subfolder": part}
         if revision is not None:
             kwargs["revision"] = revision
-        if part in ("text_encoder", "vae", "transformer"):
+        if isinstance(classes[part], type) and issubclass(classes[part], torch.nn.Module):
             kwargs["torch_dtype"] = dtype
         try:
             obj = classes[part].from_pretrained(root, **kwargs)
@@ -253,7 +261,6 @@ def load_components(pretrained: str = HUB_ID, parts: Iterable[str] = COMPONENTS,
         if isinstance(obj, torch.nn.Module):
             obj = obj.to(device).eval()
         setattr(out, part, obj)
-    return out
 
 
 def full_size_transformer_config() -> dict[str, Any]:
