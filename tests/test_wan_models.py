@@ -167,3 +167,21 @@ def test_frame_and_size_rule_per_family():
         frame_and_size_rule("wan").check(81, 480, 840)
     with pytest.raises(FrameSizeError, match="multiples of 32"):
         frame_and_size_rule("wan", vae_spatial=16).check(121, 720, 1280)
+
+
+def test_backbone_preset_and_tiny_wan_preset_load_and_fit_their_family(tmp_path):
+    from reangle.config import load_config
+    from reangle.models.family import check_backbone
+
+    preset = load_config(["configs/static.yaml", "configs/backbone/wan2.1_i2v_14b.yaml"], ["data.video=clip.mp4"])
+    assert (preset.model.family, preset.data.num_frames, preset.data.height, preset.data.width) == ("wan", 81, 480, 832)
+    check_backbone(preset)
+    tiny = load_config(["configs/presets/tiny_wan.yaml"])
+    assert tiny.model.family == "wan" and tiny.model.pretrained == "tiny"
+    check_backbone(tiny)
+    with pytest.raises(FrameSizeError, match="data.num_frames=80"):
+        check_backbone(load_config(["configs/presets/tiny_wan.yaml"], ["data.num_frames=80"]))
+    from reangle.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown model.family"):
+        check_backbone(load_config(["configs/presets/tiny_wan.yaml"], ["model.family=hunyuan"]))

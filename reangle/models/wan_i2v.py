@@ -27,17 +27,15 @@ not apply: Wan2.1-I2V conditions on the clean first frame.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from reangle import utils
 from reangle.data.latent_mask import latent_mask
 from reangle.models.cogvideox import DEFAULT_CACHE
 from reangle.models.cogvideox_i2v import _dtype
-from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
-from reangle.models.spec import DiffusionPair, ModelSpec
+from reangle.models.lora import DEFAULT_TARGETS
+from reangle.models.spec import DiffusionPair, PipelineSpec
 from reangle.models.wan import (TEXT_LENGTH, WAN21_I2V_480P, ModelLoadError, WanTinyConfig, encode_wan_image,
                                 encode_wan_prompts, load_wan_components, normalize_latents, resolve_wan,
                                 wan_image_condition)
@@ -48,8 +46,10 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-class WanI2V(ModelSpec):
+class WanI2V(PipelineSpec):
     """Wan2.1 image-to-video with a LoRA on its attention projections (see the module docstring)."""
+
+    SPEC_ID = "wan-i2v/1"
 
     def __init__(self, pretrained: str = WAN21_I2V_480P, *, tiny: Mapping[str, Any] | None = None,
                  revision: str | None = None, cache_dir: str = DEFAULT_CACHE, weights_dtype: str = "bf16",
@@ -61,32 +61,21 @@ class WanI2V(ModelSpec):
         self.lora = dict(rank=lora_rank, alpha=lora_alpha, targets=list(lora_targets), dropout=lora_dropout)
         self.gradient_checkpointing = gradient_checkpointing
         self.source = resolve_wan(pretrained, tiny=self.tiny, cache_dir=cache_dir)
-        self.encoders = None
-        self.transformer = None
-        self.scheduler = None
-        self.lora_config = None
-        self._config_cache: dict[str, dict] = {}
+        self._reset_models()
 
     def _load(self, parts: Sequence[str], device):
         return load_wan_components(self.pretrained, parts, tiny=self.tiny, cache_dir=self.cache_dir,
                                    revision=self.revision, dtype=self.weights_dtype, device=device)
 
     # --- identity -----------------------------------------------------------------------------
-    def component_config(self, part: str) -> dict:
-        """``config.json`` of one component (only the config file is fetched for hub ids)."""
-        if part not in self._config_cache:
-            from diffusers import AutoencoderKLWan, WanTransformer3DModel
-            from transformers import AutoConfig
+    def _read_config(self, part: str, **kwargs) -> dict:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import AutoConfig
 
-            kwargs = {"subfolder": part, **({"revision": self.revision} if self.revision else {})}
-            if part in ("text_encoder", "image_encoder"):
-                config = AutoConfig.from_pretrained(self.source, **kwargs).to_dict()
-            else:
-                cls = {"vae": AutoencoderKLWan, "transformer": WanTransformer3DModel}[part]
-                config = dict(cls.load_config(self.source, **kwargs))
-            self._config_cache[part] = {k: v for k, v in config.items() if not k.startswith("_")
-                                        and k not in ("transformers_version", "torch_dtype", "dtype")}
-        return self._config_cache[part]
+        if part in ("text_encoder", "image_encoder"):
+            return AutoConfig.from_pretrained(self.source, **kwargs).to_dict()
+        cls = {"vae": AutoencoderKLWan, "transformer": WanTransformer3DModel}[part]
+        return dict(cls.load_config(self.source, **kwargs))
 
     def check_supported(self) -> None:
         """Wan2.1-I2V layout only: channel-concatenated condition and CLIP image tokens."""
@@ -97,11 +86,7 @@ class WanI2V(ModelSpec):
                                  f"Wan2.1 image-to-video checkpoints such as {WAN21_I2V_480P}")
 
     def fingerprint(self, kind: str) -> str:
-        source = Path(self.source).name if self.pretrained == "tiny" else self.source
-        parts = {"video": ["vae", "image_encoder"], "text": ["text_encoder"]}[kind]
-        payload = {"spec": "wan-i2v/1", "kind": kind, "source": source, "revision": self.revision,
-                   "configs": [self.component_config(p) for p in parts], "dtype": str(self.weights_dtype)}
-        return utils.fingerprint(payload, length=None)
+        return self._fingerprint(kind, {"video": ["vae", "image_encoder"], "text": ["text_encoder"]}[kind])
 
     # --- caching --------------------------------------------------------------------------------
     def load_encoders(self, device: torch.device) -> None:
@@ -109,14 +94,6 @@ class WanI2V(ModelSpec):
         self.encoders = self._load(["tokenizer", "text_encoder", "image_processor", "image_encoder", "vae"], device)
         for part in ("text_encoder", "image_encoder", "vae"):
             getattr(self.encoders, part).requires_grad_(False)
-
-    def unload_encoders(self) -> None:
-        self.encoders = None
-
-    def _require_encoders(self):
-        if self.encoders is None:
-            raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
-        return self.encoders
 
     def cached_video_tensors(self) -> tuple[str, ...]:
         return ("video_mean", "video_logvar", "condition", "image_tokens")
@@ -152,10 +129,7 @@ class WanI2V(ModelSpec):
             if self.scheduler.config.get("prediction_type") != "flow_prediction":
                 raise ModelLoadError(f"{self.pretrained} has a {self.scheduler.config.get('prediction_type')} "
                                      f"scheduler; stage II expects Wan's flow prediction")
-            self.lora_config = add_lora(self.transformer, **self.lora)
-            if self.gradient_checkpointing:
-                self.transformer.enable_gradient_checkpointing()
-            self.transformer.train()
+            self._attach_lora()
         return self.transformer
 
     def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:
@@ -181,10 +155,7 @@ class WanI2V(ModelSpec):
         return DiffusionPair(prediction=velocity.float().permute(0, 2, 1, 3, 4), target=noise - x0,
                              weight=torch.ones(b, device=device))
 
-    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    def _lora_pipeline(self) -> type:
         from diffusers import WanImageToVideoPipeline
 
-        if self.lora_config is None:
-            raise RuntimeError("no LoRA attached yet; call load_diffusion_model() first")
-        return save_lora(folder, lora_state_dict(self.transformer) if state is None else state, self.lora_config,
-                         pipeline=WanImageToVideoPipeline)
+        return WanImageToVideoPipeline
