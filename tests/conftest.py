@@ -83,3 +83,22 @@ def inpainter_ode_path(inpainter, image, visible, prompt, steps=3, seed=5):
     noise = inpainter.initial_noise(cond, torch.Generator().manual_seed(seed))
     out = guided_sample(OneView(), [noise], inpainter.sigmas(steps, cond), 1, torch.Generator(), stochastic=False)
     return cond, noise, out.latents[0]
+
+
+def random_lora_file(transformer, folder, pipeline=None):
+    """A rank-4 LoRA on the attention projections of a copy of ``transformer`` with random (non-zero) B,
+    exported by our exporter (``pipeline``: the pipeline class writing it); returns (file, adapted copy)."""
+    import copy
+
+    import torch
+
+    from reangle.models.lora import add_lora, lora_state_dict, save_lora
+
+    adapted = copy.deepcopy(transformer)
+    config = add_lora(adapted, rank=4, alpha=8)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return save_lora(folder / "lora", lora_state_dict(adapted), config, pipeline=pipeline), adapted

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reangle.models.lora import add_lora, lora_state_dict, save_lora
+from conftest import random_lora_file
+from reangle.models.lora import lora_state_dict
 from reangle.models.wan import TEXT_LENGTH, load_wan_components
 from reangle.sampling.sampler import SampleRequest, SamplingSettings
 from reangle.sampling.wan import WanSampler
@@ -58,14 +59,7 @@ def test_wan_sampler_equals_stock_pipeline_without_lora(parts, guidance):
 def test_exported_wan_lora_loads_in_the_stock_pipeline_and_changes_its_output(parts, tmp_path):
     from diffusers import WanImageToVideoPipeline
 
-    transformer = copy.deepcopy(parts.transformer)
-    config = add_lora(transformer, rank=4, alpha=8)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in transformer.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    path = save_lora(tmp_path / "lora", lora_state_dict(transformer), config, pipeline=WanImageToVideoPipeline)
+    path, transformer = random_lora_file(parts.transformer, tmp_path, pipeline=WanImageToVideoPipeline)
     pil, _ = _image(1)
     plain = _stock(copy.copy(parts).pipeline(), pil, PROMPTS[0], 11, 2, 5.0)
     stock = copy.copy(parts)

@@ -161,15 +161,19 @@ def _build_tiny(cfg: TinyConfig):
 
 def materialize_tiny(tiny: TinyConfig | Mapping[str, Any] | None, cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
     """Write the tiny model into ``cache_dir/models/tiny-<hash>`` unless it is there; returns the folder."""
-    cfg = TinyConfig.from_mapping(tiny)
+    return publish_tiny(TinyConfig.from_mapping(tiny), _build_tiny, Path(cache_dir) / "models", "tiny")
 
+
+def publish_tiny(cfg: Any, build: Callable[[Any], Any], root: Path, prefix: str) -> Path:
+    """``root/<prefix>-<cfg.key()>``: the pipeline ``build(cfg)`` (random weights under ``seeded(cfg.seed)``)
+    saved there once, with ``tiny_config.json``; returns the folder."""
     def write(staging: Path) -> None:
         with seeded(cfg.seed):
-            pipe = _build_tiny(cfg)
+            pipe = build(cfg)
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
-    return publish_folder_once(Path(cache_dir) / "models" / f"tiny-{cfg.key()}", write)
+    return publish_folder_once(root / f"{prefix}-{cfg.key()}", write)
 
 
 def tiny_t5_tokenizer(max_length: int):

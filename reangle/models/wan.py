@@ -21,7 +21,6 @@ scheduler with Wan2.1-480P's shift.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from reangle.models.cogvideox import (DEFAULT_CACHE, ModelLoadError, folder_or_hub_id, load_parts,
-                                      publish_folder_once, sizes_from_mapping, tiny_t5_tokenizer)
-from reangle.utils import fingerprint, seeded
+from reangle.models.cogvideox import (DEFAULT_CACHE, ModelLoadError, folder_or_hub_id, load_parts, publish_tiny,
+                                      sizes_from_mapping, tiny_t5_tokenizer)
+from reangle.utils import fingerprint
 
 WAN21_I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 WAN22_TI2V_5B = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
@@ -155,15 +154,7 @@ def _build_tiny(cfg: WanTinyConfig):
 def materialize_wan_tiny(tiny: WanTinyConfig | Mapping[str, Any] | None,
                          cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
     """Write the tiny Wan into ``cache_dir/models/wan-tiny-<hash>`` unless it is there; returns the folder."""
-    cfg = WanTinyConfig.from_mapping(tiny)
-
-    def write(staging: Path) -> None:
-        with seeded(cfg.seed):
-            pipe = _build_tiny(cfg)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-
-    return publish_folder_once(Path(cache_dir) / "models" / f"wan-tiny-{cfg.key()}", write)
+    return publish_tiny(WanTinyConfig.from_mapping(tiny), _build_tiny, Path(cache_dir) / "models", "wan-tiny")
 
 
 def resolve_wan(pretrained: str, *, tiny: WanTinyConfig | Mapping[str, Any] | None = None,
