@@ -46,3 +46,15 @@ def test_tiny_wan_preset_runs_every_stage_and_exports_a_lora_the_wan_pipeline_lo
     cfg = load_run_config(run, overrides=["sample.steps=2", f"sample.out_dir={tmp_path / 'again'}"])
     result = sample_from_config(cfg, run_lora, views=["orbit_left_00"], progress=False)
     assert [v.name for v in result.views] == ["orbit_left_00"] and result.views[0].frames.shape == (9, 64, 96, 3)
+
+
+def test_dynamic_mode_trains_and_samples_wan_from_an_existing_omega(tmp_path, tiny_wan_dir):
+    from conftest import write_test_omega
+
+    omega = write_test_omega(tmp_path / "omega", mode="dynamic").root
+    trainer = train.main(["--config", "configs/presets/tiny_wan.yaml", "mode=dynamic", f"train.omega={omega}",
+                          f"run.root={tmp_path}", "run.name=dyn", f"run.cache_dir={tiny_wan_dir.parent.parent}",
+                          "train.steps=2", "sample.steps=2"])
+    assert trainer.global_step == 2
+    meta = json.loads((tmp_path / "dyn" / "samples" / "orbit_left_0.json").read_text())
+    assert meta["prompt"].startswith("CAMERA_ORBIT_LEFT") and meta["start_frame_source"] == "input_first_frame"

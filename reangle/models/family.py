@@ -108,11 +108,11 @@ def _wan_sampler(transformer, parts, scheduler, scheduler_kind: str, device, off
 
 def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device, offload: bool, vae_tiling: bool,
                  scheduler_kind: str, progress: bool = True):
-    """The sampler of ``cfg.model`` (all parts loaded) with ``lora`` attached (``None``: the base model)."""
+    """The sampler of ``cfg.model`` (all parts loaded) with ``lora`` attached (``None``: the base model);
+    the caller has checked the backbone (:func:`check_backbone`)."""
     from reangle.models.cogvideox_i2v import DTYPES
     from reangle.models.lora import load_lora
 
-    check_backbone(cfg)
     m = cfg.model
     where = "cpu" if offload else device
     if m.family == "wan":

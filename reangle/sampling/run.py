@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from reangle.config import RUN_CONFIG
 from reangle.data.omega import INPUT_VIEW, Omega
-from reangle.models.family import load_sampler
+from reangle.models.family import check_backbone, load_sampler
 from reangle.models.lora import LORA_FILE, LoraFileError
 from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import SamplingInputError, plan_views
@@ -55,6 +55,7 @@ def sample_from_config(cfg: DictConfig, lora: str | os.PathLike | None, views: S
                        progress: bool = True) -> MultiViewResult:
     """Sample ``views`` (default: ``sample.views``) with the model of ``cfg.model`` plus ``lora``
     (``None``: the base model) into ``sample.out_dir``."""
+    check_backbone(cfg)
     opts = SampleOptions.from_config(cfg)
     device = resolve_device(opts.device)
     if lora is not None and not Path(lora).is_file():
