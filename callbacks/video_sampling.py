@@ -19,7 +19,7 @@ import lightning as L
 from reangle.data.omega import INPUT_VIEW, Omega
 from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import plan_views
-from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
+from reangle.models.family import spec_sampler
 from reangle.sampling.settings import SampleOptions
 from reangle.training.full_params import full_parameters
 
@@ -68,8 +68,7 @@ class VideoSampling(L.Callback):
                 enc.vae.enable_tiling()
             input_video = omega.read_frames(omega.view(INPUT_VIEW)) if trainer.is_global_zero else None
             with full_parameters(trainer.strategy, pl_module):  # collective: every rank
-                sampler = CogVideoXSampler(spec.transformer, enc.vae, make_scheduler(opts.scheduler, spec.scheduler),
-                                           enc.text_encoder, enc.tokenizer, device=pl_module.device)
+                sampler = spec_sampler(spec, opts.scheduler, pl_module.device)
                 result = sample_views(sampler, jobs, opts.settings, omega.num_frames, out_dir, self.fps,
                                       input_video=input_video, rank=trainer.global_rank,
                                       world_size=trainer.world_size, grid_max_width=opts.grid_max_width,

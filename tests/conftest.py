@@ -1,5 +1,5 @@
 """Test-wide settings (never touch the network, deterministic CPU runs) and shared fixtures:
-the tiny random CogVideoX-I2V and a two-view test Omega, written once per session."""
+the tiny random CogVideoX-I2V and Wan2.1-I2V and a two-view test Omega, written once per session."""
 import os
 from pathlib import Path
 
@@ -26,6 +26,14 @@ def tiny_model_dir(tmp_path_factory):
     from reangle.models.cogvideox import materialize_tiny
 
     return materialize_tiny(None, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory):
+    """Folder (diffusers layout) of the default tiny Wan2.1-I2V."""
+    from reangle.models.wan import materialize_wan_tiny
+
+    return materialize_wan_tiny(None, tmp_path_factory.mktemp("wan_cache"))
 
 
 def write_test_omega(root, mode="static", num_frames=9, height=64, width=96, warped_views=1):
@@ -75,3 +83,22 @@ def inpainter_ode_path(inpainter, image, visible, prompt, steps=3, seed=5):
     noise = inpainter.initial_noise(cond, torch.Generator().manual_seed(seed))
     out = guided_sample(OneView(), [noise], inpainter.sigmas(steps, cond), 1, torch.Generator(), stochastic=False)
     return cond, noise, out.latents[0]
+
+
+def random_lora_file(transformer, folder, pipeline=None):
+    """A rank-4 LoRA on the attention projections of a copy of ``transformer`` with random (non-zero) B,
+    exported by our exporter (``pipeline``: the pipeline class writing it); returns (file, adapted copy)."""
+    import copy
+
+    import torch
+
+    from reangle.models.lora import add_lora, lora_state_dict, save_lora
+
+    adapted = copy.deepcopy(transformer)
+    config = add_lora(adapted, rank=4, alpha=8)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return save_lora(folder / "lora", lora_state_dict(adapted), config, pipeline=pipeline), adapted

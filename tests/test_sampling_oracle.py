@@ -6,8 +6,9 @@ import pytest
 import torch
 from diffusers import CogVideoXDPMScheduler
 
+from conftest import random_lora_file
 from reangle.models.cogvideox import COMPONENTS, load_components
-from reangle.models.lora import add_lora, load_lora, lora_state_dict, save_lora
+from reangle.models.lora import load_lora
 from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
 
 H, W, N, STEPS = 64, 96, 9, 3
@@ -67,21 +68,9 @@ def test_dynamic_guidance_equals_stock_pipeline_use_dynamic_cfg(parts, scheduler
     assert (reference - constant).abs().max().item() > 1e-3  # the ramp changes the video
 
 
-def _random_lora_file(parts, folder):
-    """A rank-4 LoRA on the attention projections with random (non-zero) B, exported by our exporter."""
-    transformer = copy.deepcopy(parts.transformer)
-    config = add_lora(transformer, rank=4, alpha=8)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, p in transformer.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    return save_lora(folder / "lora", lora_state_dict(transformer), config)
-
-
 @pytest.mark.parametrize("lora_scale", [1.0, 0.5])
 def test_sampler_with_lora_equals_stock_pipeline_after_load_lora_weights(parts, tmp_path, lora_scale):
-    lora = _random_lora_file(parts, tmp_path)
+    lora, _ = random_lora_file(parts.transformer, tmp_path)
     ours_transformer = copy.deepcopy(parts.transformer)
     load_lora(ours_transformer, lora)
     stock_parts = copy.copy(parts)

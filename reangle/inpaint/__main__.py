@@ -11,7 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 from reangle.config import RUN_CONFIG, ConfigError, load_run_config
 from reangle.errors import run_entry_point

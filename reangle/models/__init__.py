@@ -1,4 +1,4 @@
-"""Stage II backbones, each a :class:`reangle.models.spec.ModelSpec`."""
+"""Stage II backbones, each a :class:`reangle.models.spec.ModelSpec`, chosen by ``model.family``."""
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -6,7 +6,14 @@ from typing import Any, Mapping
 
 def spec_class(model: Mapping[str, Any]) -> type:
     """The :class:`~reangle.models.spec.ModelSpec` subclass of a ``model`` config section
-    (CogVideoX-I2V is the one backbone so far)."""
+    (``family``: ``cogvideox`` or ``wan``; an unknown family is a ``ConfigError``)."""
+    from reangle.models.family import check_family
+
+    check_family(model.get("family", "cogvideox"))
+    if model.get("family") == "wan":
+        from reangle.models.wan_i2v import WanI2V
+
+        return WanI2V
     from reangle.models.cogvideox_i2v import CogVideoXI2V
 
     return CogVideoXI2V

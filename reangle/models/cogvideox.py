@@ -162,15 +162,19 @@ def _build_tiny(cfg: TinyConfig):
 
 def materialize_tiny(tiny: TinyConfig | Mapping[str, Any] | None, cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
     """Write the tiny model into ``cache_dir/models/tiny-<hash>`` unless it is there; returns the folder."""
-    cfg = TinyConfig.from_mapping(tiny)
+    return publish_tiny(TinyConfig.from_mapping(tiny), _build_tiny, Path(cache_dir) / "models", "tiny")
 
+
+def publish_tiny(cfg: Any, build: Callable[[Any], Any], root: Path, prefix: str) -> Path:
+    """``root/<prefix>-<cfg.key()>``: the pipeline ``build(cfg)`` (random weights under ``seeded(cfg.seed)``)
+    saved there once, with ``tiny_config.json``; returns the folder."""
     def write(staging: Path) -> None:
         with seeded(cfg.seed):
-            pipe = _build_tiny(cfg)
+            pipe = build(cfg)
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / "tiny_config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
-    return publish_folder_once(Path(cache_dir) / "models" / f"tiny-{cfg.key()}", write)
+    return publish_folder_once(root / f"{prefix}-{cfg.key()}", write)
 
 
 def tiny_t5_tokenizer(max_length: int):
@@ -253,23 +257,31 @@ def load_components(pretrained: str = HUB_ID, parts: Iterable[str] = COMPONENTS,
 
     Models are put in ``eval()`` mode on ``device`` with weights in ``dtype``; nothing is frozen here.
     """
-    parts = list(parts)
-    unknown = [p for p in parts if p not in COMPONENTS]
-    if unknown:
-        raise ModelLoadError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
     root = resolve_pretrained(pretrained, tiny=tiny, cache_dir=cache_dir)
+    out = CogVideoXComponents(source=root)
+    load_parts(out, pretrained, root, parts, _component_classes(), "CogVideoX-I2V", revision=revision, dtype=dtype,
+               device=device)
+    return out
+
+
+def load_parts(out: Any, pretrained: str, root: str, parts: Iterable[str], classes: Mapping[str, Any], layout_name: str,
+               *, revision: str | None, dtype: torch.dtype, device: str | torch.device) -> None:
+    """Set each of ``parts`` on ``out``, loaded with ``classes[part].from_pretrained(root, subfolder=part)``;
+    models (``torch.nn.Module``) get ``dtype``, ``device`` and ``eval()``."""
+    parts = list(parts)
+    unknown = [p for p in parts if p not in classes]
+    if unknown:
+        raise ModelLoadError(f"unknown component(s) {unknown}; choose from {tuple(classes)}")
     if Path(root).is_dir():
         absent = [p for p in parts if not (Path(root) / p).is_dir()]
         if absent:
             raise ModelLoadError(f"model folder {root} has no subfolder(s) {absent}; it must hold the diffusers "
-                                 f"layout of CogVideoX-I2V (model_index.json, {', '.join(COMPONENTS)})")
-    classes = _component_classes()
-    out = CogVideoXComponents(source=root)
+                                 f"layout of {layout_name} (model_index.json, {', '.join(classes)})")
     for part in parts:
         kwargs: dict[str, Any] = {"subfolder": part}
         if revision is not None:
             kwargs["revision"] = revision
-        if part in ("text_encoder", "vae", "transformer"):
+        if isinstance(classes[part], type) and issubclass(classes[part], torch.nn.Module):
             kwargs["torch_dtype"] = dtype
         try:
             obj = classes[part].from_pretrained(root, **kwargs)
@@ -278,7 +290,6 @@ def load_components(pretrained: str = HUB_ID, parts: Iterable[str] = COMPONENTS,
         if isinstance(obj, torch.nn.Module):
             obj = obj.to(device).eval()
         setattr(out, part, obj)
-    return out
 
 
 def full_size_transformer_config() -> dict[str, Any]:

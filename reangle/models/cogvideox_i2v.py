@@ -28,18 +28,15 @@ prediction is ``x0_hat = sqrt(a) z_t - sqrt(1 - a) v`` and the weight ``1 / (1 -
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from reangle import utils
 from reangle.data.latent_mask import latent_mask
 from reangle.errors import InputError
-from reangle.models.cogvideox import (DEFAULT_CACHE, HUB_ID, TinyConfig, frame_grid, load_components,
-                                     resolve_pretrained)
-from reangle.models.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, save_lora
-from reangle.models.spec import DiffusionPair, FrameGrid, ModelSpec
+from reangle.models.cogvideox import DEFAULT_CACHE, HUB_ID, TinyConfig, frame_grid, load_components, resolve_pretrained
+from reangle.models.lora import DEFAULT_TARGETS
+from reangle.models.spec import DiffusionPair, FrameGrid, PipelineSpec
 from reangle.training.loss import x0_from_velocity
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,8 +79,9 @@ def rotary_embedding(config: Mapping[str, Any], frames: int, height: int, width:
                                    temporal_size=frames, device=device)
 
 
-class CogVideoXI2V(ModelSpec):
+class CogVideoXI2V(PipelineSpec):
     """CogVideoX image-to-video with a LoRA on its attention projections."""
+    SPEC_ID = "cogvideox-i2v/1"
 
     @classmethod
     def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
@@ -108,39 +106,25 @@ class CogVideoXI2V(ModelSpec):
         self.image_noise = (image_noise_mean, image_noise_std)
         self.image_dropout = image_dropout
         self.source = resolve_pretrained(pretrained, tiny=self.tiny, cache_dir=cache_dir)
-        self.encoders = None
         self.image_vae = None
-        self.transformer = None
-        self.scheduler = None
-        self.lora_config = None
-        self._config_cache: dict[str, dict] = {}
+        self._reset_models()
 
     # --- identity -----------------------------------------------------------------------------
-    def component_config(self, part: str) -> dict:
-        """``config.json`` of one component (only the config file is fetched for hub ids)."""
-        if part not in self._config_cache:
-            from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
-            from transformers import T5Config
+    def _read_config(self, part: str, **kwargs) -> dict:
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+        from transformers import T5Config
 
-            kwargs = {"subfolder": part, **({"revision": self.revision} if self.revision else {})}
-            if part == "text_encoder":
-                config = T5Config.from_pretrained(self.source, **kwargs).to_dict()
-            else:
-                cls = {"vae": AutoencoderKLCogVideoX, "transformer": CogVideoXTransformer3DModel}[part]
-                config = dict(cls.load_config(self.source, **kwargs))
-            self._config_cache[part] = {k: v for k, v in config.items() if not k.startswith("_")
-                                        and k not in ("transformers_version", "torch_dtype", "dtype")}
-        return self._config_cache[part]
+        if part == "text_encoder":
+            return T5Config.from_pretrained(self.source, **kwargs).to_dict()
+        cls = {"vae": AutoencoderKLCogVideoX, "transformer": CogVideoXTransformer3DModel}[part]
+        return dict(cls.load_config(self.source, **kwargs))
 
     def fingerprint(self, kind: str) -> str:
-        source = Path(self.source).name if self.pretrained == "tiny" else self.source
         parts = {"video": ["vae"], "text": ["text_encoder", "transformer"]}[kind]
         extra = {"image_condition": self.image_condition,
                  **({"image_noise": self.image_noise} if self.image_condition == "cached" else {})} \
             if kind == "video" else {}
-        payload = {"spec": "cogvideox-i2v/1", "kind": kind, "source": source, "revision": self.revision,
-                   "configs": [self.component_config(p) for p in parts], "dtype": str(self.weights_dtype), **extra}
-        return utils.fingerprint(payload, length=None)
+        return self._fingerprint(kind, parts, extra)
 
     @property
     def max_text_length(self) -> int:
@@ -154,14 +138,6 @@ class CogVideoXI2V(ModelSpec):
                                         dtype=self.weights_dtype, device=device)
         self.encoders.vae.requires_grad_(False)
         self.encoders.text_encoder.requires_grad_(False)
-
-    def unload_encoders(self) -> None:
-        self.encoders = None
-
-    def _require_encoders(self):
-        if self.encoders is None:
-            raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
-        return self.encoders
 
     def cached_video_tensors(self) -> tuple[str, ...]:
         image = ("first_frame_pm1",) if self.image_condition == "per_step" else ("image_mean", "image_logvar")
@@ -215,10 +191,7 @@ class CogVideoXI2V(ModelSpec):
             if self.scheduler.config.prediction_type != "v_prediction":
                 raise ValueError(f"{self.pretrained} has a {self.scheduler.config.prediction_type} scheduler; "
                                  f"stage II expects CogVideoX's v-prediction")
-            self.lora_config = add_lora(self.transformer, **self.lora)
-            if self.gradient_checkpointing:
-                self.transformer.enable_gradient_checkpointing()
-            self.transformer.train()
+            self._attach_lora()
         return self.transformer
 
     def load_training_encoders(self, device: torch.device) -> None:
@@ -271,7 +244,7 @@ class CogVideoXI2V(ModelSpec):
         return DiffusionPair(prediction=x0_from_velocity(velocity.float(), noisy, a), target=latents,
                              weight=1.0 / (1.0 - a))
 
-    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        if self.lora_config is None:
-            raise RuntimeError("no LoRA attached yet; call load_diffusion_model() first")
-        return save_lora(folder, lora_state_dict(self.transformer) if state is None else state, self.lora_config)
+    def _lora_pipeline(self) -> type:
+        from diffusers import CogVideoXImageToVideoPipeline
+
+        return CogVideoXImageToVideoPipeline

@@ -3,7 +3,8 @@
 The adapter is named ``default``; its state dict keys are peft's
 (``transformer_blocks.0.attn1.to_q.lora_A.weight``); :func:`save_lora` writes them as
 ``pytorch_lora_weights.safetensors`` with the ``transformer.`` prefix and the adapter
-config as metadata, which ``CogVideoXImageToVideoPipeline.load_lora_weights`` reads.
+config as metadata, which the backbone pipeline's ``load_lora_weights`` reads
+(``CogVideoXImageToVideoPipeline`` by default, ``WanImageToVideoPipeline`` for Wan).
 """
 from __future__ import annotations
 
@@ -51,17 +52,19 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Path:
-    """Write ``state`` (peft keys) and its ``LoraConfig`` into ``folder`` (replaced atomically) for
-    ``CogVideoXImageToVideoPipeline.load_lora_weights``; returns the weights file."""
+def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config, pipeline: type | None = None) -> Path:
+    """Write ``state`` (peft keys) and its ``LoraConfig`` into ``folder`` (replaced atomically) with
+    ``pipeline.save_lora_weights`` (default ``CogVideoXImageToVideoPipeline``), for its
+    ``load_lora_weights``; returns the weights file."""
     from diffusers import CogVideoXImageToVideoPipeline
 
+    pipeline = pipeline or CogVideoXImageToVideoPipeline
     folder = Path(folder)
     staging = temporary_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
     metadata = config.to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])
-    CogVideoXImageToVideoPipeline.save_lora_weights(staging, transformer_lora_layers=state,
+    pipeline.save_lora_weights(staging, transformer_lora_layers=state,
                                                     transformer_lora_adapter_metadata=metadata)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(umask_safetensors(staging), folder)
@@ -69,7 +72,7 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
 
 
 class LoraFileError(InputError):
-    """A LoRA file that is missing or not a CogVideoX LoRA in diffusers format."""
+    """A LoRA file that is missing or not a LoRA of the backbone in diffusers format."""
 
 
 def check_lora_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -93,20 +96,22 @@ def check_lora_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path
                                 f"was trained on (model.pretrained, model.tiny)")
 
 
-def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "default") -> None:
+def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "default",
+              loader: type | None = None) -> None:
     """Attach the LoRA that :func:`save_lora` wrote (``path``: the weights file) to ``model`` as
-    ``adapter_name``, active at scale 1 - as ``CogVideoXImageToVideoPipeline.load_lora_weights`` does."""
+    ``adapter_name``, active at scale 1 - as the pipeline's ``load_lora_weights`` does; ``loader``:
+    the pipeline's LoRA loader mixin (default ``CogVideoXLoraLoaderMixin``)."""
     from diffusers.loaders.lora_pipeline import CogVideoXLoraLoaderMixin
 
+    loader = loader or CogVideoXLoraLoaderMixin
     path = Path(path)
     if not path.is_file():
         raise LoraFileError(f"LoRA file not found: {path}; export it from a run (train.py) or fix --lora")
     try:
-        state, metadata = CogVideoXLoraLoaderMixin.lora_state_dict(str(path), return_lora_metadata=True)
+        state, metadata = loader.lora_state_dict(str(path), return_lora_metadata=True)
     except Exception as exc:
         raise LoraFileError(f"cannot read LoRA file {path}: {exc}") from exc
     if not any(k.startswith("transformer.") for k in state):
-        raise LoraFileError(f"LoRA file {path} has no 'transformer.' keys; it is not a CogVideoX LoRA in diffusers format")
+        raise LoraFileError(f"LoRA file {path} has no 'transformer.' keys; it is not a LoRA in diffusers format")
     check_lora_fits(model, state, path)
-    CogVideoXLoraLoaderMixin.load_lora_into_transformer(state, transformer=model, adapter_name=adapter_name,
-                                                        metadata=metadata)
+    loader.load_lora_into_transformer(state, transformer=model, adapter_name=adapter_name, metadata=metadata)

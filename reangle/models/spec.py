@@ -99,3 +99,71 @@ class ModelSpec(ABC):
     @abstractmethod
     def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the LoRA (``state``, or the network's current one) in the backbone's pipeline format."""
+
+
+class PipelineSpec(ModelSpec):
+    """What the specs over a diffusers pipeline folder share: component configs read from the folder
+    or hub id ``self.source``, the encoder slot, and the LoRA (attached with :func:`add_lora`,
+    exported for ``LORA_PIPELINE``'s ``load_lora_weights``). Subclasses set ``source``,
+    ``revision``, ``pretrained``, ``weights_dtype``, ``lora`` (add_lora's keywords) and
+    ``gradient_checkpointing``, and call :meth:`_reset_models`."""
+
+    SPEC_ID: str = ""
+
+    def _reset_models(self) -> None:
+        self.encoders = None
+        self.transformer = None
+        self.scheduler = None
+        self.lora_config = None
+        self._config_cache: dict[str, dict] = {}
+
+    def _read_config(self, part: str, **kwargs) -> dict:
+        """The raw ``config.json`` of ``part`` (``kwargs``: subfolder and revision for ``from_pretrained``)."""
+        raise NotImplementedError
+
+    def component_config(self, part: str) -> dict:
+        """``config.json`` of one component (only the config file is fetched for hub ids)."""
+        if part not in self._config_cache:
+            kwargs = {"subfolder": part, **({"revision": self.revision} if self.revision else {})}
+            config = self._read_config(part, **kwargs)
+            self._config_cache[part] = {k: v for k, v in config.items() if not k.startswith("_")
+                                        and k not in ("transformers_version", "torch_dtype", "dtype")}
+        return self._config_cache[part]
+
+    def _fingerprint(self, kind: str, parts: list[str], extra: dict | None = None) -> str:
+        from reangle import utils
+
+        source = Path(self.source).name if self.pretrained == "tiny" else self.source
+        payload = {"spec": self.SPEC_ID, "kind": kind, "source": source, "revision": self.revision,
+                   "configs": [self.component_config(p) for p in parts], "dtype": str(self.weights_dtype),
+                   **(extra or {})}
+        return utils.fingerprint(payload, length=None)
+
+    def unload_encoders(self) -> None:
+        self.encoders = None
+
+    def _require_encoders(self):
+        if self.encoders is None:
+            raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
+        return self.encoders
+
+    def _attach_lora(self) -> None:
+        """Freeze the loaded transformer, attach the LoRA, set gradient checkpointing and train mode."""
+        from reangle.models.lora import add_lora
+
+        self.lora_config = add_lora(self.transformer, **self.lora)
+        if self.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.transformer.train()
+
+    def _lora_pipeline(self) -> type:
+        """The pipeline class whose ``save_lora_weights`` writes the export."""
+        raise NotImplementedError
+
+    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        from reangle.models.lora import lora_state_dict, save_lora
+
+        if self.lora_config is None:
+            raise RuntimeError("no LoRA attached yet; call load_diffusion_model() first")
+        return save_lora(folder, lora_state_dict(self.transformer) if state is None else state, self.lora_config,
+                         pipeline=self._lora_pipeline())

@@ -11,7 +11,7 @@ import torch
 from reangle.io.video import to_uint8
 from reangle.sampling.outputs import view_metadata, write_grid, write_view
 from reangle.sampling.plan import ViewJob
-from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
+from reangle.sampling.sampler import SampleRequest, SamplingSettings, VideoSampler
 from reangle.sampling.shard import gather, shard
 
 
@@ -36,7 +36,7 @@ class MultiViewResult:
     grid: tuple[Path, Path] | None
 
 
-def sample_views(sampler: CogVideoXSampler, jobs: Sequence[ViewJob], settings: SamplingSettings,
+def sample_views(sampler: VideoSampler, jobs: Sequence[ViewJob], settings: SamplingSettings,
                  num_frames: int, out_dir: str | os.PathLike, fps: float, *,
                  input_video: torch.Tensor | None = None, rank: int = 0, world_size: int = 1,
                  grid_max_width: int | None = None,

@@ -11,16 +11,14 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reangle.config import RUN_CONFIG
 from reangle.data.omega import INPUT_VIEW, Omega
-from reangle.models.cogvideox import COMPONENTS, load_components
-from reangle.models.cogvideox_i2v import DTYPES
-from reangle.models.lora import LORA_FILE, LoraFileError, load_lora
+from reangle.models.family import load_sampler
+from reangle.models.lora import LORA_FILE, LoraFileError
 from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import SamplingInputError, plan_views
-from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
 from reangle.sampling.settings import SampleOptions
 from reangle.utils import resolve_device
 
@@ -65,17 +63,7 @@ def sample_from_config(cfg: DictConfig, lora: str | os.PathLike | None, views: S
     jobs = plan_views(omega, cfg.mode, opts.seed, list(views) if views else opts.views, cfg.run.dir,
                       opts.start_frames)
     input_video = omega.read_frames(omega.view(INPUT_VIEW))
-    parts = load_components(cfg.model.pretrained, COMPONENTS, tiny=OmegaConf.to_container(cfg.model.tiny),
-                            cache_dir=cfg.run.cache_dir, revision=cfg.model.revision, dtype=DTYPES[cfg.model.weights_dtype],
-                            device="cpu" if opts.cpu_offload else device)
-    if lora is not None:
-        load_lora(parts.transformer, lora)
-    if opts.vae_tiling:
-        parts.vae.enable_tiling()
-    sampler = CogVideoXSampler(parts.transformer, parts.vae, make_scheduler(opts.scheduler, parts.scheduler),
-                               parts.text_encoder, parts.tokenizer, device=device, offload=opts.cpu_offload,
-                               progress=progress)
-    del parts  # the sampler holds the only reference to T5 and releases it after encoding the prompts
+    sampler = load_sampler(cfg, lora, device, opts.cpu_offload, opts.vae_tiling, opts.scheduler, progress)
     return sample_views(sampler, jobs, opts.settings, omega.num_frames, opts.out_dir, cfg.data.fps,
                         input_video=input_video, grid_max_width=opts.grid_max_width,
                         extra_metadata={"mode": cfg.mode, "model": cfg.model.pretrained,

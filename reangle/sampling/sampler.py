@@ -66,8 +66,8 @@ class SamplingSettings:
     negative_prompt: str = ""
 
 
-class CogVideoXSampler:
-    """Samples CogVideoX I2V videos; see the module docstring.
+class VideoSampler:
+    """What every backbone's sampler shares: where the models compute and the phases' offloading.
 
     ``device`` is where the models compute. With ``offload`` the models live on the CPU
     and each is moved to ``device`` for its phase only; otherwise they must already be
@@ -82,14 +82,8 @@ class CogVideoXSampler:
         self.device = torch.device(device) if device is not None else next(transformer.parameters()).device
         self.offload = offload
         self.progress = progress
-        cfg = transformer.config
-        if cfg.patch_size_t is not None:
-            raise ValueError("CogVideoX 1.5 transformers (patch_size_t) are not supported; use a CogVideoX 1.0 I2V model")
         self.dtype = next(transformer.parameters()).dtype
-        self.max_text_len = cfg.max_text_seq_length
-        self.spatial_factor, self.temporal_factor = vae_factors(vae.config)
-        self.encode_scale = encode_scale(vae.config)
-        self.latent_scale = vae.config.scaling_factor
+        self.size_multiple, self.temporal_factor = 1, 1  # set by each backbone's sampler
 
     # -- models on the device -------------------------------------------------------
     @contextlib.contextmanager
@@ -108,6 +102,49 @@ class CogVideoXSampler:
                     torch.cuda.empty_cache()
             module.train(was_training)
 
+    def release_text_encoder(self) -> None:
+        """Drop the sampler's references to the text encoder (the caller may still hold one)."""
+        self.text_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _check(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
+               settings: SamplingSettings) -> None:
+        multiple = self.size_multiple
+        for r in requests:
+            if r.image.ndim != 3 or r.image.shape[0] != 3:
+                raise ValueError(f"start frame must be [3, H, W], got {tuple(r.image.shape)}")
+            h, w = r.image.shape[-2:]
+            if h % multiple or w % multiple:
+                raise ValueError(f"frame size {h}x{w} is not a multiple of {multiple}; resize the video")
+            if (r.num_frames - 1) % self.temporal_factor:
+                raise ValueError(f"num_frames={r.num_frames} is not 1 + {self.temporal_factor}k; "
+                                 f"use e.g. {1 + self.temporal_factor * ((r.num_frames - 1) // self.temporal_factor)}")
+        missing = {r.prompt for r in requests} - set(embeddings)
+        if settings.guidance > 1.0 and settings.negative_prompt not in embeddings:
+            missing.add(settings.negative_prompt)
+        if missing:
+            raise KeyError(f"no text embedding for prompt(s) {sorted(missing)}; get them from encode_prompts()")
+        if settings.steps < 1:
+            raise ValueError(f"need at least one sampling step, got {settings.steps}")
+
+
+class CogVideoXSampler(VideoSampler):
+    """Samples CogVideoX I2V videos; see the module docstring and :class:`VideoSampler`."""
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler,
+                 text_encoder: torch.nn.Module | None = None, tokenizer=None,
+                 device: torch.device | str | None = None, offload: bool = False, progress: bool = True):
+        super().__init__(transformer, vae, scheduler, text_encoder, tokenizer, device, offload, progress)
+        cfg = transformer.config
+        if cfg.patch_size_t is not None:
+            raise ValueError("CogVideoX 1.5 transformers (patch_size_t) are not supported; use a CogVideoX 1.0 I2V model")
+        self.max_text_len = cfg.max_text_seq_length
+        self.spatial_factor, self.temporal_factor = vae_factors(vae.config)
+        self.size_multiple = self.spatial_factor * cfg.patch_size
+        self.encode_scale = encode_scale(vae.config)
+        self.latent_scale = vae.config.scaling_factor
+
     # -- text --------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
@@ -125,33 +162,6 @@ class CogVideoXSampler:
                 embeds = encoder(ids.to(self.device))[0].to(self.dtype)
                 out.update({p: e[None] for p, e in zip(chunk, embeds)})
         return out
-
-    def release_text_encoder(self) -> None:
-        """Drop the sampler's references to the T5 encoder (the caller may still hold one)."""
-        self.text_encoder = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    # -- sampling ----------------------------------------------------------------
-    def _check(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
-               settings: SamplingSettings) -> None:
-        multiple = self.spatial_factor * self.transformer.config.patch_size
-        for r in requests:
-            if r.image.ndim != 3 or r.image.shape[0] != 3:
-                raise ValueError(f"start frame must be [3, H, W], got {tuple(r.image.shape)}")
-            h, w = r.image.shape[-2:]
-            if h % multiple or w % multiple:
-                raise ValueError(f"frame size {h}x{w} is not a multiple of {multiple}; resize the video")
-            if (r.num_frames - 1) % self.temporal_factor:
-                raise ValueError(f"num_frames={r.num_frames} is not 1 + {self.temporal_factor}k; "
-                                 f"use e.g. {1 + self.temporal_factor * ((r.num_frames - 1) // self.temporal_factor)}")
-        missing = {r.prompt for r in requests} - set(embeddings)
-        if settings.guidance > 1.0 and settings.negative_prompt not in embeddings:
-            missing.add(settings.negative_prompt)
-        if missing:
-            raise KeyError(f"no text embedding for prompt(s) {sorted(missing)}; get them from encode_prompts()")
-        if settings.steps < 1:
-            raise ValueError(f"need at least one sampling step, got {settings.steps}")
 
     @torch.no_grad()
     def sample(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from reangle.config import ConfigError, import_target
 from reangle.data.datamodule import OmegaDataModule
 from reangle.geometry.trajectory import check_motion
-from reangle.models.cogvideox_i2v import CogVideoXI2V
+from reangle.models import family
+from reangle.models.spec import ModelSpec
 from reangle.training.module import Stage2Module
 from reangle.training.wandb_run import agent_trial, new_run_id, record_run, recorded_run, resolve_mode
 
@@ -30,14 +31,9 @@ def _plain(node: Any) -> Any:
         else node
 
 
-def build_spec(cfg: DictConfig) -> CogVideoXI2V:
-    t = cfg.train
-    return CogVideoXI2V(
-        cfg.model.pretrained, tiny=_plain(cfg.model.tiny), revision=cfg.model.revision,
-        cache_dir=cfg.run.cache_dir, weights_dtype=cfg.model.weights_dtype, lora_rank=cfg.lora.rank,
-        lora_alpha=cfg.lora.alpha, lora_targets=list(cfg.lora.targets), lora_dropout=cfg.lora.dropout,
-        gradient_checkpointing=t.gradient_checkpointing, image_noise_mean=t.image_noise_mean,
-        image_noise_std=t.image_noise_std, image_dropout=t.image_dropout, image_condition=t.image_condition)
+def build_spec(cfg: DictConfig) -> ModelSpec:
+    """The spec of ``model.family`` (its frames and size checked first)."""
+    return family.build_spec(cfg)
 
 
 def omega_source(cfg: DictConfig):
@@ -54,7 +50,7 @@ def omega_source(cfg: DictConfig):
     return build
 
 
-def build_datamodule(cfg: DictConfig, spec: CogVideoXI2V) -> OmegaDataModule:
+def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> OmegaDataModule:
     views = _plain(cfg.train.views)
     exclude = [check_motion(motion) for motion in cfg.train.exclude_motions]
     return OmegaDataModule(spec, omega_source(cfg), Path(cfg.run.cache_dir) / "stage2", batch_size=cfg.train.batch_size,
@@ -62,7 +58,7 @@ def build_datamodule(cfg: DictConfig, spec: CogVideoXI2V) -> OmegaDataModule:
                            encode_device=cfg.train.encode_device, omega_pointer=Path(cfg.run.dir) / "omega.json")
 
 
-def build_module(cfg: DictConfig, spec: CogVideoXI2V) -> Stage2Module:
+def build_module(cfg: DictConfig, spec: ModelSpec) -> Stage2Module:
     t = cfg.train
     return Stage2Module(spec, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), eps=t.eps,
                         masked=t.masked, loss_normalize=t.loss_normalize, seed=cfg.run.seed)

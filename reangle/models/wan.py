@@ -1,0 +1,245 @@
+"""Loading Wan image-to-video components from a hub id, a local folder or a tiny config.
+
+Public API::
+
+    load_wan_components(pretrained, parts=WAN_COMPONENTS, *, tiny=None, cache_dir=..., revision=None,
+                        dtype=torch.float32, device="cpu") -> WanComponents
+    resolve_wan(pretrained, *, tiny=None, cache_dir=...) -> str     # folder or hub id
+    WanTinyConfig                                  # sizes of the tiny random model
+    WanComponents.pipeline() -> WanImageToVideoPipeline
+    FULL_SIZE_TRANSFORMERS                         # released transformer configs, by hub id
+    build_wan_transformer_on_meta(config) -> WanTransformer3DModel (no memory)
+
+``pretrained`` is a hub id (``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers``), a local folder in the
+diffusers layout, or ``"tiny"``; all three go through the same ``from_pretrained`` calls
+(``"tiny"`` first writes a seeded random model into ``cache_dir/models/wan-tiny-<hash>``).
+The tiny model has the Wan2.1-I2V structure: UMT5 text encoder, CLIP vision encoder (its
+penultimate hidden states are the image tokens), a Wan VAE with 4x temporal / 8x spatial
+compression and 16 latent channels, a transformer with 36 input channels (16 noisy + 4
+first-frame mask + 16 condition) and image cross-attention, and a flow-matching UniPC
+scheduler with Wan2.1-480P's shift.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from reangle.models.cogvideox import (DEFAULT_CACHE, ModelLoadError, folder_or_hub_id, load_parts, publish_tiny,
+                                      sizes_from_mapping, tiny_t5_tokenizer)
+from reangle.utils import fingerprint
+
+WAN21_I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+WAN22_TI2V_5B = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+WAN_COMPONENTS = ("tokenizer", "text_encoder", "image_processor", "image_encoder", "vae", "transformer", "scheduler")
+# Wan's text length (wan/configs/shared_config.py: text_len = 512; the pipeline's max_sequence_length).
+TEXT_LENGTH = 512
+
+# The scheduler of Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (scheduler/scheduler_config.json): UniPC on
+# flow sigmas shifted by 3.0 (Wan's sample_shift for 480p), velocity ("flow") prediction.
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0,
+    "solver_order": 2, "solver_type": "bh2", "predict_x0": True, "lower_order_final": True,
+    "final_sigmas_type": "zero", "timestep_spacing": "linspace",
+}
+
+# Transformer configs of the released checkpoints. Wan2.1-I2V-14B-480P: diffusers'
+# scripts/convert_wan_to_diffusers.py ("Wan-I2V-14B-480p"), the dims of Wan's own
+# wan/configs/wan_i2v_14B.py (dim 5120, ffn 13824, 40 heads, 40 layers, CLIP ViT-H 1280).
+# Wan2.2-TI2V-5B: Wan2.2's wan/configs/wan_ti2v_5B.py (dim 3072 = 24 x 128, ffn 14336,
+# 30 layers, 48 latent channels in and out, no image encoder).
+FULL_SIZE_TRANSFORMERS: dict[str, dict[str, Any]] = {
+    WAN21_I2V_480P: {
+        "patch_size": [1, 2, 2], "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36,
+        "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
+        "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": 1280,
+        "added_kv_proj_dim": 5120, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
+    },
+    WAN22_TI2V_5B: {
+        "patch_size": [1, 2, 2], "num_attention_heads": 24, "attention_head_dim": 128, "in_channels": 48,
+        "out_channels": 48, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 14336, "num_layers": 30,
+        "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+        "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
+    },
+}
+
+
+@dataclass
+class WanTinyConfig:
+    """Sizes of the tiny random Wan2.1-I2V (any frame count 1 + 4k and size multiple of 16 runs)."""
+
+    seed: int = 0
+    num_layers: int = 2
+    num_attention_heads: int = 2
+    attention_head_dim: int = 12
+    ffn_dim: int = 48
+    freq_dim: int = 32
+    text_dim: int = 32
+    text_layers: int = 1
+    image_dim: int = 32
+    image_size: int = 32       # CLIP input side; (image_size / 8)^2 + 1 image tokens
+    vae_base_dim: int = 8
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | "WanTinyConfig" | None) -> "WanTinyConfig":
+        return sizes_from_mapping(cls, values)
+
+    def key(self) -> str:
+        return fingerprint(asdict(self))
+
+
+@dataclass
+class WanComponents:
+    """The loaded parts (``None`` for parts not asked for) and where they came from."""
+
+    source: str
+    tokenizer: Any = None
+    text_encoder: Any = None
+    image_processor: Any = None
+    image_encoder: Any = None
+    vae: Any = None
+    transformer: Any = None
+    scheduler: Any = None
+
+    def pipeline(self):
+        """A ``WanImageToVideoPipeline`` over these parts (all must be loaded)."""
+        from diffusers import WanImageToVideoPipeline
+
+        missing = [p for p in WAN_COMPONENTS if getattr(self, p) is None]
+        if missing:
+            raise ModelLoadError(f"cannot build the pipeline: component(s) {missing} were not loaded")
+        return WanImageToVideoPipeline(**{p: getattr(self, p) for p in WAN_COMPONENTS})
+
+
+def _component_classes() -> dict[str, Any]:
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+    return {"tokenizer": AutoTokenizer, "text_encoder": UMT5EncoderModel, "image_processor": CLIPImageProcessor,
+            "image_encoder": CLIPVisionModel, "vae": AutoencoderKLWan, "transformer": WanTransformer3DModel,
+            "scheduler": UniPCMultistepScheduler}
+
+
+def _build_tiny(cfg: WanTinyConfig):
+    """Random tiny Wan2.1-I2V components (not saved)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config,
+                              UMT5EncoderModel)
+
+    tokenizer = tiny_t5_tokenizer(TEXT_LENGTH)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=8, d_ff=2 * cfg.text_dim, num_layers=cfg.text_layers,
+        num_heads=max(1, cfg.text_dim // 8), relative_attention_num_buckets=8, relative_attention_max_distance=32))
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=cfg.image_dim, intermediate_size=2 * cfg.image_dim, num_hidden_layers=2, num_attention_heads=2,
+        image_size=cfg.image_size, patch_size=8, projection_dim=cfg.image_dim))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": cfg.image_size},
+                                         crop_size={"height": cfg.image_size, "width": cfg.image_size})
+    vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    inner = cfg.num_attention_heads * cfg.attention_head_dim
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+        in_channels=36, out_channels=16, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers, image_dim=cfg.image_dim, added_kv_proj_dim=inner, rope_max_seq_len=64)
+    scheduler = UniPCMultistepScheduler(**SCHEDULER_CONFIG)
+    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                   image_processor=image_processor, image_encoder=image_encoder,
+                                   transformer=transformer)
+
+
+def materialize_wan_tiny(tiny: WanTinyConfig | Mapping[str, Any] | None,
+                         cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
+    """Write the tiny Wan into ``cache_dir/models/wan-tiny-<hash>`` unless it is there; returns the folder."""
+    return publish_tiny(WanTinyConfig.from_mapping(tiny), _build_tiny, Path(cache_dir) / "models", "wan-tiny")
+
+
+def resolve_wan(pretrained: str, *, tiny: WanTinyConfig | Mapping[str, Any] | None = None,
+                cache_dir: str | os.PathLike = DEFAULT_CACHE) -> str:
+    """The folder or hub id that ``from_pretrained`` reads for ``pretrained``."""
+    if pretrained == "tiny":
+        return str(materialize_wan_tiny(tiny, cache_dir))
+    return folder_or_hub_id(pretrained, WAN21_I2V_480P, "model.pretrained")
+
+
+def load_wan_components(pretrained: str = WAN21_I2V_480P, parts: Iterable[str] = WAN_COMPONENTS, *,
+                        tiny: WanTinyConfig | Mapping[str, Any] | None = None,
+                        cache_dir: str | os.PathLike = DEFAULT_CACHE, revision: str | None = None,
+                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> WanComponents:
+    """Load the asked ``parts`` of a Wan image-to-video model (models in ``eval()`` on ``device``, ``dtype``)."""
+    root = resolve_wan(pretrained, tiny=tiny, cache_dir=cache_dir)
+    out = WanComponents(source=root)
+    load_parts(out, pretrained, root, parts, _component_classes(), "Wan image-to-video", revision=revision,
+               dtype=dtype, device=device)
+    return out
+
+
+def build_wan_transformer_on_meta(config: Mapping[str, Any]):
+    """A ``WanTransformer3DModel`` of ``config`` on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    with init_empty_weights(include_buffers=True):
+        return WanTransformer3DModel.from_config(dict(config))
+
+
+# --- conditioning, shared by training (reangle.models.wan_i2v) and sampling (reangle.sampling.wan) ---------
+
+def latent_stats(vae_config: Mapping[str, Any], like: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel latent ``(mean, std)`` shaped to broadcast along ``channel_dim`` of ``like``."""
+    shape = [1] * like.dim()
+    shape[channel_dim] = int(vae_config["z_dim"])
+    mean = torch.tensor(vae_config["latents_mean"]).view(shape).to(like.device, like.dtype)
+    std = torch.tensor(vae_config["latents_std"]).view(shape).to(like.device, like.dtype)
+    return mean, std
+
+
+def normalize_latents(latents: torch.Tensor, vae_config: Mapping[str, Any], channel_dim: int = 1) -> torch.Tensor:
+    """Raw VAE latents -> the diffusion model's space: ``(z - latents_mean) / latents_std`` per channel."""
+    mean, std = latent_stats(vae_config, latents, channel_dim)
+    return (latents - mean) * (1.0 / std)
+
+
+@torch.no_grad()
+def encode_wan_prompts(tokenizer, text_encoder, prompts: list[str], device: torch.device,
+                       max_length: int = TEXT_LENGTH) -> torch.Tensor:
+    """UMT5 embeddings ``[B, max_length, D]`` as Wan uses them: the cleaned prompt's tokens with its
+    attention mask, the states past the prompt's length set to zero."""
+    from diffusers.pipelines.wan.pipeline_wan_i2v import prompt_clean
+
+    tokens = tokenizer([prompt_clean(p) for p in prompts], padding="max_length", max_length=max_length,
+                       truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    mask = tokens.attention_mask.to(device)
+    states = text_encoder(tokens.input_ids.to(device), mask).last_hidden_state
+    return states * mask.unsqueeze(-1).to(states.dtype)
+
+
+@torch.no_grad()
+def encode_wan_image(image_processor, image_encoder, images: torch.Tensor) -> torch.Tensor:
+    """CLIP image tokens ``[B, T, D]`` (the penultimate hidden states, as Wan2.1-I2V uses them) of
+    ``[B, 3, H, W]`` images in [0, 1], given to the processor as 8-bit RGB images."""
+    from PIL import Image
+
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    inputs = image_processor(images=[Image.fromarray(p) for p in pixels], return_tensors="pt")
+    device = next(image_encoder.parameters()).device
+    return image_encoder(inputs.pixel_values.to(device, image_encoder.dtype), output_hidden_states=True).hidden_states[-2]
+
+
+@torch.no_grad()
+def wan_image_condition(vae, images_pm1: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Wan2.1-I2V's condition ``[B, 4 + C, F, h, w]``: a first-frame mask (1 on the first pixel frame,
+    folded like the VAE folds time: 4 channels per latent frame) and the normalised VAE mode of the
+    first frame ``[B, 3, H, W]`` in [-1, 1] followed by ``num_frames - 1`` black frames."""
+    b, _, h, w = images_pm1.shape
+    t = int(vae.config.scale_factor_temporal)
+    video = torch.cat([images_pm1[:, :, None], images_pm1.new_zeros(b, 3, num_frames - 1, h, w)], dim=2)
+    latent = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
+    latent = normalize_latents(latent, vae.config)
+    frames, lh, lw = latent.shape[2:]
+    mask = latent.new_zeros(b, t, frames, lh, lw)
+    mask[:, :, 0] = 1.0   # the first latent frame holds the given first frame (repeated to fill its 4 slots)
+    return torch.cat([mask, latent], dim=1)

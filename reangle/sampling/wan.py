@@ -1,0 +1,109 @@
+"""Wan2.1 image-to-video sampling from a start frame, one video per request.
+
+Numerically the path of diffusers' ``WanImageToVideoPipeline`` (no ``transformer_2``, no
+``expand_timesteps``) with the same components, inputs and generator, in phases like
+:class:`~reangle.sampling.sampler.CogVideoXSampler`: text embeddings once per distinct
+prompt (then the UMT5 encoder can go), the CLIP image tokens and the VAE condition of every
+start frame, the denoising, then decoding. Classifier-free guidance runs the conditional and
+the unconditional branch as two calls, as the pipeline does (the negative branch keeps the
+image condition and image tokens). The only random draw is each request's initial noise,
+from a CPU generator seeded with its seed.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from reangle.models.wan import (TEXT_LENGTH, encode_wan_image, encode_wan_prompts, latent_stats,
+                                wan_image_condition)
+from reangle.sampling.sampler import SampleRequest, SamplingSettings, VideoSampler
+
+
+class WanSampler(VideoSampler):
+    """Samples Wan2.1-I2V videos; ``image_processor``/``image_encoder``: the CLIP pair of the model."""
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler,
+                 text_encoder: torch.nn.Module | None = None, tokenizer=None, *, image_processor=None,
+                 image_encoder: torch.nn.Module | None = None, device: torch.device | str | None = None,
+                 offload: bool = False, progress: bool = True, max_text_length: int = TEXT_LENGTH):
+        super().__init__(transformer, vae, scheduler, text_encoder, tokenizer, device, offload, progress)
+        if transformer.config.image_dim is None or image_encoder is None:
+            raise ValueError("the Wan sampler needs a Wan2.1-I2V transformer (image_dim) and its CLIP image encoder")
+        self.image_processor, self.image_encoder = image_processor, image_encoder
+        self.max_text_length = max_text_length
+        self.temporal_factor = int(vae.config.scale_factor_temporal)
+        self.spatial_factor = int(vae.config.scale_factor_spatial)
+        self.size_multiple = self.spatial_factor * int(transformer.config.patch_size[1])
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
+        """UMT5 embeddings ``{prompt: [1, L, D]}`` of the distinct ``prompts`` (L = the text length)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise RuntimeError("the text encoder was released or never given; build the sampler with text_encoder "
+                               "and tokenizer")
+        unique = list(dict.fromkeys(prompts))
+        out: dict[str, torch.Tensor] = {}
+        with self._on_device(self.text_encoder) as encoder:
+            for i in range(0, len(unique), batch_size):
+                chunk = unique[i:i + batch_size]
+                embeds = encode_wan_prompts(self.tokenizer, encoder, chunk, self.device, self.max_text_length)
+                out.update({p: e[None].to(self.dtype) for p, e in zip(chunk, embeds)})
+        return out
+
+    @torch.no_grad()
+    def sample(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
+               settings: SamplingSettings) -> list[torch.Tensor]:
+        """One video ``[num_frames, 3, H, W]`` in [0, 1] (float32, CPU) per request."""
+        self._check(requests, embeddings, settings)
+        if settings.dynamic_guidance:
+            raise ValueError("dynamic guidance is CogVideoX's; set sample.dynamic_guidance=false for Wan")
+        with self._on_device(self.image_encoder) as encoder:
+            tokens = [encode_wan_image(self.image_processor, encoder, r.image[None]).to(self.dtype) for r in requests]
+        with self._on_device(self.vae):
+            conditions = [wan_image_condition(self.vae, r.image.to(self.device)[None].float() * 2 - 1, r.num_frames)
+                          for r in requests]
+        with self._on_device(self.transformer):
+            latents = [self._denoise(r, c, tok, embeddings, settings, i, len(requests))
+                       for i, (r, c, tok) in enumerate(zip(requests, conditions, tokens))]
+        with self._on_device(self.vae):
+            return [self._decode(z) for z in latents]
+
+    def _denoise(self, request: SampleRequest, condition: torch.Tensor, image_tokens: torch.Tensor,
+                 embeddings: Mapping[str, torch.Tensor], settings: SamplingSettings,
+                 index: int, total: int) -> torch.Tensor:
+        """Latents ``[1, C, F, h, w]`` (float32) after ``settings.steps`` steps."""
+        sched = self.scheduler
+        guided = settings.guidance > 1.0
+        text = embeddings[request.prompt].to(self.device, self.dtype)
+        negative = embeddings[settings.negative_prompt].to(self.device, self.dtype) if guided else None
+        sched.set_timesteps(settings.steps, device=self.device)
+        generator = torch.Generator("cpu").manual_seed(int(request.seed))
+        shape = (1, int(self.vae.config.z_dim), *condition.shape[2:])
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        condition = condition.to(self.device, torch.float32)
+        image_tokens = image_tokens.to(self.device)
+        lora = {"scale": settings.lora_scale} if settings.lora_scale != 1.0 else None
+        bar = tqdm(sched.timesteps, desc=f"sampling {index + 1}/{total}", disable=not self.progress, leave=False)
+        for t in bar:
+            model_in = torch.cat([latents, condition], dim=1).to(self.dtype)
+
+            def velocity(context: torch.Tensor) -> torch.Tensor:
+                return self.transformer(hidden_states=model_in, timestep=t.expand(1), encoder_hidden_states=context,
+                                        encoder_hidden_states_image=image_tokens, attention_kwargs=lora,
+                                        return_dict=False)[0]
+
+            pred = velocity(text)
+            if guided:
+                uncond = velocity(negative)
+                pred = uncond + settings.guidance * (pred - uncond)
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+        return latents
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """``[num_frames, 3, H, W]`` float32 in [0, 1] on the CPU."""
+        latents = latents.to(self.device, self.vae.dtype)
+        mean, std = latent_stats(self.vae.config, latents, channel_dim=1)
+        video_pm1 = self.vae.decode(latents / (1.0 / std) + mean).sample  # [1, 3, N, H, W]
+        return (video_pm1[0].permute(1, 0, 2, 3).float() / 2 + 0.5).clamp(0, 1).cpu()
