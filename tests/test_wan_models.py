@@ -158,10 +158,11 @@ def test_wan_spec_latent_mask_uses_its_vae_grid(tiny_wan_dir):
 def test_frame_grid_per_family():
     from reangle.models import spec_class
 
-    wan21 = spec_class({"family": "wan", "pretrained": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"}).frame_grid({"pretrained": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"})
-    wan22 = spec_class({"family": "wan", "pretrained": "x"}).frame_grid({"pretrained": "Wan-AI/Wan2.2-TI2V-5B-Diffusers"})
+    wan = spec_class({"family": "wan", "pretrained": "tiny"})
+    wan21 = wan.frame_grid({"pretrained": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"})
+    wan22 = wan.frame_grid({"pretrained": "Wan-AI/Wan2.2-TI2V-5B-Diffusers"})  # height, width, frames:
     assert (wan21.spatial, wan21.temporal, wan22.spatial) == (16, 4, 32)   # Wan2.2's 16x VAE doubles the multiple
-    assert wan21.problem(81, 480, 832) is None and wan22.problem(704, 1280, 121) is None
+    assert wan21.problem(480, 832, 81) is None and wan22.problem(704, 1280, 121) is None
     assert "1 + 4k" in wan21.problem(480, 832, 80) and "multiples of 16" in wan21.problem(480, 840, 81)
     assert "multiples of 32" in wan22.problem(720, 1280, 121)
 
