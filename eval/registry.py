@@ -133,8 +133,8 @@ def _dynamic(model, items, inputs, progress):
     kept = [inputs.videos[i.payload][dyn.subsample_indices(inputs.videos[i.payload].shape[0], inputs.fps)]
             for i in items]
     first, second = torch.cat([k[:-1] for k in kept]), torch.cat([k[1:] for k in kept])
-    motion = dyn.pair_motion(run_batched(model, [first, second], inputs.settings.batch_size, _device(model),
-                                         "optical flow", progress))
+    motion = run_batched(lambda a, b: dyn.pair_motion(model(a, b, padded=True)), [first, second],
+                         inputs.settings.batch_size, _device(model), "optical flow", progress)
     return [float(dyn.is_dynamic(m, k.shape[0], *k.shape[-2:]))
             for k, m in zip(kept, _split(motion, [k.shape[0] - 1 for k in kept]))]
 

@@ -258,7 +258,7 @@ def test_dynamic_degree_through_the_registry_with_given_flows(monkeypatch):
     pairs_seen = []
 
     class BrightnessFlow(nn.Module):
-        def forward(self, a, b):
+        def forward(self, a, b, padded=False):
             pairs_seen.append(a.shape[0])
             shift = 100 * (b.mean((1, 2, 3)) - a.mean((1, 2, 3)))
             return shift.view(-1, 1, 1, 1).expand(-1, 2, *a.shape[-2:]) / math.sqrt(2)
