@@ -4,13 +4,16 @@ every rank (so 1 and N processes give the same numbers)."""
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from omegaconf import OmegaConf
 
-from eval.models import EvalConfigError, check_model_config, load_model, release_memory
+from eval.frechet import small_sample_warning
+from eval.fvd import check_fvd_settings
+from eval.models import TINY, EvalConfigError, check_model_config, load_model, release_memory
 from eval.registry import METRICS, EvalInputs
 from reangle.sampling.shard import gather, shard
 
@@ -43,6 +46,8 @@ def check_request(metrics: Sequence[str], inputs: EvalInputs) -> None:
         metric = METRICS[name]
         if metric.model:
             check_model_config(inputs.settings, metric.model)
+        if name == "fvd":
+            check_fvd_settings(inputs.settings.fvd, real_detector=inputs.settings.models.get("i3d") != TINY)
         if metric.update is not None and not inputs.reference:
             raise EvalConfigError(f"{name} needs reference videos: set eval.reference (or --reference DIR), "
                                   f"or evaluate a run whose Omega has its input video")
@@ -61,6 +66,7 @@ def evaluate(inputs: EvalInputs, metrics: Sequence[str], *, device: torch.device
     aggregate: dict[str, float | None] = {}
     videos: dict[str, dict[str, float | None]] = {name: {} for name in inputs.videos}
     scored: dict[tuple, tuple[list, list]] = {}  # one scoring pass for metrics that share it
+    warnings: list[str] = []
     for name in metrics:
         metric = METRICS[name]
         shared = (metric.model, metric.items, metric.score)
@@ -72,6 +78,11 @@ def evaluate(inputs: EvalInputs, metrics: Sequence[str], *, device: torch.device
                 metric.update(model, shard(list(inputs.videos.values()), rank, world_size),
                               shard(inputs.reference, rank, world_size), inputs, progress)
                 aggregate[name] = finite_or_none(float(model.compute()))
+                warning = small_sample_warning(name, *metric.counts(model))
+                if warning:
+                    warnings.append(warning)
+                    if rank == 0:
+                        print(f"warning: {warning}", file=sys.stderr)
                 continue
             if shared not in scored:
                 items = metric.items(inputs)
@@ -87,7 +98,7 @@ def evaluate(inputs: EvalInputs, metrics: Sequence[str], *, device: torch.device
             model = None
             release_memory()
     settings = {"metrics": list(metrics), "num_videos": len(inputs.videos), "num_reference": len(inputs.reference),
-                "fps": inputs.fps, "mode": inputs.mode, "world_size": world_size,
+                "fps": inputs.fps, "mode": inputs.mode, "world_size": world_size, "warnings": warnings,
                 "eval": OmegaConf.to_container(inputs.settings, resolve=True)
                 if OmegaConf.is_config(inputs.settings) else inputs.settings}
     return EvalResult(aggregate, videos, settings)

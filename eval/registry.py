@@ -4,11 +4,13 @@ Two kinds. *Item* metrics score work items (a video, or a MEt3R frame pair); an 
 the views it counts for and a weight; a view's score is the weighted mean of its items and
 the dataset score the weighted mean of all items (VBench's aggregations). *Distribution*
 metrics (FID, FVD) are torchmetrics ``Metric`` objects updated with this rank's generated and
-reference videos; their ``compute`` syncs the states over ranks.
+reference videos; their ``compute`` syncs the states over ranks and ``counts`` gives their
+sample counts (reference, generated, feature dimension).
 """
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -80,6 +82,7 @@ class MetricDef:
     score: Callable[[Any, list[Item], EvalInputs, bool], list[Any]] | None = None
     finalize: Callable[[list[Item], list[Any]], tuple[float, dict[str, float]]] = weighted_scores
     update: Callable[[Any, list[Tensor], list[Tensor], EvalInputs, bool], None] | None = None
+    counts: Callable[[Any], tuple[int, int, int]] | None = None  # (reference, generated, dimension) samples
 
 
 def run_batched(fn: Callable[..., Tensor], inputs: Sequence[Tensor], batch_size: int, device: torch.device,
@@ -174,13 +177,23 @@ def _update_fid(metric, generated, reference, inputs, progress):
 
 
 def _update_fvd(metric, generated, reference, inputs, progress):
-    from eval.fvd import video_clips
+    from eval.fvd import protocol_clips
     opts = inputs.settings.fvd
+    rng = random.Random(int(opts.seed))  # StyleGAN-V's reference clip offsets
     for videos, real in ((generated, False), (reference, True)):
         for video in tqdm(videos, desc="FVD clips", disable=not progress, leave=False):
-            for clips in video_clips(video, int(opts.clip_length), int(opts.clip_stride)).split(
-                    inputs.settings.batch_size):
-                metric.update(clips, real=real)
+            clips = protocol_clips(video, opts.protocol, int(opts.clip_length), int(opts.clip_stride), real, rng)
+            for batch in clips.split(inputs.settings.batch_size):
+                metric.update(batch, real=real)
+
+
+def _fid_counts(metric):
+    from eval.fid import fid_counts
+    return fid_counts(metric)
+
+
+def _fvd_counts(metric):
+    return metric.counts()
 
 
 def _pick(index: int, keep: Callable[[tuple], bool] | None = None):
@@ -281,8 +294,8 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in [
     MetricDef("aesthetic_quality", "Aesth", True, "aesthetic", _video_items, _frame_mean),
     MetricDef("imaging_quality", "Imag", True, "imaging", _video_items, _frame_mean),
     MetricDef("met3r", "MEt3R", False, "met3r", _met3r_items, _met3r),
-    MetricDef("fid", "FID", False, "inception", update=_update_fid),
-    MetricDef("fvd", "FVD", False, "i3d", update=_update_fvd),
+    MetricDef("fid", "FID", False, "inception", update=_update_fid, counts=_fid_counts),
+    MetricDef("fvd", "FVD", False, "i3d", update=_update_fvd, counts=_fvd_counts),
     MetricDef("sed", "SED", False, None, _sed_items, _sed, _pick(0, lambda r: r[1] >= MIN_MATCHES)),
     MetricDef("tsed", "TSED", True, None, _sed_items, _sed, _tsed_finalize),
     MetricDef("camera_rot_err", "RotErr", False, "dust3r", _target_views, _camera, _pick(0)),
