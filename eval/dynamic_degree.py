@@ -37,5 +37,10 @@ def is_dynamic(motion: Tensor, num_frames: int, height: int, width: int) -> bool
     if motion.numel() == 0:
         return False
     moving = int((motion > motion_threshold(height, width)).sum())
-    return moving >= round(4 * num_frames / 16)
+    return moving >= pairs_needed(num_frames)
+
+
+def pairs_needed(num_frames: int) -> int:
+    """Moving pairs that make a video of ``num_frames`` subsampled frames dynamic: round(4 n / 16)."""
+    return round(4 * num_frames / 16)
 

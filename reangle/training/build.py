@@ -82,9 +82,19 @@ def build_strategy(node: Any) -> Any:
     return import_target(node["target"])(**params)
 
 
-def build_loggers(cfg: DictConfig) -> list:
+def wandb_run_id(run_dir: str | os.PathLike) -> str | None:
+    """The id of the W&B run that logged into ``run_dir`` (``wandb/latest-run`` or the newest
+    ``wandb/[offline-]run-<time>-<id>`` folder), or ``None``."""
+    folder = Path(run_dir) / "wandb"
+    runs = sorted(p for p in folder.glob("*run-*-*") if p.is_dir()) if folder.is_dir() else []
+    latest = folder / "latest-run"
+    chosen = latest.resolve() if latest.exists() else (runs[-1] if runs else None)
+    return chosen.name.rsplit("-", 1)[-1] if chosen is not None else None
+
+
+def build_loggers(cfg: DictConfig, resume_id: str | None = None) -> list:
     """CSV logs in ``run.dir/logs`` always; W&B too with ``logger.kind=wandb`` (never online without a key
-    unless asked)."""
+    unless asked); ``resume_id`` continues that W&B run instead of opening a new one."""
     from lightning.pytorch.loggers import CSVLogger
 
     lg = cfg.logger
@@ -103,7 +113,8 @@ def build_loggers(cfg: DictConfig) -> list:
 
             loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name, group=lg.group,
                                           save_dir=str(run_dir), mode=mode, tags=list(lg.tags),
-                                          config=OmegaConf.to_container(cfg, resolve=True)))
+                                          config=OmegaConf.to_container(cfg, resolve=True),
+                                          **({"id": resume_id, "resume": "allow"} if resume_id else {})))
     return loggers
 
 
