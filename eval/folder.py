@@ -4,7 +4,8 @@ the pooled samples of several runs (``python -m eval --runs A B ...``).
 Folder mode reads every video file, GIF or frame folder of DIR at its own size and frame rate
 (VBench reads videos as they are; a frame folder or a file without a rate takes ``data.fps``);
 ``--resize HxW`` (resize + centre crop, printed) is the only resize besides each metric's own
-preprocessing. Cameras are read only for the metrics that need them (SED/TSED): from
+preprocessing. Cameras are read only for the metrics that need them (SED/TSED, camera accuracy
+with COLMAP): from
 ``<name>.json`` beside the video (``{"camera": {"K": [3, 3], "w2c": [N, 4, 4]}}``, as sampled
 views have) or from ``DIR/cameras.json`` (``{name: {"K": ..., "w2c": ...}}``). The settings are
 ``configs/base.yaml``'s (plus ``--config`` files and ``key=value`` overrides).
@@ -31,7 +32,7 @@ from reangle.io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_all_frames, re
 from reangle.utils import resolve_device
 
 CAMERAS_FILE = "cameras.json"
-CAMERA_METRICS = ("sed", "tsed")  # what a folder's cameras are read for
+CAMERA_METRICS = ("sed", "tsed", "camera_rot_err", "camera_trans_err", "camera_cammc")  # read cameras for these
 
 
 def video_sources(folder: Path) -> list[Path]:

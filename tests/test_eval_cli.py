@@ -44,7 +44,8 @@ def test_eval_cli_writes_json_and_markdown(run_dir):
     data = json.loads((run_dir / "eval.json").read_text())
     assert set(data) == {"aggregate", "videos", "settings", "errors", "details"} and data["errors"] == {}
     details = data["details"]  # what a score is made of
-    assert set(details) == {"dynamic_degree", "aesthetic_quality", "imaging_quality", "met3r", "sed", "tsed"}
+    assert set(details) == {"dynamic_degree", "aesthetic_quality", "imaging_quality", "met3r", "sed", "tsed",
+                            "camera_rot_err", "camera_trans_err"}
     assert set(details["dynamic_degree"]["orbit_left_0"]) == {"pair_motion", "threshold", "pairs_needed", "frame_step"}
     assert len(details["imaging_quality"]["orbit_left_0"]["per_frame"]) == 9
     assert {"view_a", "frame_a", "view_b", "frame_b", "score"} == set(details["met3r"][0])
