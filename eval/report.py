@@ -35,5 +35,7 @@ def markdown_table(result: dict, title: str) -> str:
     errors = result.get("errors", {})
     if errors:
         lines += ["", "## Failed metrics", ""] + [f"- {name}: {why}" for name, why in errors.items()]
-    lines += [f"- warning: {w}" for w in settings.get("warnings", [])]
+    warnings = settings.get("warnings", [])
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from torch import nn
 import eval.evaluate as engine
 from eval.fid import build_fid, update_fid
 from eval.frechet import small_sample_warning
-from eval.fvd import FVDSettingError, build_fvd, check_fvd_settings, load_i3d, protocol_clips
+from eval.fvd import FVDSettingError, build_fvd, check_fvd_settings, load_i3d
 from eval.registry import EvalInputs
 
 
