@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval.evaluate import EvalResult, evaluate
 from eval.models import EvalConfigError, check_model_config
-from eval.registry import METRICS
+from eval.registry import METRICS, metric_model
 from eval.run import inputs_from_config, log_table, write_results
 
 
@@ -34,8 +34,9 @@ class Evaluation(L.Callback):
             raise EvalConfigError(f"unknown metric(s) {', '.join(unknown)} in eval.metrics; choose from "
                                   f"{', '.join(METRICS)}")
         for name in metrics:  # every checkpoint key is checked before training starts
-            if METRICS[name].model:
-                check_model_config(cfg.eval, METRICS[name].model)
+            model = metric_model(METRICS[name], cfg.eval)
+            if model:
+                check_model_config(cfg.eval, model)
         self.every_n_steps = int(cfg.eval.callback.every_n_steps)
         sample_every = int(cfg.sample.every_n_steps)
         if self.every_n_steps and (not sample_every or self.every_n_steps % sample_every):

@@ -1,12 +1,11 @@
 """VBench's dynamic degree from optical flow (RAFT-large, 20 updates).
 
 Frames are subsampled to about 8 fps (every round(fps / 8)-th frame). Each consecutive pair
-scores the mean of its top 5 % flow magnitudes (int(0.05 H W) pixels). A video of n
-subsampled frames is dynamic when at least round(4 n / 16) pairs score above
-6 min(H, W) / 256 pixels. The dataset score is the fraction of dynamic videos (the mean of
-the per-video 0/1 scores, ``eval.registry``).
-Flows are at the frame size (VBench ranks the flow of the frames padded to a multiple of
-8, which differs only for sizes that are not multiples of 8).
+scores the mean of its top 5 % flow magnitudes (int(0.05 H8 W8) pixels of the flow of the
+frames replicate-padded to H8 x W8, multiples of 8, as VBench ranks RAFT's padded output). A
+video of n subsampled frames of H x W is dynamic when at least round(4 n / 16) pairs score
+above 6 min(H, W) / 256 pixels. The dataset score is the fraction of dynamic videos (the mean
+of the per-video 0/1 scores, ``eval.registry``).
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ def subsample_indices(num_frames: int, fps: float, target_fps: float = TARGET_FP
 
 
 def pair_motion(flow: Tensor) -> Tensor:
-    """Mean of the top 5 % flow magnitudes of each pair: flows ``[P, 2, H, W]`` (pixels) -> ``[P]``."""
+    """Mean of the top 5 % flow magnitudes of each pair: flows ``[P, 2, H8, W8]`` (pixels) -> ``[P]``."""
     magnitude = flow.float().norm(dim=1).flatten(1)
     k = max(1, int(magnitude.shape[1] * 0.05))
     return magnitude.topk(k, dim=1).values.mean(1)
@@ -38,5 +37,10 @@ def is_dynamic(motion: Tensor, num_frames: int, height: int, width: int) -> bool
     if motion.numel() == 0:
         return False
     moving = int((motion > motion_threshold(height, width)).sum())
-    return moving >= round(4 * num_frames / 16)
+    return moving >= pairs_needed(num_frames)
+
+
+def pairs_needed(num_frames: int) -> int:
+    """Moving pairs that make a video of ``num_frames`` subsampled frames dynamic: round(4 n / 16)."""
+    return round(4 * num_frames / 16)
 

@@ -3,9 +3,12 @@
 Real use: the 2048-d pool features of torch-fidelity's FID Inception
 (``pt_inception-2015-12-05``) loaded from a local weights file
 (``feature_extractor_weights_path``). ``"tiny"``: a small fixed random convolutional
-feature extractor (tests, demo). Every frame of every video is one sample; the metric's
-states are sums, so ranks that each update with their own videos agree after
-torchmetrics' state sync.
+feature extractor (tests, demo). Every frame of every video is one sample, given to the
+metric as its uint8 levels (rounded, as decoded; torchmetrics' ``normalize=True`` would
+truncate) and resized to 299 x 299 by torch-fidelity's TF1-style bilinear resize
+(``antialias=False``: torchmetrics >= 1.8 antialiases by default, which torch-fidelity and
+the TF FID do not). The metric's states are sums, so ranks that each update with their own
+videos agree after torchmetrics' state sync.
 """
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from reangle.io.video import uint8_levels
+
 TINY_FEATURES = 16
 
 
 class TinyImageFeatures(nn.Module):
-    """Random (seeded) conv features ``[B, 16]`` of images ``[B, 3, H, W]`` in [0, 1]."""
+    """Random (seeded) conv features ``[B, 16]`` of uint8 images ``[B, 3, H, W]``."""
 
     num_features = TINY_FEATURES
 
@@ -33,14 +38,14 @@ class TinyImageFeatures(nn.Module):
             param.data = torch.randn(param.shape, generator=generator) * 0.5
         self.requires_grad_(False)
 
-    def forward(self, images01: Tensor) -> Tensor:
-        return self.net(images01.float())
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images.float() / 255)
 
 
 def build_fid(source: str | os.PathLike) -> FrechetInceptionDistance:
-    """FID metric (frames ``[B, 3, H, W]`` in [0, 1]) from ``"tiny"`` or an Inception weights file."""
+    """FID metric (uint8 frames ``[B, 3, H, W]``) from ``"tiny"`` or an Inception weights file."""
     if str(source) == "tiny":
-        return FrechetInceptionDistance(feature=TinyImageFeatures(), normalize=True)
+        return FrechetInceptionDistance(feature=TinyImageFeatures(), normalize=False)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"FID Inception weights {path} not found (pt_inception-2015-12-05-6726825d.pth)")
@@ -49,11 +54,18 @@ def build_fid(source: str | os.PathLike) -> FrechetInceptionDistance:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"FID Inception weights {path} are not a plain state dict of tensors: {exc}") from exc
-    return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(path))
+    return FrechetInceptionDistance(feature=2048, normalize=False, antialias=False,
+                                    feature_extractor_weights_path=str(path))
 
 
 def update_fid(metric: FrechetInceptionDistance, frames: Tensor, real: bool, batch_size: int) -> None:
-    """Add frames ``[N, 3, H, W]`` in [0, 1] (reference: ``real=True``) in batches."""
+    """Add frames ``[N, 3, H, W]`` in [0, 1] (reference: ``real=True``) in batches, as their uint8 levels."""
     device = metric.device
     for batch in frames.split(batch_size):
-        metric.update(batch.to(device), real=real)
+        metric.update(uint8_levels(batch).to(device), real=real)
+
+
+def fid_counts(metric: FrechetInceptionDistance) -> tuple[int, int, int]:
+    """(reference samples, generated samples, feature dimension) of an FID metric."""
+    return (int(metric.real_features_num_samples), int(metric.fake_features_num_samples),
+            metric.real_features_sum.numel())

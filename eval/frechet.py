@@ -20,16 +20,28 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt)
 
 
-def gaussian_from_sums(total: Tensor, outer_total: Tensor, count: int | Tensor) -> tuple[Tensor, Tensor]:
-    """Mean ``[D]`` and unbiased covariance ``[D, D]`` from the sum of features, the sum of their
-    outer products and their number (the running statistics a distributed metric keeps)."""
+def gaussian_from_sums(total: Tensor, outer_total: Tensor, count: int | Tensor,
+                       biased: bool = False) -> tuple[Tensor, Tensor]:
+    """Mean ``[D]`` and covariance ``[D, D]`` (divided by N - 1, or by N when ``biased`` as StyleGAN-V's
+    ``FeatureStats``) from the sum of features, the sum of their outer products and their number (the
+    running statistics a distributed metric keeps)."""
     count = int(count)
     if count < 2:
         raise ValueError(f"a Fréchet distance needs at least 2 feature vectors per set, got {count}; "
                          f"evaluate more videos (or more clips/frames per video)")
     mean = total.double() / count
-    cov = (outer_total.double() - count * torch.outer(mean, mean)) / (count - 1)
+    cov = (outer_total.double() - count * torch.outer(mean, mean)) / (count if biased else count - 1)
     return mean, cov
+
+
+def small_sample_warning(name: str, num_reference: int, num_generated: int, dim: int) -> str | None:
+    """A warning when either side has fewer samples than feature dimensions: the covariance is then
+    singular and the distance is dominated by small-sample bias (pool more videos, README "FVD protocols")."""
+    if min(num_reference, num_generated) >= dim:
+        return None
+    return (f"{name}: {num_reference} reference and {num_generated} generated samples for {dim}-d features; with "
+            f"fewer samples than dimensions the estimate is dominated by small-sample bias, so compare it only with "
+            f"scores at the same counts (pool runs: python -m eval --runs A B ... --reference DIR)")
 
 
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:

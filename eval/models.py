@@ -93,7 +93,7 @@ def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> An
         from eval.fvd import build_fvd, load_i3d, materialize_tiny_i3d
         source = checked_source(eval_cfg, "i3d")
         path = materialize_tiny_i3d(cache_dir) if source == TINY else source
-        return build_fvd(load_i3d(path, device)).to(device)
+        return build_fvd(load_i3d(path, device), eval_cfg.fvd.protocol).to(device)
     loader = getattr(_vbench(), LOADERS[model])
     return loader(*(checked_source(eval_cfg, key) for key in MODEL_KEYS[model])).to(device).eval()
 

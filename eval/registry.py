@@ -4,11 +4,13 @@ Two kinds. *Item* metrics score work items (a video, or a MEt3R frame pair); an 
 the views it counts for and a weight; a view's score is the weighted mean of its items and
 the dataset score the weighted mean of all items (VBench's aggregations). *Distribution*
 metrics (FID, FVD) are torchmetrics ``Metric`` objects updated with this rank's generated and
-reference videos; their ``compute`` syncs the states over ranks.
+reference videos; their ``compute`` syncs the states over ranks and ``counts`` gives their
+sample counts (reference, generated, feature dimension).
 """
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -25,6 +27,14 @@ from eval.models import EvalConfigError
 from eval.temporal_flickering import temporal_flickering
 
 
+CAMERA_ESTIMATORS = ("colmap", "dust3r")
+
+
+def metric_model(metric: "MetricDef", settings) -> str | None:
+    """The network ``metric`` loads under ``settings`` (``eval/models.py``), or ``None``."""
+    return metric.model(settings) if callable(metric.model) else metric.model
+
+
 class Item(NamedTuple):
     """A unit of work: the views its score counts for, its weight, and what to score."""
 
@@ -35,10 +45,10 @@ class Item(NamedTuple):
 
 @dataclass
 class EvalInputs:
-    """Generated videos ``{view: [N, 3, H, W] in [0, 1]}`` (one frame size), their frame rate,
-    the run's mode, the settings (the ``eval`` config), the reference videos (FID/FVD), the
-    views' requested cameras ``{view: {"K": [3, 3], "w2c": [N, 4, 4]}}`` (SED, camera accuracy)
-    and the run's Omega (its input video and cameras, the warped videos and masks)."""
+    """Generated videos ``{view: [N, 3, H, W] in [0, 1]}`` (each at its own size), their frame rate
+    (``fps``, or per video in ``video_fps``), the run's mode, the settings (the ``eval`` config), the
+    reference videos (FID/FVD), the views' requested cameras ``{view: {"K": [3, 3], "w2c": [N, 4, 4]}}``
+    (SED, camera accuracy) and the run's Omega (its input video and cameras, the warped videos and masks)."""
 
     videos: dict[str, Tensor]
     fps: float
@@ -47,6 +57,10 @@ class EvalInputs:
     reference: list[Tensor] = field(default_factory=list)
     cameras: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     omega: Any = None
+    video_fps: dict[str, float] = field(default_factory=dict)
+
+    def fps_of(self, view: str) -> float:
+        return self.video_fps.get(view, self.fps)
 
 
 def weighted_scores(items: Sequence[Item], scores: Sequence[float]) -> tuple[float, dict[str, float]]:
@@ -75,11 +89,14 @@ class MetricDef:
     name: str
     label: str                 # column of eval.md (the paper's Tab. 1 abbreviations)
     higher_is_better: bool
-    model: str | None          # network (eval/models.py), loaded once per evaluation
+    model: str | Callable[[Any], str | None] | None  # network (eval/models.py), or a function of the settings
     items: Callable[[EvalInputs], list[Item]] | None = None
     score: Callable[[Any, list[Item], EvalInputs, bool], list[Any]] | None = None
     finalize: Callable[[list[Item], list[Any]], tuple[float, dict[str, float]]] = weighted_scores
     update: Callable[[Any, list[Tensor], list[Tensor], EvalInputs, bool], None] | None = None
+    counts: Callable[[Any], tuple[int, int, int]] | None = None  # (reference, generated, dimension) samples
+    detail: Callable[[list[Item], list[Any]], Any] | None = None   # what eval.json keeps to debug a score
+    one_size: bool = False     # compares frames across views: every video must have one frame size
 
 
 def run_batched(fn: Callable[..., Tensor], inputs: Sequence[Tensor], batch_size: int, device: torch.device,
@@ -102,8 +119,20 @@ def _video_items(inputs: EvalInputs) -> list[Item]:
     return [Item((name,), 1.0, name) for name in inputs.videos]
 
 
-def _split(values: Tensor, sizes: Sequence[int]) -> list[Tensor]:
-    return list(values.split(list(sizes)))
+def _batched_per_video(fn: Callable[..., Tensor], per_video: list[list[Tensor]], inputs: EvalInputs, model: Any,
+                       desc: str, progress: bool) -> list[Tensor]:
+    """``fn`` over row batches of each video's inputs; videos of one frame size share batches (which may
+    cross them), sizes never mix. One CPU result per video."""
+    groups: dict[tuple, list[int]] = {}
+    for k, tensors in enumerate(per_video):
+        groups.setdefault(tuple(tensors[0].shape[1:]), []).append(k)
+    out: list[Tensor] = [torch.zeros(0)] * len(per_video)
+    for members in groups.values():
+        stacked = [torch.cat([per_video[k][j] for k in members]) for j in range(len(per_video[members[0]]))]
+        result = run_batched(fn, stacked, inputs.settings.batch_size, _device(model), desc, progress)
+        for k, part in zip(members, result.split([per_video[k][0].shape[0] for k in members])):
+            out[k] = part
+    return out
 
 
 def _consistency_items(inputs: EvalInputs) -> list[Item]:
@@ -111,9 +140,8 @@ def _consistency_items(inputs: EvalInputs) -> list[Item]:
 
 
 def _feature_consistency(model, items, inputs, progress):
-    videos = [inputs.videos[i.payload] for i in items]
-    feats = run_batched(model, [torch.cat(videos)], inputs.settings.batch_size, _device(model), "features", progress)
-    return [video_consistency(f)[0] for f in _split(feats, [v.shape[0] for v in videos])]
+    feats = _batched_per_video(model, [[inputs.videos[i.payload]] for i in items], inputs, model, "features", progress)
+    return [video_consistency(f)[0] for f in feats]
 
 
 def _flickering(model, items, inputs, progress):
@@ -122,27 +150,38 @@ def _flickering(model, items, inputs, progress):
 
 def _smoothness(model, items, inputs, progress):
     videos = [inputs.videos[i.payload] for i in items]
-    pairs = [midpoint_pairs(v) for v in videos]
-    img0, img1 = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
-    mids = run_batched(lambda a, b: interpolate_midpoints(model, a, b), [img0, img1], inputs.settings.batch_size,
-                       _device(model), "interpolation", progress)
-    return [smoothness_score(v, m) for v, m in zip(videos, _split(mids, [p[0].shape[0] for p in pairs]))]
+    mids = _batched_per_video(lambda a, b: interpolate_midpoints(model, a, b), [list(midpoint_pairs(v)) for v in videos],
+                              inputs, model, "interpolation", progress)
+    return [smoothness_score(v, m) for v, m in zip(videos, mids)]
 
 
 def _dynamic(model, items, inputs, progress):
-    kept = [inputs.videos[i.payload][dyn.subsample_indices(inputs.videos[i.payload].shape[0], inputs.fps)]
-            for i in items]
-    first, second = torch.cat([k[:-1] for k in kept]), torch.cat([k[1:] for k in kept])
-    motion = dyn.pair_motion(run_batched(model, [first, second], inputs.settings.batch_size, _device(model),
-                                         "optical flow", progress))
-    return [float(dyn.is_dynamic(m, k.shape[0], *k.shape[-2:]))
-            for k, m in zip(kept, _split(motion, [k.shape[0] - 1 for k in kept]))]
+    """Per video: (dynamic 0/1, pair motions, threshold in px, pairs needed, frame step)."""
+    kept, steps = [], []
+    for item in items:
+        video = inputs.videos[item.payload]
+        indices = dyn.subsample_indices(video.shape[0], inputs.fps_of(item.payload))
+        kept.append(video[indices])
+        steps.append(indices[1] - indices[0] if len(indices) > 1 else 1)
+    motions = _batched_per_video(lambda a, b: dyn.pair_motion(model(a, b, padded=True)), [[k[:-1], k[1:]] for k in kept],
+                                 inputs, model, "optical flow", progress)
+    return [(float(dyn.is_dynamic(m, k.shape[0], *k.shape[-2:])), m.tolist(), dyn.motion_threshold(*k.shape[-2:]),
+             dyn.pairs_needed(k.shape[0]), step) for k, m, step in zip(kept, motions, steps)]
+
+
+def _dynamic_detail(items, results):
+    return {i.payload: {"pair_motion": r[1], "threshold": r[2], "pairs_needed": r[3], "frame_step": r[4]}
+            for i, r in zip(items, results)}
 
 
 def _frame_mean(model, items, inputs, progress):
-    videos = [inputs.videos[i.payload] for i in items]
-    scores = run_batched(model, [torch.cat(videos)], inputs.settings.batch_size, _device(model), "frames", progress)
-    return [float(s.double().mean()) for s in _split(scores, [v.shape[0] for v in videos])]
+    """Per video: (mean over frames, per-frame scores)."""
+    scores = _batched_per_video(model, [[inputs.videos[i.payload]] for i in items], inputs, model, "frames", progress)
+    return [(float(s.double().mean()), s.tolist()) for s in scores]
+
+
+def _per_frame_detail(items, results):
+    return {i.payload: {"per_frame": r[1]} for i, r in zip(items, results)}
 
 
 def _met3r_items(inputs: EvalInputs) -> list[Item]:
@@ -174,13 +213,23 @@ def _update_fid(metric, generated, reference, inputs, progress):
 
 
 def _update_fvd(metric, generated, reference, inputs, progress):
-    from eval.fvd import video_clips
+    from eval.fvd import protocol_clips
     opts = inputs.settings.fvd
+    rng = random.Random(int(opts.seed))  # StyleGAN-V's reference clip offsets
     for videos, real in ((generated, False), (reference, True)):
         for video in tqdm(videos, desc="FVD clips", disable=not progress, leave=False):
-            for clips in video_clips(video, int(opts.clip_length), int(opts.clip_stride)).split(
-                    inputs.settings.batch_size):
-                metric.update(clips, real=real)
+            clips = protocol_clips(video, opts.protocol, int(opts.clip_length), int(opts.clip_stride), real, rng)
+            for batch in clips.split(inputs.settings.batch_size):
+                metric.update(batch, real=real)
+
+
+def _fid_counts(metric):
+    from eval.fid import fid_counts
+    return fid_counts(metric)
+
+
+def _fvd_counts(metric):
+    return metric.counts()
 
 
 def _pick(index: int, keep: Callable[[tuple], bool] | None = None):
@@ -199,7 +248,8 @@ def _pick(index: int, keep: Callable[[tuple], bool] | None = None):
 def _check_cameras(inputs: EvalInputs, views: Sequence[str], metric: str) -> None:
     missing = [v for v in views if v not in inputs.cameras]
     if missing:
-        raise EvalConfigError(f"{metric} needs the cameras of every view; {missing} have none in their <view>.json")
+        raise EvalConfigError(f"{metric} needs the cameras of every view; {missing} have none (give each a "
+                              f"<view>.json with a camera, or a cameras.json in the videos folder)")
 
 
 def _sed_items(inputs: EvalInputs) -> list[Item]:
@@ -230,6 +280,16 @@ def _sed(model, items, inputs, progress):
     return [results[n] for n in range(len(items))]
 
 
+def _met3r_detail(items, results):
+    return [{"view_a": i.payload.view_a, "frame_a": i.payload.frame_a, "view_b": i.payload.view_b,
+             "frame_b": i.payload.frame_b, "score": r} for i, r in zip(items, results)]
+
+
+def _sed_detail(items, results):
+    return [{"view_a": a, "view_b": b, "frame": t, "median_sed": median, "matches": count}
+            for (a, b, t), (median, count) in zip((i.payload for i in items), results)]
+
+
 def _tsed_finalize(items, scores):
     """TSED: the fraction of (pair, time step) items with >= T_m matches and a median SED < T_e."""
     consistent = [float(count >= MIN_MATCHES and median < MAX_ERROR) for median, count in scores]
@@ -244,10 +304,39 @@ def _target_views(inputs: EvalInputs) -> list[Item]:
     return [Item((v,), 1.0, v) for v in inputs.videos if v != INPUT_VIEW and v in names]
 
 
+def _camera_estimator(settings) -> str:
+    estimator = settings.camera.estimator
+    if estimator not in CAMERA_ESTIMATORS:
+        raise EvalConfigError(f"unknown eval.camera.estimator {estimator!r}; use one of {list(CAMERA_ESTIMATORS)}")
+    return estimator
+
+
+def _camera_model(settings) -> str | None:
+    """The network camera accuracy loads: DUSt3R, or none for COLMAP."""
+    return "dust3r" if _camera_estimator(settings) == "dust3r" else None
+
+
+def _camera_items(inputs: EvalInputs) -> list[Item]:
+    """DUSt3R: the run's target views (against its input video); COLMAP: every view but the input (each
+    against its own requested path; dynamic camera control, where the camera moves along the video)."""
+    from reangle.data.omega import INPUT_VIEW
+    if _camera_estimator(inputs.settings) == "dust3r":
+        return _target_views(inputs)
+    if inputs.mode != "dynamic":
+        raise EvalConfigError("eval.camera.estimator=colmap recovers a camera that moves along the video (dynamic "
+                              "camera control); in static mode each view's camera is fixed: use dust3r")
+    return [Item((v,), 1.0, v) for v in inputs.videos if v != INPUT_VIEW]
+
+
 def _camera(model, items, inputs, progress):
+    """DUSt3R: (rotation error, translation-direction error) in degrees, means over frame pairs; COLMAP:
+    (RotErr, TransErr, CamMC, fraction registered) of :mod:`eval.colmap_camera`."""
+    _check_cameras(inputs, [i.payload for i in items], "camera accuracy")
+    if model is None:
+        return [_colmap_errors(inputs, item.payload) for item in tqdm(items, desc="COLMAP", disable=not progress,
+                                                                      leave=False)]
     from eval.camera_accuracy import camera_accuracy
     from reangle.data.omega import INPUT_VIEW
-    _check_cameras(inputs, [i.payload for i in items], "camera accuracy")
     record = inputs.omega.view(INPUT_VIEW)
     frames_a, w2c_a = inputs.omega.read_frames(record), inputs.omega.read_camera(record)["w2c"]
     out = []
@@ -259,6 +348,29 @@ def _camera(model, items, inputs, progress):
         summary = acc.summary()
         out.append((summary["rotation_error_deg"], summary["translation_direction_error_deg"]))
     return out
+
+
+def _colmap_errors(inputs: EvalInputs, view: str) -> tuple[float, float, float, float]:
+    from eval.colmap_camera import ColmapError, colmap_trajectory, trajectory_errors
+    camera = inputs.cameras[view]
+    try:
+        estimate = colmap_trajectory(inputs.videos[view], camera["K"], inputs.settings.camera.mapper)
+        errors = trajectory_errors(estimate, camera["w2c"][:len(estimate)])
+    except ColmapError:
+        return math.nan, math.nan, math.nan, 0.0
+    return errors.rot_err_deg, errors.trans_err, errors.cam_mc, errors.registered
+
+
+def _camera_detail(items, results):
+    return {i.payload: dict(zip(("rot_err_deg", "trans_err", "cam_mc", "registered")
+                                if len(r) == 4 else ("rotation_deg", "translation_direction_deg"), r))
+            for i, r in zip(items, results)}
+
+
+def _cam_mc_finalize(items, results):
+    if any(len(r) != 4 for r in results):
+        raise EvalConfigError("camera_cammc is COLMAP's protocol: set eval.camera.estimator=colmap")
+    return _pick(2)(items, results)
 
 
 def _warp(model, items, inputs, progress):
@@ -277,16 +389,23 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in [
     MetricDef("background_consistency", "BackC", True, "background", _consistency_items, _feature_consistency),
     MetricDef("temporal_flickering", "Flick", True, None, _video_items, _flickering),
     MetricDef("motion_smoothness", "Smooth", True, "interpolation", _video_items, _smoothness),
-    MetricDef("dynamic_degree", "Dyn", True, "flow", _video_items, _dynamic),
-    MetricDef("aesthetic_quality", "Aesth", True, "aesthetic", _video_items, _frame_mean),
-    MetricDef("imaging_quality", "Imag", True, "imaging", _video_items, _frame_mean),
-    MetricDef("met3r", "MEt3R", False, "met3r", _met3r_items, _met3r),
-    MetricDef("fid", "FID", False, "inception", update=_update_fid),
-    MetricDef("fvd", "FVD", False, "i3d", update=_update_fvd),
-    MetricDef("sed", "SED", False, None, _sed_items, _sed, _pick(0, lambda r: r[1] >= MIN_MATCHES)),
-    MetricDef("tsed", "TSED", True, None, _sed_items, _sed, _tsed_finalize),
-    MetricDef("camera_rot_err", "RotErr", False, "dust3r", _target_views, _camera, _pick(0)),
-    MetricDef("camera_trans_err", "TransErr", False, "dust3r", _target_views, _camera, _pick(1)),
+    MetricDef("dynamic_degree", "Dyn", True, "flow", _video_items, _dynamic, _pick(0), detail=_dynamic_detail),
+    MetricDef("aesthetic_quality", "Aesth", True, "aesthetic", _video_items, _frame_mean, _pick(0),
+              detail=_per_frame_detail),
+    MetricDef("imaging_quality", "Imag", True, "imaging", _video_items, _frame_mean, _pick(0),
+              detail=_per_frame_detail),
+    MetricDef("met3r", "MEt3R", False, "met3r", _met3r_items, _met3r, detail=_met3r_detail, one_size=True),
+    MetricDef("fid", "FID", False, "inception", update=_update_fid, counts=_fid_counts),
+    MetricDef("fvd", "FVD", False, "i3d", update=_update_fvd, counts=_fvd_counts),
+    MetricDef("sed", "SED", False, None, _sed_items, _sed, _pick(0, lambda r: r[1] >= MIN_MATCHES),
+              detail=_sed_detail, one_size=True),
+    MetricDef("tsed", "TSED", True, None, _sed_items, _sed, _tsed_finalize, detail=_sed_detail, one_size=True),
+    MetricDef("camera_rot_err", "RotErr", False, _camera_model, _camera_items, _camera, _pick(0),
+              detail=_camera_detail),
+    MetricDef("camera_trans_err", "TransErr", False, _camera_model, _camera_items, _camera, _pick(1),
+              detail=_camera_detail),
+    MetricDef("camera_cammc", "CamMC", False, _camera_model, _camera_items, _camera, _cam_mc_finalize,
+              detail=_camera_detail),
     MetricDef("warp_psnr", "wPSNR", True, "lpips", _target_views, _warp, _pick(0)),
     MetricDef("warp_lpips", "wLPIPS", False, "lpips", _target_views, _warp, _pick(1)),
 ]}

@@ -32,4 +32,10 @@ def markdown_table(result: dict, title: str) -> str:
             lines.append(f"| {view} | " + " | ".join(_cell(scores.get(n)) for n in per_view) + " |")
     lines += ["", f"{settings.get('num_videos', len(result['videos']))} videos, mode {settings.get('mode')}, "
                   f"{settings.get('num_reference', 0)} reference video(s) for FID/FVD."]
+    errors = result.get("errors", {})
+    if errors:
+        lines += ["", "## Failed metrics", ""] + [f"- {name}: {why}" for name, why in errors.items()]
+    warnings = settings.get("warnings", [])
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"

@@ -1,8 +1,9 @@
 """Evaluating a run directory: its config, its sampled views, the reference videos, and the
-written results (``eval.json``, ``eval.md``, and a W&B table when W&B logging is on).
+written results (``eval.json``, ``eval.md``, and a W&B table in the run's own W&B run when W&B
+logging is on).
 
 ``eval.json`` is ``{"aggregate": {metric: float}, "videos": {view: {metric: float}},
-"settings": {...}}``. Generated videos are every ``<view>.mp4`` that has its ``<view>.json``
+"settings": {...}, "errors": {metric: str}, "details": {metric: ...}}`` (``eval.results``). Generated videos are every ``<view>.mp4`` that has its ``<view>.json``
 in ``eval.samples_dir``; the reference (FID/FVD) is every video in ``eval.reference``, or
 the run's input video (Omega's ``input`` view).
 """
@@ -17,14 +18,14 @@ import torch
 from omegaconf import DictConfig
 
 from eval.evaluate import EvalResult, evaluate
+from eval.folder import video_sources
 from eval.models import EvalConfigError
 from eval.registry import EvalInputs
-from eval.report import markdown_table
+from eval.results import raise_for_errors, write_results
 from reangle.config import RUN_CONFIG, load_run_config
-from reangle.io.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_frames, read_video
-from reangle.utils import atomic_write_text, resolve_device
+from reangle.io.video import count_frames, read_video
+from reangle.utils import resolve_device
 
-EVAL_JSON, EVAL_MD = "eval.json", "eval.md"
 OMEGA_METRICS = ("camera_rot_err", "camera_trans_err", "warp_psnr", "warp_lpips")  # need the run's Omega
 START_FRAME_METRICS = ("met3r", "sed", "tsed")  # what eval.source=start_frames can score (paper Tab. 2)
 SOURCES = ("samples", "start_frames")
@@ -73,8 +74,7 @@ def reference_videos(cfg: DictConfig, reference: str | os.PathLike | None) -> li
     folder = Path(reference)
     if not folder.is_dir():
         raise EvalConfigError(f"reference folder not found: {folder} (eval.reference / --reference)")
-    sources = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES | {".gif"} or
-                     (p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())))
+    sources = video_sources(folder)
     if not sources:
         raise EvalConfigError(f"no videos in the reference folder {folder}")
     return [read_full_video(p, h, w) for p in sources]
@@ -127,14 +127,6 @@ def inputs_from_config(cfg: DictConfig, metrics: Sequence[str]) -> EvalInputs:
                       cameras=cameras, omega=omega)
 
 
-def write_results(result: EvalResult, out_dir: str | os.PathLike, title: str) -> tuple[Path, Path]:
-    """``eval.json`` and ``eval.md`` in ``out_dir`` (each written through a temporary file)."""
-    out_dir = Path(out_dir)
-    data = result.to_json()
-    return (atomic_write_text(out_dir / EVAL_JSON, json.dumps(data, indent=1)),
-            atomic_write_text(out_dir / EVAL_MD, markdown_table(data, title)))
-
-
 def log_table(loggers: Iterable, result: EvalResult, step: int | None = None) -> None:
     """Dataset scores to every logger (``eval/<metric>``), and the per-view table where the logger
     has ``log_table`` (W&B)."""
@@ -164,4 +156,5 @@ def evaluate_run(run_dir: str | os.PathLike, metrics: Sequence[str] | None = Non
         log_table(loggers, result)
         for logger in loggers:
             logger.finalize("success")
+    raise_for_errors(result, cfg.eval.out_dir)
     return result

@@ -42,7 +42,13 @@ def test_training_evaluates_its_samples_when_the_callback_is_on(run_dir):
 def test_eval_cli_writes_json_and_markdown(run_dir):
     result = eval_main(["--run", str(run_dir), "--metrics", ",".join(ALL)])  # tiny networks (the tiny preset)
     data = json.loads((run_dir / "eval.json").read_text())
-    assert set(data) == {"aggregate", "videos", "settings"}
+    assert set(data) == {"aggregate", "videos", "settings", "errors", "details"} and data["errors"] == {}
+    details = data["details"]  # what a score is made of
+    assert set(details) == {"dynamic_degree", "aesthetic_quality", "imaging_quality", "met3r", "sed", "tsed",
+                            "camera_rot_err", "camera_trans_err"}
+    assert set(details["dynamic_degree"]["orbit_left_0"]) == {"pair_motion", "threshold", "pairs_needed", "frame_step"}
+    assert len(details["imaging_quality"]["orbit_left_0"]["per_frame"]) == 9
+    assert {"view_a", "frame_a", "view_b", "frame_b", "score"} == set(details["met3r"][0])
     assert list(data["aggregate"]) == ALL and data["aggregate"] == pytest.approx(result.aggregate)
     # the test Omega's views share one fixed camera: no view pair has a baseline, no view a translation (null)
     undefined = {"sed", "tsed", "camera_trans_err"}
@@ -124,6 +130,38 @@ def test_scores_and_per_view_table_go_to_the_loggers():
     log_table([logger], result, step=7)
     assert logger.metrics == [({"eval/fid": 3.0, "eval/met3r": 0.2}, 7)]  # undefined scores are not logged
     assert logger.tables == [("eval/videos", ["view", "met3r"], [["a", 0.1], ["b", 0.3]], 7)]
+
+
+def test_runs_are_pooled_with_unique_view_names(run_dir, tmp_path):
+    import shutil
+
+    for name in ("scene_a", "scene_b"):
+        shutil.copytree(run_dir, tmp_path / name)
+    out = tmp_path / "pooled"
+    eval_main(["--runs", str(tmp_path / "scene_a"), str(tmp_path / "scene_b"), "--out", str(out), "--metrics",
+               "temporal_flickering,fid", *TINY])
+    data = json.loads((out / "eval.json").read_text())
+    assert sorted(data["videos"]) == ["scene_a/input", "scene_a/orbit_left_0", "scene_b/input", "scene_b/orbit_left_0"]
+    assert data["settings"]["num_reference"] == 2  # every run's input video
+    assert data["videos"]["scene_a/input"] == data["videos"]["scene_b/input"]
+    with pytest.raises(EvalConfigError, match="folder names must differ"):
+        eval_main(["--runs", str(tmp_path / "scene_a"), str(tmp_path / "scene_a"), "--out", str(out)])
+    with pytest.raises(EvalConfigError, match="--runs needs --out"):
+        eval_main(["--runs", str(tmp_path / "scene_a")])
+
+
+def test_evaluation_resumes_the_recorded_wandb_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from reangle.training.build import build_loggers
+    from reangle.training.wandb_run import record_run
+
+    cfg = OmegaConf.create({"run": {"dir": str(tmp_path), "name": "tiny"}, "logger": {
+        "kind": "wandb", "wandb_mode": "offline", "project": "p", "entity": None, "group": None, "tags": []}})
+    record_run(tmp_path, "abc123", "p", None, "offline")
+    wandb_logger = build_loggers(cfg, resume_recorded=True)[0]
+    assert wandb_logger._wandb_init["id"] == "abc123" and wandb_logger._wandb_init["resume"] == "allow"
+    assert "resume" not in build_loggers(cfg)[0]._wandb_init  # training opens its own run
 
 
 def test_a_copied_run_is_evaluated_in_its_own_folder(run_dir, tmp_path):

@@ -21,8 +21,9 @@ def _frames(n, h, w, seed=0):
     return torch.randint(0, 256, (n, 3, h, w), generator=torch.Generator().manual_seed(seed)).float() / 255
 
 
-def _u8(frames):
-    return (frames * 255).round().to(torch.uint8)
+def _levels(frames):
+    """VBench's ``load_video`` output: the frames' 8-bit levels as float32 0-255."""
+    return (frames * 255).round().float()
 
 
 def _openai_visual_keys(width, layers, patch, embed_dim):
@@ -65,7 +66,7 @@ def test_full_size_dino_raft_musiq_amt_build_on_meta():
         dino, raft, musiq, amt = build_dino("vit_base", patch_size=16), vb.build_raft(), vb.build_musiq(), AMTS()
     assert _layout(dino)["pos_embed"] == (1, 197, 768) and len(dino.blocks) == 12
     original = json.loads((DATA / "raft_things_keys.json").read_text())["keys"]  # raft-things.pth layout
-    converted = vb.convert_raft_checkpoint({k: torch.empty(v, device="meta") for k, v in original.items()})
+    converted = vb.convert_raft_checkpoint({k: torch.zeros(v) for k, v in original.items()})
     expected_raft = {k: tuple(v.shape) for k, v in converted.items()}
     assert _layout(raft) == expected_raft
     musiq_layout = _layout(musiq)  # MUSIQ paper config: patch 32, hidden 384, 14 layers, 3 scales, 10x10 grid
@@ -84,7 +85,7 @@ def test_subject_model_matches_vbench_dino_transform():
     frames = _frames(2, 90, 150)
     vbench_transform = T.Compose([T.Resize(size=224, antialias=False), T.Lambda(lambda x: x.float().div(255.0)),
                                   T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    x = vbench_transform(_u8(frames))
+    x = vbench_transform(_levels(frames))
     assert x.shape[-2:] == (224, 373)
     with torch.no_grad():
         torch.testing.assert_close(model(frames), model.dino(x))
@@ -98,7 +99,7 @@ def test_background_model_matches_vbench_clip_transform():
                                   T.CenterCrop(224), T.Lambda(lambda x: x.float().div(255.0)),
                                   T.Normalize(vb.CLIP_MEAN, vb.CLIP_STD)])
     with torch.no_grad():
-        torch.testing.assert_close(model(frames), model.visual(vbench_transform(_u8(frames))))
+        torch.testing.assert_close(model(frames), model.visual(vbench_transform(_levels(frames))))
 
 
 def test_aesthetic_model_is_normalised_features_through_the_head(tmp_path):
@@ -119,7 +120,7 @@ def test_aesthetic_model_is_normalised_features_through_the_head(tmp_path):
 def test_imaging_model_resizes_the_longer_side_to_512_like_vbench():
     model = vb.load_imaging_model("tiny")
     frames = _frames(1, 300, 640)
-    resized = T.Resize(size=(int(512 / 640 * 300), int(512 / 640 * 640)), antialias=False)(_u8(frames)) / 255.0
+    resized = T.Resize(size=(int(512 / 640 * 300), int(512 / 640 * 640)), antialias=False)(_levels(frames)) / 255.0
     assert resized.shape[-2:] == (240, 512)
     small = _frames(1, 64, 96, seed=1)
     with torch.no_grad():
@@ -129,10 +130,26 @@ def test_imaging_model_resizes_the_longer_side_to_512_like_vbench():
 
 # ----------------------------------------------------------------------------- RAFT: key converter, padding
 
-def test_raft_things_layout_converts_and_loads(tmp_path):
+def _raft_things_state():
+    """Random tensors in the released layout, the shortcut BatchNorm stored twice (norm3 = downsample.1)."""
     reference = json.loads((DATA / "raft_things_keys.json").read_text())["keys"]
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(*shape, generator=gen) if shape else torch.tensor(3) for k, shape in reference.items()}
+    for key in [k for k in state if ".norm3." in k]:
+        state[key] = state[key.replace(".norm3.", ".downsample.1.")].clone()
+    return state
+
+
+def test_raft_things_layout_has_the_duplicated_shortcut_norms():
+    keys = json.loads((DATA / "raft_things_keys.json").read_text())["keys"]
+    assert len(keys) == 179
+    norm3 = sorted(k for k in keys if ".norm3." in k)
+    assert norm3 == sorted(f"module.cnet.layer{i}.0.norm3.{t}" for i in (2, 3)
+                           for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"))
+
+
+def test_raft_things_layout_converts_and_loads(tmp_path):
+    state = _raft_things_state()
     path = tmp_path / "raft-things.pth"
     torch.save(state, path)
     model = vb.load_flow_model(path)
@@ -145,6 +162,15 @@ def test_raft_things_layout_converts_and_loads(tmp_path):
     torch.testing.assert_close(raft.mask_predictor.conv.bias, state["module.update_block.mask.2.bias"])
     torch.testing.assert_close(raft.update_block.motion_encoder.convcorr2[0].weight,
                                state["module.update_block.encoder.convc2.weight"])
+
+
+def test_raft_checkpoint_with_unequal_shortcut_norms_is_refused(tmp_path):
+    state = _raft_things_state()
+    state["module.cnet.layer3.0.norm3.running_mean"] += 1
+    path = tmp_path / "raft-things.pth"
+    torch.save(state, path)
+    with pytest.raises(vb.RAFTCheckpointError, match="layer3.0.norm3.running_mean has no equal"):
+        vb.load_flow_model(path)
 
 
 def test_torchvision_format_raft_loads_directly(tmp_path):
@@ -165,6 +191,8 @@ def test_flow_model_pads_to_a_multiple_of_8_and_crops_back():
         expected = model.raft(pa, pb, num_flow_updates=20)[-1][..., 3:133, :]
     assert flow.shape == (1, 2, 130, 136)
     torch.testing.assert_close(flow, expected)
+    with torch.no_grad():  # the multiple-of-8 area VBench ranks: the padded rows too
+        torch.testing.assert_close(model(a, b, padded=True), model.raft(pa, pb, num_flow_updates=20)[-1])
 
 
 def test_pad_to_multiple_splits_evenly_and_respects_the_minimum():
@@ -224,6 +252,24 @@ def test_clip_file_sources_state_dict_and_torchscript(tmp_path):
     torch.jit.trace(OpenAIStyle().eval(), torch.zeros(1, 3, 224, 224), check_trace=False).save(str(scripted))
     with torch.no_grad():
         torch.testing.assert_close(vb._load_clip("tiny", scripted)(frames), expected)
+
+
+def test_float16_clip_release_runs_in_float32_on_the_cpu(tmp_path):
+    """OpenAI's CLIP files hold float16 tensors; VBench's ``clip.load`` converts the model to float32 on
+    the CPU (``model.float()``) and casts the input to it: the same float32 numbers here."""
+    visual = vb.build_clip_visual("tiny").eval()
+    half = {f"visual.{k}": v.half() if v.is_floating_point() else v for k, v in visual.state_dict().items()}
+    path = tmp_path / "ViT-B-32.pth"
+    torch.save(half, path)
+    loaded = vb._load_clip("tiny", path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    visual.load_state_dict({k.removeprefix("visual."): v.float() for k, v in half.items()})
+    frames = _frames(2, 64, 80)
+    with torch.no_grad():
+        x = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC, antialias=False), T.CenterCrop(224),
+                       T.Lambda(lambda x: x.float().div(255.0)), T.Normalize(vb.CLIP_MEAN, vb.CLIP_STD)])(
+            _levels(frames))
+        torch.testing.assert_close(loaded(frames), visual(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("loader", [

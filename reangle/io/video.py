@@ -222,6 +222,35 @@ def read_video(path: str | os.PathLike, num_frames: int = 49, height: int = 480,
     return resize_center_crop(frames, height, width).clamp_(0.0, 1.0).contiguous()
 
 
+def read_all_frames(path: str | os.PathLike) -> torch.Tensor:
+    """Every frame of a video at its own size, not resized: ``[N, 3, H, W]`` float32 in [0, 1]."""
+    path = Path(path)
+    available = count_frames(path)
+    if available == 0:
+        raise VideoError(f"no frames found in {path}")
+    frames = torch.from_numpy(np.ascontiguousarray(_decode(path, list(range(available))))).permute(0, 3, 1, 2)
+    return frames.float().div_(255.0).contiguous()
+
+
+def video_fps(path: str | os.PathLike) -> float | None:
+    """A video file's average frame rate (decord), a GIF's (from its first frame's duration); ``None`` for
+    a frame folder or a file that does not say."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return None
+        if path.suffix.lower() == ".gif":
+            from PIL import Image
+            with Image.open(path) as im:
+                duration = im.info.get("duration")
+            return 1000.0 / duration if duration else None
+        import decord
+        fps = float(decord.VideoReader(str(path), num_threads=1).get_avg_fps())
+        return fps if fps > 0 else None
+    except Exception as exc:
+        raise VideoError(f"cannot read the frame rate of {path}: {exc}") from exc
+
+
 def uint8_levels(frames: torch.Tensor) -> torch.Tensor:
     """[0, 1] float -> uint8 levels of the same shape (round to nearest), as frames decoded from an 8-bit video."""
     return frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)

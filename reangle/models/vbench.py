@@ -6,14 +6,19 @@ Public API (every loader returns an eval-mode module with frozen weights)::
     load_background_model(source)                  # CLIP ViT-B/32: frames -> image features [N, 512]
     load_aesthetic_model(clip_source, head_source) # CLIP ViT-L/14 + LAION head: frames -> score / 10 [N]
     load_imaging_model(source)                     # MUSIQ (SPAQ): frames -> score / 100 [N]
-    load_flow_model(source)                        # RAFT-large: (frames_a, frames_b) -> flow [N, 2, H, W] px
+    load_flow_model(source)                        # RAFT-large: (frames_a, frames_b[, padded]) -> flow [N, 2, H, W] px
     load_interpolation_model(source)               # AMT-S: (img0, img1, embt) -> [N, 3, H, W]
     convert_raft_checkpoint(state) -> dict         # princeton-vl RAFT names -> torchvision names
 
-Frames are ``[N, 3, H, W]`` float in [0, 1] at any size. Where VBench resizes 8-bit frames
-(DINO, CLIP, MUSIQ) the wrappers do the same: the frames are quantised to uint8 and resized
-with torchvision exactly as VBench's transforms do (same interpolation, ``antialias=False``,
-uint8 rounding), then scaled back to [0, 1].
+Frames are ``[N, 3, H, W]`` float in [0, 1] at any size. Where VBench resizes (DINO, CLIP,
+MUSIQ) the wrappers do what its transforms do to the float32 0-255 frames that
+``vbench.utils.load_video`` returns: the frames are taken to their 8-bit levels (as decoded),
+resized as float32 0-255 values with torchvision (same interpolation, ``antialias=False``, no
+rounding and no clamp after bicubic), then divided by 255.
+
+Precision follows VBench's ``clip.load`` per device: CLIP runs in float32 on the CPU and with
+float16 matmuls on CUDA (autocast; the OpenAI release is float16). The other networks run in
+float32 everywhere.
 
 ``source`` is ``"tiny"`` (a small seeded random model for tests; nothing is downloaded) or a
 local checkpoint file; DINO also takes its torch.hub name (``dino_vitb16``) and CLIP an
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 
-from reangle.errors import MissingPackageError
+from reangle.errors import InputError, MissingPackageError
 from reangle.io.video import uint8_levels
 from reangle.nets.amt import AMTS, MIN_SIZE, SIZE_MULTIPLE, load_amt_s
 from reangle.nets.dino import VisionTransformer, load_dino, read_state_dict
@@ -68,10 +73,11 @@ def _check_frames(frames: Tensor, name: str = "frames") -> None:
         raise ValueError(f"{name} must be [N, 3, H, W] float in [0, 1], got shape {tuple(frames.shape)}")
 
 
-def _resize_uint8(frames: Tensor, size, interpolation: TF.InterpolationMode) -> Tensor:
-    """VBench's torchvision ``Resize(size, interpolation, antialias=False)`` on uint8 frames -> [0, 1] float."""
-    resized = TF.resize(uint8_levels(frames), size, interpolation=interpolation, antialias=False)
-    return resized.float() / 255
+def _resize_levels(frames: Tensor, size, interpolation: TF.InterpolationMode) -> Tensor:
+    """VBench's torchvision ``Resize(size, interpolation, antialias=False)`` on the float32 0-255 levels of
+    ``frames`` (no rounding, no clamp), then / 255: [N, 3, H, W] in [0, 1] -> resized [N, 3, h, w] float32."""
+    resized = TF.resize(uint8_levels(frames).float(), size, interpolation=interpolation, antialias=False)
+    return resized / 255
 
 
 def pad_to_multiple(frames: Tensor, multiple: int, minimum: int = 0) -> tuple[Tensor, tuple[slice, slice]]:
@@ -101,7 +107,7 @@ class SubjectFeatures(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """[N, 3, H, W] in [0, 1] -> [N, D]."""
         _check_frames(frames)
-        x = _resize_uint8(frames, SUBJECT_SIZE, TF.InterpolationMode.BILINEAR)
+        x = _resize_levels(frames, SUBJECT_SIZE, TF.InterpolationMode.BILINEAR)
         return self.dino(imagenet_normalize(x))
 
 
@@ -119,7 +125,9 @@ def load_subject_model(source: str | os.PathLike) -> SubjectFeatures:
 
 class CLIPImageFeatures(nn.Module):
     """CLIP image features (unnormalised ``encode_image`` output) of frames resized to 224 (bicubic),
-    centre-cropped to 224 and normalised with the CLIP mean/std."""
+    centre-cropped to 224 and normalised with the CLIP mean/std. Float32 weights; on CUDA the tower runs
+    under float16 autocast, as VBench's ``clip.load`` runs the float16 release there (on the CPU it
+    converts the model to float32, and so do we)."""
 
     def __init__(self, visual: nn.Module):
         super().__init__()
@@ -132,10 +140,11 @@ class CLIPImageFeatures(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """[N, 3, H, W] in [0, 1] -> [N, D]."""
         _check_frames(frames)
-        x = _resize_uint8(frames, CLIP_SIZE, TF.InterpolationMode.BICUBIC)
+        x = _resize_levels(frames, CLIP_SIZE, TF.InterpolationMode.BICUBIC)
         x = TF.center_crop(x, [CLIP_SIZE, CLIP_SIZE])
         x = (x - x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)) / x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-        return self.visual(x.to(self.visual.conv1.weight.dtype))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=x.is_cuda):
+            return self.visual(x).float()
 
 
 def build_clip_visual(model_name: str) -> nn.Module:
@@ -190,7 +199,7 @@ def _load_clip(model_name: str, source: str | os.PathLike) -> CLIPImageFeatures:
         else:
             model = open_clip.create_model(model_name, pretrained=name)
         visual = model.visual
-    return _frozen(CLIPImageFeatures(visual))
+    return _frozen(CLIPImageFeatures(visual.float()))
 
 
 def load_background_model(source: str | os.PathLike) -> CLIPImageFeatures:
@@ -211,7 +220,7 @@ class AestheticScore(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         """[N, 3, H, W] in [0, 1] -> [N] (about 0..1)."""
-        features = F.normalize(self.clip(frames).float(), dim=-1)
+        features = F.normalize(self.clip(frames), dim=-1)
         return self.head(features).squeeze(-1) / 10
 
 
@@ -249,7 +258,7 @@ class ImagingQuality(nn.Module):
         h, w = frames.shape[-2:]
         if max(h, w) > IMAGING_LONGER_SIDE:
             scale = IMAGING_LONGER_SIDE / max(h, w)
-            x = _resize_uint8(frames, [int(scale * h), int(scale * w)], TF.InterpolationMode.BILINEAR)
+            x = _resize_levels(frames, [int(scale * h), int(scale * w)], TF.InterpolationMode.BILINEAR)
         else:
             x = uint8_levels(frames).float() / 255
         return self.musiq(x).reshape(-1) / 100
@@ -297,12 +306,30 @@ _RAFT_RULES = [  # (original name pattern, torchvision replacement), applied aft
 ]
 
 
+class RAFTCheckpointError(InputError):
+    """A RAFT checkpoint whose duplicated BatchNorm tensors disagree."""
+
+
+def _drop_duplicate_norms(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """princeton-vl's ``ResidualBlock`` registers its shortcut BatchNorm twice, as ``norm3`` and as
+    ``downsample.1``, so ``raft-things.pth`` stores it under both names (179 keys). Check each ``norm3``
+    tensor equals its ``downsample.1`` twin and drop it."""
+    out = dict(state)
+    for key in [k for k in state if ".norm3." in k]:
+        twin = key.replace(".norm3.", ".downsample.1.")
+        if twin not in state or not torch.equal(state[key], state[twin]):
+            raise RAFTCheckpointError(f"RAFT checkpoint tensor {key} has no equal {twin}: the file is not a "
+                                      f"princeton-vl RAFT checkpoint (its norm3 is the downsample BatchNorm)")
+        del out[key]
+    return out
+
+
 def convert_raft_checkpoint(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename an original princeton-vl RAFT state dict (``raft-things.pth``: ``module.fnet.*``,
-    ``module.cnet.*``, ``module.update_block.*``) to torchvision's ``raft_large`` names.
-    A state dict already in torchvision's layout is returned unchanged."""
+    ``module.cnet.*``, ``module.update_block.*``, with the shortcut BatchNorm stored twice) to
+    torchvision's ``raft_large`` names. A state dict already in torchvision's layout is returned unchanged."""
     out = {}
-    for key, value in state.items():
+    for key, value in _drop_duplicate_norms(state).items():
         key = key.removeprefix("module.")
         head, _, rest = key.partition(".")
         if head in _RAFT_ENCODERS:
@@ -322,24 +349,28 @@ def build_raft() -> nn.Module:
 
 class OpticalFlow(nn.Module):
     """RAFT flow from frames_a to frames_b: inputs mapped to [-1, 1], replicate-padded to a multiple of 8
-    and at least 128 (evenly, as RAFT's ``InputPadder``), 20 updates, the final upsampled flow cropped
-    back. (VBench keeps the padded border in its top-5% statistic; at 480x720 nothing is padded.)"""
+    (evenly, as RAFT's ``InputPadder``; then to at least 128, which torchvision's RAFT needs), 20 updates,
+    the final upsampled flow cropped to the frame or, with ``padded``, to the multiple-of-8 area that
+    VBench's dynamic degree ranks."""
 
     def __init__(self, raft: nn.Module, num_updates: int = FLOW_UPDATES):
         super().__init__()
         self.raft = raft
         self.num_updates = num_updates
 
-    def forward(self, frames_a: Tensor, frames_b: Tensor) -> Tensor:
-        """two [N, 3, H, W] in [0, 1] -> flow [N, 2, H, W] in pixels ((x, y): a(p) ~ b(p + flow(p)))."""
+    def forward(self, frames_a: Tensor, frames_b: Tensor, padded: bool = False) -> Tensor:
+        """two [N, 3, H, W] in [0, 1] -> flow [N, 2, H, W] in pixels ((x, y): a(p) ~ b(p + flow(p)));
+        with ``padded``, [N, 2, H8, W8] over the frames padded to multiples of 8."""
         _check_frames(frames_a, "frames_a")
         if frames_a.shape != frames_b.shape:
             raise ValueError(f"frames_a and frames_b differ in shape: {tuple(frames_a.shape)} vs "
                              f"{tuple(frames_b.shape)}")
-        pair, (rows, cols) = pad_to_multiple(torch.cat((frames_a, frames_b)) * 2 - 1, FLOW_MULTIPLE, FLOW_MIN_SIZE)
+        pair, frame_area = pad_to_multiple(torch.cat((frames_a, frames_b)) * 2 - 1, FLOW_MULTIPLE)
+        pair, (rows, cols) = pad_to_multiple(pair, FLOW_MULTIPLE, FLOW_MIN_SIZE)
         first, second = pair.chunk(2)
         flow = self.raft(first.contiguous(), second.contiguous(), num_flow_updates=self.num_updates)[-1]
-        return flow[..., rows, cols]
+        flow = flow[..., rows, cols]
+        return flow if padded else flow[..., frame_area[0], frame_area[1]]
 
 
 def load_flow_model(source: str | os.PathLike) -> OpticalFlow:
