@@ -18,7 +18,7 @@ if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
     mkdir -p "$3/bin"; cp "$0" "$3/bin/python"; cp "$0" "$3/bin/python3"; cp "$0" "$3/bin/pip"
     printf 'export VIRTUAL_ENV="%s"\\nexport PATH="%s/bin:$PATH"\\n' "$3" "$3" > "$3/bin/activate"
 fi
-if [ "$1" = "-m" ] && [ "$2" = "pytest" ]; then exit "${STUB_PYTEST_RC:-0}"; fi
+if [ "$1" = "-m" ] && [ "$2" = "pytest" ]; then sleep "${STUB_PYTEST_SECONDS:-0}"; exit "${STUB_PYTEST_RC:-0}"; fi
 exit 0
 """
 
@@ -30,7 +30,7 @@ def readme_test_command():
     return [shlex.split(part) for part in line.split("&&")]
 
 
-def run_ci(tmp_path, pytest_rc=0):
+def run_ci(tmp_path, pytest_rc=0, **env_extra):
     stubs, tmp = tmp_path / "stubs", tmp_path / "tmp"
     stubs.mkdir(exist_ok=True), tmp.mkdir(exist_ok=True)
     for name in ("python3", "python", "pip"):
@@ -39,7 +39,7 @@ def run_ci(tmp_path, pytest_rc=0):
     log = tmp_path / "log"
     log.write_text("")
     env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_LOG": str(log), "TMPDIR": str(tmp),
-           "STUB_PYTEST_RC": str(pytest_rc)}
+           "STUB_PYTEST_RC": str(pytest_rc), **env_extra}
     env.pop("CI_TMPDIR", None)
     proc = subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=60)
     calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
@@ -63,3 +63,8 @@ def test_ci_builds_a_fresh_venv_and_runs_the_readme_command_in_it(tmp_path):
 def test_ci_fails_when_the_tests_fail(tmp_path, rc):
     proc, calls, _ = run_ci(tmp_path, pytest_rc=rc)
     assert proc.returncode != 0 and calls[-1][1] == ["-m", "pytest"]
+
+
+def test_ci_stops_at_its_time_limit_and_says_so(tmp_path):
+    proc, calls, _ = run_ci(tmp_path, CI_TIMEOUT="1", STUB_PYTEST_SECONDS="20")
+    assert proc.returncode == 124 and "stopped after CI_TIMEOUT=1 seconds" in proc.stderr

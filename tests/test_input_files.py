@@ -85,7 +85,7 @@ def test_eight_bit_frames_read_the_same_as_pillow_reads_them(tmp_path, suffix, m
     folder.mkdir()
     rgb = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).convert(mode).save(folder / f"frame0{suffix}")
-    expected = np.asarray(Image.open(folder / f"frame0{suffix}").convert("RGB"))
+    expected = np.array(Image.open(folder / f"frame0{suffix}").convert("RGB"))
     frame = read_video(folder, num_frames=1, height=24, width=32)[0]
     torch.testing.assert_close(frame, torch.from_numpy(expected).permute(2, 0, 1).float() / 255)
 
