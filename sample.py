@@ -17,6 +17,7 @@ from reangle.config import ConfigError, load_config, load_run_config, split_conf
 from reangle.data.omega import OmegaError
 from reangle.io.video import VideoError
 from reangle.models.lora import LoraFileError
+from reangle.run_folder import recorded_fingerprint
 from reangle.sampling.plan import SamplingInputError
 from reangle.sampling.run import run_files, sample_from_config
 
@@ -41,10 +42,12 @@ def main(argv: list[str] | None = None):
         config, lora = run_files(args.run)
         cfg = load_run_config(args.run, overrides=args.overrides)
         lora = args.lora or lora
+        run_id = recorded_fingerprint(args.run)
     else:
         cfg, lora = load_config(*split_config_tokens(args.config, args.overrides)), args.lora
+        run_id = None  # the fingerprint of the config given
     views = [v for v in args.views.split(",") if v] if args.views else None
-    result = sample_from_config(cfg, lora, views=views)
+    result = sample_from_config(cfg, lora, views=views, run_id=run_id)
     for view in result.views:
         print(view.path)
     if result.grid is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -142,12 +142,16 @@ def check_views(views: Sequence[ViewInput]) -> None:
 
 def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], settings: InpaintSettings, *,
                   input_frame: Tensor | None = None, ranks: Ranks | None = None, progress: bool = True,
-                  timings: Timings | None = None) -> list[ViewOutput]:
+                  timings: Timings | None = None, finished: Sequence[Tensor] = (),
+                  on_output: Callable[[ViewOutput], None] | None = None) -> list[ViewOutput]:
     """Inpaint ``views`` in order (the first two jointly), each scored against the finished ones.
 
     ``input_frame`` ``[3, H, W]`` in [0, 1] is also a reference when ``settings.use_input_frame``.
+    ``finished``: images ``[3, H, W]`` in [0, 1] of views inpainted before (a resumed run): references
+    from the start, and then every view of ``views`` is searched alone, as it would have been.
     A lone view with nothing to score against (one view, no input frame) is sampled unguided.
-    Returns the views in the given order. ``timings`` (optional) collects seconds per phase.
+    Returns the views in the given order; ``on_output`` is called with each as soon as it is
+    finished. ``timings`` (optional) collects seconds per phase.
     """
     check_views(views)
     size = settings.size
@@ -160,7 +164,9 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
     references: list[Tensor] = []
     if settings.use_input_frame and input_frame is not None:
         references.append(resize_frames(input_frame[None] * 2 - 1, score_size, score_size))
-    groups = [list(views[:2])] + [[v] for v in views[2:]] if len(views) > 1 else [list(views)]
+    references += [resize_frames(image[None].float() * 2 - 1, score_size, score_size) for image in finished]
+    pair = len(views) > 1 and not finished
+    groups = [list(views[:2])] + [[v] for v in views[2:]] if pair else [[v] for v in views]
     show = progress and ranks.rank == 0
     outputs: list[ViewOutput] = []
     with tqdm(total=len(views), desc="stage III views", unit="view", disable=not show) as view_bar:
@@ -189,6 +195,9 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
                 image = finish(decoded[0], view, settings.paste_back)
                 references.append(resize_frames(image[None] * 2 - 1, score_size, score_size))
                 outputs.append(ViewOutput(view.name, image, result.scores, names, result.model_calls, seconds))
+            for output in outputs[-len(group):]:  # a pair is finished when both of its views are
+                if on_output is not None:
+                    on_output(output)
                 view_bar.update(1)
     return outputs
 

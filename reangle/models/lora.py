@@ -53,10 +53,12 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Path:
     """Write ``state`` (peft keys) and its ``LoraConfig`` into ``folder`` (replaced atomically) for
-    ``CogVideoXImageToVideoPipeline.load_lora_weights``; returns the weights file."""
+    ``CogVideoXImageToVideoPipeline.load_lora_weights``; returns the weights file. Non-finite weights
+    are refused (:class:`LoraFileError`): nothing is written."""
     from diffusers import CogVideoXImageToVideoPipeline
 
     folder = Path(folder)
+    check_finite(state, f"LoRA export to {folder}")
     staging = temporary_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
     metadata = config.to_dict()
@@ -69,7 +71,16 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
 
 
 class LoraFileError(InputError):
-    """A LoRA file that is missing or not a CogVideoX LoRA in diffusers format."""
+    """A LoRA file that is missing, not a CogVideoX LoRA in diffusers format, or holds non-finite weights."""
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """One :class:`LoraFileError` when any weight of ``state`` is NaN or infinite."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise LoraFileError(f"{what}: {len(bad)} of {len(state)} LoRA weight tensors are not finite (e.g. {bad[0]}); "
+                            f"the training diverged: use an earlier checkpoint's LoRA or train again with a lower "
+                            f"train.lr")
 
 
 def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "default") -> None:
@@ -86,5 +97,6 @@ def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "def
         raise LoraFileError(f"cannot read LoRA file {path}: {exc}") from exc
     if not any(k.startswith("transformer.") for k in state):
         raise LoraFileError(f"LoRA file {path} has no 'transformer.' keys; it is not a CogVideoX LoRA in diffusers format")
+    check_finite(state, f"LoRA file {path}")
     CogVideoXLoraLoaderMixin.load_lora_into_transformer(state, transformer=model, adapter_name=adapter_name,
                                                         metadata=metadata)

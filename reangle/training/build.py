@@ -16,6 +16,7 @@ from reangle.config import ConfigError, import_target
 from reangle.data.datamodule import OmegaDataModule
 from reangle.geometry.trajectory import check_motion
 from reangle.models.cogvideox_i2v import CogVideoXI2V
+from reangle.run_folder import check_checkpoint, run_fingerprint
 from reangle.training.module import Stage2Module
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def build_datamodule(cfg: DictConfig, spec: CogVideoXI2V) -> OmegaDataModule:
 def build_module(cfg: DictConfig, spec: CogVideoXI2V) -> Stage2Module:
     t = cfg.train
     return Stage2Module(spec, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), eps=t.eps,
-                        masked=t.masked, loss_normalize=t.loss_normalize, seed=cfg.run.seed)
+                        masked=t.masked, loss_normalize=t.loss_normalize, seed=cfg.run.seed,
+                        run_id=run_fingerprint(cfg))
 
 
 def build_strategy(node: Any) -> Any:
@@ -116,7 +118,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     if t.steps < 1 or t.checkpoint_every < 1:
         raise ConfigError(f"train.steps ({t.steps}) and train.checkpoint_every ({t.checkpoint_every}) must be >= 1")
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
-                                  every_n_train_steps=t.checkpoint_every, save_top_k=-1, save_last=True)
+                                  every_n_train_steps=t.checkpoint_every, save_top_k=-1, save_last=True,
+                                  enable_version_counter=False)  # never last-v1.ckpt beside last.ckpt
     return L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=build_strategy(cfg.trainer.strategy), precision=cfg.trainer.precision, max_steps=t.steps,
@@ -127,7 +130,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from (``train.resume``: null, "last" or a path)."""
+    """The checkpoint to resume from (``train.resume``: null, "last" or a path); it must have been written by
+    a run of the same config (:func:`reangle.run_folder.check_checkpoint`)."""
     resume = cfg.train.resume
     if not resume:
         return None
