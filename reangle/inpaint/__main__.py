@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     omega = find_omega(cfg)
     views = [v for v in args.views.split(",") if v] if args.views else None
     run_stage3(cfg, omega, run_dir, views)  # keeps the views a killed run finished
-    names = sorted(inpainted_views(run_dir, omega), key=[v.name for v in omega.views].index)
+    order = views or (list(cfg.inpaint.views) if cfg.inpaint.views else [v.name for v in omega.views])
+    names = [name for name in order if name in inpainted_views(run_dir, omega)]
     paths = [run_dir / INPAINTED_DIR / f"{name}.png" for name in names]
     tiles = [frame[None] for view, path in zip(omega_views(omega, names), paths)
              for frame in (view.image, read_image(path, omega.height, omega.width))]

@@ -139,4 +139,5 @@ def resume_path(cfg: DictConfig) -> str | None:
     if not path.is_file():
         raise ConfigError(f"train.resume: checkpoint {path} not found; train without resume or point it at a "
                           f".ckpt file")
+    check_checkpoint(cfg, path)
     return str(path)
