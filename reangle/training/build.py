@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loops.fit_loop import _FitLoop
 from omegaconf import DictConfig, OmegaConf
 
 from reangle.config import ConfigError, import_target
@@ -109,6 +110,20 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+class _FinishingFitLoop(_FitLoop):
+    """Lightning's fit loop, except that a fit resumed from a checkpoint at ``max_steps`` (training done,
+    the end of the run interrupted) still calls ``on_train_end``: stage III, sampling and the final LoRA
+    export run again and redo what is unfinished (Lightning skips the hook then)."""
+
+    def run(self) -> None:
+        self.setup_data()
+        if self.done and self.trainer.limit_train_batches != 0:
+            self.on_run_start()  # on_train_start: e.g. the progress bar sets itself up
+            self.on_run_end()
+            return
+        super().run()
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     """The trainer with checkpointing, the learning-rate monitor and ``callbacks`` (the entry point
     passes the pipeline's own: LoRA export, step statistics, sampling, progress)."""
@@ -120,13 +135,17 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
                                   every_n_train_steps=t.checkpoint_every, save_top_k=-1, save_last=True,
                                   enable_version_counter=False)  # never last-v1.ckpt beside last.ckpt
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=build_strategy(cfg.trainer.strategy), precision=cfg.trainer.precision, max_steps=t.steps,
         max_epochs=-1, gradient_clip_val=t.grad_clip, logger=build_loggers(cfg), default_root_dir=run_dir,
         callbacks=[checkpoints, LearningRateMonitor("step"), *(callbacks or [])],
         log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False,
         enable_model_summary=False, num_sanity_val_steps=0)
+    loop = _FinishingFitLoop(trainer, min_epochs=trainer.fit_loop.min_epochs, max_epochs=trainer.fit_loop.max_epochs)
+    loop.epoch_loop = trainer.fit_loop.epoch_loop
+    trainer.fit_loop = loop
+    return trainer
 
 
 def resume_path(cfg: DictConfig) -> str | None:
