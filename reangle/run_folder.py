@@ -9,14 +9,16 @@ resolved ``config.yaml``. Then:
   differ (pick another ``run.name``, or delete the folder);
 - a folder claimed by the same config and holding checkpoints is refused without
   ``train.resume`` (a second run would mix with the first), and continued with it;
-- a non-empty folder without ``run.json`` is refused (it is not a run folder of this format).
+- a folder without ``run.json`` that holds run outputs (:data:`RUN_ENTRIES`, e.g. a run of an older
+  version) is refused; other files (e.g. a sweep's ``trial.log``) are left alone.
 
 The fingerprint (:func:`run_fingerprint`) is the resolved config without the keys that do not
 change any result: ``logger.*`` and ``trainer.log_every_n_steps`` (logging), ``train.resume``
-(how the run is continued), ``run.root``, ``run.name``, ``run.dir`` and ``run.cache_dir``
+(how the run is continued), ``eval.*`` (how the run is scored: ``python -m eval`` scores it again
+under any settings, and ``eval.json`` records the ones it used), ``run.root``, ``run.name``, ``run.dir`` and ``run.cache_dir``
 (where things live; paths under ``run.dir`` are compared relative to it, so a moved run keeps
 its fingerprint), and the device keys (``depth.device``, ``warp.device``,
-``train.encode_device``, ``sample.device``, ``eval.device``, ``inpaint.device``).
+``train.encode_device``, ``sample.device``, ``inpaint.device``).
 
 Every stage's outputs carry the run's identity: checkpoints the fingerprint
 (:data:`CHECKPOINT_KEY`), ``omega.json`` the Omega key, stage III's ``scores.json`` the Omega
@@ -38,10 +40,11 @@ from reangle.utils import atomic_write_text, clean_stale_staging, fingerprint
 
 RUN_RECORD = "run.json"
 CHECKPOINT_KEY = "reangle_run"  # the fingerprint inside every checkpoint the run writes
-IGNORED_KEYS = ("logger", "trainer.log_every_n_steps", "train.resume", "run.root", "run.name", "run.dir",
+IGNORED_KEYS = ("logger", "trainer.log_every_n_steps", "train.resume", "eval", "run.root", "run.name", "run.dir",
                 "run.cache_dir", "depth.device", "warp.device", "train.encode_device", "sample.device",
-                "eval.device", "inpaint.device")
+                "inpaint.device")
 RUN_DIR_TOKEN = "<run.dir>"
+RUN_ENTRIES = ("config.yaml", "omega.json", "checkpoints", "lora", "start_frames", "samples", "logs", "eval.json")
 
 
 class RunFolderError(InputError):
@@ -110,9 +113,10 @@ def claim(cfg: DictConfig) -> str:
         if not cfg.train.resume and has_checkpoints(folder):
             raise RunFolderError(f"run folder {folder} already holds this config's run (checkpoints/ is not empty); "
                                  f"continue it with train.resume=last, or choose another run.name")
-    elif folder.is_dir() and any(folder.iterdir()):
-        raise RunFolderError(f"run folder {folder} is not empty and holds no {RUN_RECORD}, so it is not a run "
-                             f"folder of this config; choose another run.name, or empty the folder")
+    elif folder.is_dir() and any((folder / name).exists() for name in RUN_ENTRIES):
+        raise RunFolderError(f"run folder {folder} holds run outputs but no {RUN_RECORD} (a run of an older "
+                             f"version), so they cannot be told apart from this run's; choose another run.name, or "
+                             f"delete the folder")
     folder.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(folder)
     atomic_write_text(record, json.dumps({"fingerprint": fp, "config": current}, indent=1))

@@ -29,6 +29,7 @@ def _cfg(tmp_path, *overrides, name="a"):
 def test_the_fingerprint_ignores_logging_location_and_devices_but_not_what_changes_results(tmp_path):
     base = run_fingerprint(_cfg(tmp_path))
     for same in (["logger.kind=wandb"], ["trainer.log_every_n_steps=7"], ["train.resume=last"], ["sample.device=cpu"],
+                 ["eval.metrics=[met3r]"],
                  ["run.cache_dir=/elsewhere"]):
         assert run_fingerprint(_cfg(tmp_path, *same)) == base, same
     # a moved run (another root and name): its paths under run.dir move with it
@@ -55,10 +56,12 @@ def test_the_same_config_over_checkpoints_needs_resume_and_a_foreign_folder_is_r
     with pytest.raises(RunFolderError, match="continue it with train.resume=last"):
         claim(_cfg(tmp_path))
     claim(_cfg(tmp_path, "train.resume=last"))
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match="holds no run.json"):
+    (tmp_path / "b" / "samples").mkdir(parents=True)  # outputs of a run that has no run.json
+    with pytest.raises(RunFolderError, match="holds run outputs but no run.json"):
         claim(_cfg(tmp_path, name="b"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "trial.log").write_text("a sweep's log")  # other files are fine
+    claim(_cfg(tmp_path, name="c"))
 
 
 def test_resume_needs_a_checkpoint_of_the_same_config(tmp_path):
