@@ -123,6 +123,12 @@ def finished_views(run_dir: str | os.PathLike, identity: dict, order: Sequence[s
     return [] if len(prefix) == 1 and len(order) > 1 else prefix
 
 
+def view_record(output: ViewOutput) -> dict:
+    """The ``scores.json`` entry of a finished view (non-finite scores as null)."""
+    return {"scores": [s if math.isfinite(s) else None for s in output.scores], "searched_with": output.searched_with,
+            "model_calls": output.model_calls, "seconds": output.seconds}
+
+
 def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], identity: dict,
                   timings: Timings | None = None, kept: dict | None = None) -> list[Path]:
     """``start_frames/<view>.png`` per view, then ``start_frames/scores.json`` (``identity``:
@@ -130,10 +136,7 @@ def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], ide
     the image paths."""
     folder = Path(run_dir) / INPAINTED_DIR
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
-    views = dict(kept or {})
-    views.update({o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores],
-                           "searched_with": o.searched_with, "model_calls": o.model_calls, "seconds": o.seconds}
-                  for o in outputs})
+    views = {**(kept or {}), **{o.name: view_record(o) for o in outputs}}
     record = {**identity, "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()
@@ -161,7 +164,8 @@ def run_stage3(cfg: DictConfig, omega: Omega, run_dir: str | os.PathLike, views:
     if writer:
         clean_stale_staging(folder)
     done = finished_views(run_dir, identity, [v.name for v in inputs])
-    kept = {name: read_start_frames_record(run_dir)["views"][name] for name in done}
+    kept = {name: entry for name, entry in (read_start_frames_record(run_dir) or {}).get("views", {}).items()
+            if name in done}
     todo = [v for v in inputs if v.name not in kept]
     if not todo:
         return []
@@ -169,12 +173,11 @@ def run_stage3(cfg: DictConfig, omega: Omega, run_dir: str | os.PathLike, views:
     device = device or resolve_device(cfg.inpaint.device)
     inpainter, met3r = models or load_models(cfg, device)
     timings = Timings()
-    written: list[ViewOutput] = []
 
-    def publish(output: ViewOutput) -> None:
-        written.append(output)
+    def publish(output: ViewOutput) -> None:  # the image, then the record that lists it as finished
         if writer:
-            write_outputs(run_dir, written, identity, timings, kept)
+            write_outputs(run_dir, [output], identity, timings, kept)
+        kept[output.name] = view_record(output)
 
     return inpaint_views(inpainter, met3r, todo, settings, input_frame=input_first_frame(omega), ranks=ranks,
                          progress=progress, timings=timings, finished=finished, on_output=publish)
