@@ -53,8 +53,9 @@ def training_callbacks(cfg) -> list[L.Callback]:
             StepProgressBar()]
 
 
-class Interrupted(SystemExit):
-    """SIGTERM stopped training after a checkpoint was saved; the exit status is non-zero."""
+class RunNotFinished(SystemExit):
+    """The run stopped before its end (SIGTERM, after a checkpoint was saved) or ended with outputs
+    missing; its message says how to continue, and the exit status is non-zero."""
 
 
 def main(argv: list[str] | None = None) -> L.Trainer:
@@ -71,12 +72,12 @@ def main(argv: list[str] | None = None) -> L.Trainer:
                                             *([evaluation] if evaluation else [])])  # stage III before sampling
     try:
         trainer.fit(build_module(cfg, spec), datamodule=datamodule, ckpt_path=ckpt)
-    except SIGTERMException:
-        raise Interrupted(f"interrupted by SIGTERM at step {trainer.global_step}: checkpoint saved as "
-                          f"{Path(cfg.run.dir) / 'checkpoints' / 'last.ckpt'}; continue with train.resume=last")
+    except SIGTERMException as exc:
+        raise RunNotFinished(f"interrupted by SIGTERM at step {trainer.global_step}: checkpoint saved as "
+                          f"{Path(cfg.run.dir) / 'checkpoints' / 'last.ckpt'}; continue with train.resume=last") from exc
     missing = rank_zero_only(report)(cfg, datamodule.omega())
     if missing:
-        raise Interrupted(f"the run is incomplete ({', '.join(missing)} missing); run the same command with "
+        raise RunNotFinished(f"the run is incomplete ({', '.join(missing)} missing); run the same command with "
                           f"train.resume=last to finish it")
     return trainer
 

@@ -203,6 +203,11 @@ def test_non_finite_lora_weights_are_refused_on_export_and_on_load(tmp_path):
     with pytest.raises(LoraFileError, match="1 of 2 LoRA weight tensors are not finite"):
         save_lora(tmp_path / "lora", state, LoraConfig(r=1, target_modules=["to_q"]))
     assert not (tmp_path / "lora").exists()
+    stale = tmp_path / f".lora.tmp{_dead_pid()}"  # the staging folder of a killed export
+    stale.mkdir()
+    finite = {**state, "transformer_blocks.0.attn1.to_q.lora_A.weight": torch.ones(1, 2)}
+    save_lora(tmp_path / "lora", finite, LoraConfig(r=1, target_modules=["to_q"]))
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file() and not stale.exists()
     path = tmp_path / "bad.safetensors"
     save_file({f"transformer.{k}": v for k, v in state.items()}, str(path))
     with pytest.raises(LoraFileError, match="not finite"):

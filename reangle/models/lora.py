@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from reangle.errors import InputError
-from reangle.utils import temporary_path
+from reangle.utils import clean_stale_staging, temporary_path
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -59,6 +59,7 @@ def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config) -> Pat
 
     folder = Path(folder)
     check_finite(state, f"LoRA export to {folder}")
+    clean_stale_staging(folder.parent)  # staging folders of killed exports
     staging = temporary_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
     metadata = config.to_dict()
