@@ -16,6 +16,7 @@ import sys
 from reangle.config import load_config, load_run_config, split_config_tokens
 from reangle.errors import run_entry_point
 from reangle.quiet import silence_noise
+from reangle.run_folder import recorded_fingerprint
 from reangle.sampling.run import run_files, sample_from_config
 
 
@@ -40,10 +41,12 @@ def main(argv: list[str] | None = None):
         config, lora = run_files(args.run)
         cfg = load_run_config(args.run, overrides=args.overrides)
         lora = args.lora or lora
+        run_id = recorded_fingerprint(args.run)
     else:
         cfg, lora = load_config(*split_config_tokens(args.config, args.overrides)), args.lora
+        run_id = None  # the fingerprint of the config given
     views = [v for v in args.views.split(",") if v] if args.views else None
-    result = sample_from_config(cfg, lora, views=views)
+    result = sample_from_config(cfg, lora, views=views, run_id=run_id)
     for view in result.views:
         print(view.path)
     if result.grid is not None:

@@ -21,13 +21,14 @@ from eval.evaluate import EvalResult, evaluate
 from eval.models import EvalConfigError, check_model_config
 from eval.registry import METRICS, metric_model
 from eval.run import inputs_from_config, log_table, write_results
+from reangle.run_folder import run_fingerprint
 
 
 class Evaluation(L.Callback):
     """``cfg``: the run's resolved config (``eval``, ``data``, ``mode``, ``run``)."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+        self.cfg, self.run_id = cfg, run_fingerprint(cfg)
         metrics = list(cfg.eval.metrics)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
@@ -62,7 +63,7 @@ class Evaluation(L.Callback):
         """Evaluate the views in ``samples_dir`` (all ranks); rank 0 writes and logs the result."""
         cfg = OmegaConf.merge(self.cfg, {"eval": {"samples_dir": str(samples_dir)}})
         metrics = list(cfg.eval.metrics)
-        inputs = inputs_from_config(cfg, metrics)
+        inputs = inputs_from_config(cfg, metrics, self.run_id)
         result = evaluate(inputs, metrics, device=pl_module.device, cache_dir=cfg.run.cache_dir,
                           rank=trainer.global_rank, world_size=trainer.world_size, progress=trainer.is_global_zero)
         if trainer.is_global_zero:

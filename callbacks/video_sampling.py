@@ -1,6 +1,8 @@
 """Sample the views with the LoRA being trained: every k steps (optional) and when training ends.
 
-The views are split over the ranks (each view exactly once), every rank samples its
+A view already written with the same metadata (run, step, settings, start frame) is kept
+(:func:`reangle.sampling.multiview.sample_views`), so a resumed run samples only what is
+missing. The views are split over the ranks (each view exactly once), every rank samples its
 share, the results are gathered, and rank 0 writes the grid and logs the videos to every
 logger that can (``log_video``, e.g. W&B). The model comes from ``pl_module.spec`` (its
 transformer with the live LoRA, its scheduler, and its encoders, loaded for the
@@ -17,6 +19,7 @@ from typing import Callable
 import lightning as L
 
 from reangle.data.omega import INPUT_VIEW, Omega
+from reangle.run_folder import run_fingerprint
 from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import plan_views
 from reangle.models.family import spec_sampler
@@ -30,14 +33,14 @@ class VideoSampling(L.Callback):
     (``None``: the trainer's datamodule's ``omega()``)."""
 
     def __init__(self, options: SampleOptions, mode: str, run_dir: str | os.PathLike, fps: float,
-                 omega: str | os.PathLike | Callable[[], Omega] | None = None):
+                 omega: str | os.PathLike | Callable[[], Omega] | None = None, run_id: str | None = None):
         self.options, self.mode, self.run_dir, self.fps = options, mode, Path(run_dir), fps
-        self._omega_source = omega
+        self._omega_source, self.run_id = omega, run_id
 
     @classmethod
     def from_config(cls, cfg) -> "VideoSampling":
-        """From a resolved config (``sample``, ``mode``, ``run.dir``, ``data.fps``)."""
-        return cls(SampleOptions.from_config(cfg), cfg.mode, cfg.run.dir, cfg.data.fps)
+        """From a resolved config (``sample``, ``mode``, ``run.dir``, ``data.fps``; the run's fingerprint)."""
+        return cls(SampleOptions.from_config(cfg), cfg.mode, cfg.run.dir, cfg.data.fps, run_id=run_fingerprint(cfg))
 
     def _omega(self, trainer: L.Trainer) -> Omega:
         source = self._omega_source
@@ -72,7 +75,8 @@ class VideoSampling(L.Callback):
                 result = sample_views(sampler, jobs, opts.settings, omega.num_frames, out_dir, self.fps,
                                       input_video=input_video, rank=trainer.global_rank,
                                       world_size=trainer.world_size, grid_max_width=opts.grid_max_width,
-                                      extra_metadata={"mode": self.mode, "global_step": trainer.global_step})
+                                      extra_metadata={"mode": self.mode, "global_step": trainer.global_step,
+                                                      "run": self.run_id})
         finally:
             if loaded_here:
                 spec.unload_encoders()

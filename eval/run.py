@@ -4,7 +4,7 @@ logging is on).
 
 ``eval.json`` is ``{"aggregate": {metric: float}, "videos": {view: {metric: float}},
 "settings": {...}, "errors": {metric: str}, "details": {metric: ...}}`` (``eval.results``). Generated videos are every ``<view>.mp4`` that has its ``<view>.json``
-in ``eval.samples_dir``; the reference (FID/FVD) is every video in ``eval.reference``, or
+in ``eval.samples_dir`` and belongs to the run (the ``run`` its JSON names); the reference (FID/FVD) is every video in ``eval.reference``, or
 the run's input video (Omega's ``input`` view).
 """
 from __future__ import annotations
@@ -45,21 +45,35 @@ def read_full_video(path: Path, height: int, width: int) -> torch.Tensor:
     return read_video(path, count_frames(path), height, width)
 
 
-def sampled_views(samples_dir: str | os.PathLike, height: int, width: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """``{view: frames}`` and the metadata of every ``<view>.mp4`` + ``<view>.json`` in ``samples_dir``."""
+def sampled_views(samples_dir: str | os.PathLike, height: int, width: int,
+                  run_id: str | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``{view: frames}`` and the metadata of every ``<view>.mp4`` + ``<view>.json`` in ``samples_dir``;
+    with ``run_id``, only the views whose metadata names that run (``run``): videos another run left
+    in the folder are never scored."""
     folder = Path(samples_dir)
     if not folder.is_dir():
         raise EvalConfigError(f"samples folder not found: {folder}; sample the views first (sample.py --run)")
-    videos, metadata = {}, []
+    videos, metadata, others = {}, [], 0
     for meta_path in sorted(folder.glob("*.json")):
         video_path = meta_path.with_suffix(".mp4")
         if video_path.is_file():
             meta = json.loads(meta_path.read_text())
+            if run_id is not None and meta.get("run") != run_id:
+                others += 1
+                continue
             videos[meta.get("view", video_path.stem)] = read_full_video(video_path, height, width)
             metadata.append(meta)
     if not videos:
-        raise EvalConfigError(f"no sampled views (<view>.mp4 + <view>.json) in {folder}")
+        raise EvalConfigError(f"no sampled views (<view>.mp4 + <view>.json) of this run in {folder}"
+                              + (f" ({others} of another run are not scored)" if others else ""))
     return videos, metadata
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """The run whose samples are scored: the fingerprint ``run.dir/run.json`` records, else ``cfg``'s."""
+    from reangle.run_folder import recorded_fingerprint, run_fingerprint
+
+    return recorded_fingerprint(cfg.run.dir) or run_fingerprint(cfg)
 
 
 def reference_videos(cfg: DictConfig, reference: str | os.PathLike | None) -> list[torch.Tensor]:
@@ -83,12 +97,12 @@ def reference_videos(cfg: DictConfig, reference: str | os.PathLike | None) -> li
 def start_frame_views(cfg: DictConfig) -> EvalInputs:
     """Stage III's ``run.dir/start_frames/<view>.png`` as one-frame videos ``[1, 3, H, W]`` with their
     views' cameras from the run's Omega (``K``, ``w2c[:1]``)."""
-    from reangle.sampling.plan import INPAINTED_DIR, read_image
+    from reangle.sampling.plan import INPAINTED_DIR, inpainted_views, read_image
     from reangle.sampling.run import find_omega
 
     folder = Path(cfg.run.dir) / INPAINTED_DIR
     omega = find_omega(cfg)
-    names = {v.name for v in omega.views}
+    names = inpainted_views(cfg.run.dir, omega) & {v.name for v in omega.views}  # this Omega's finished frames
     paths = sorted(p for p in folder.glob("*.png") if p.stem in names)
     if len(paths) < 2:
         raise EvalConfigError(f"eval.source=start_frames needs two or more start frames of Omega views in {folder}; "
@@ -102,9 +116,10 @@ def start_frame_views(cfg: DictConfig) -> EvalInputs:
                       omega=omega)
 
 
-def inputs_from_config(cfg: DictConfig, metrics: Sequence[str]) -> EvalInputs:
-    """The generated views, their fps and the reference videos (read only when FID/FVD are asked);
-    with ``eval.source=start_frames`` stage III's start frames instead (:func:`start_frame_views`)."""
+def inputs_from_config(cfg: DictConfig, metrics: Sequence[str], run_id: str | None = None) -> EvalInputs:
+    """The generated views of the run ``run_id`` (default: :func:`run_identity`), their fps and the
+    reference videos (read only when FID/FVD are asked); with ``eval.source=start_frames`` stage III's
+    start frames instead (:func:`start_frame_views`)."""
     if cfg.eval.source not in SOURCES:
         raise EvalConfigError(f"unknown eval.source {cfg.eval.source!r}; use one of {list(SOURCES)}")
     if cfg.eval.source == "start_frames":
@@ -113,7 +128,8 @@ def inputs_from_config(cfg: DictConfig, metrics: Sequence[str]) -> EvalInputs:
             raise EvalConfigError(f"eval.source=start_frames scores {', '.join(START_FRAME_METRICS)} only, not "
                                   f"{', '.join(others)}: pass --metrics {','.join(START_FRAME_METRICS)}")
         return start_frame_views(cfg)
-    videos, metadata = sampled_views(cfg.eval.samples_dir, cfg.data.height, cfg.data.width)
+    videos, metadata = sampled_views(cfg.eval.samples_dir, cfg.data.height, cfg.data.width,
+                                     run_id or run_identity(cfg))
     fps = float(metadata[0].get("settings", {}).get("fps", cfg.data.fps))
     needs_reference = any(m in ("fid", "fvd") for m in metrics)
     reference = reference_videos(cfg, cfg.eval.reference) if needs_reference else []

@@ -81,6 +81,48 @@ def umask_safetensors(path: str | os.PathLike) -> Path:
     for file in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]:
         file.chmod(mode)
     return path
+_STAGING = re.compile(r"^\.(?P<stem>.+)\.tmp(?P<pid>\d+)(?P<suffix>\.[^.]*)?$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Delete the staging files and folders (:func:`temporary_path` names, ``.<stem>.tmp<PID><suffix>``) in
+    ``folder`` whose process is no longer alive on this machine; returns what was deleted."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = _STAGING.match(entry.name)
+        if match is None or int(match["pid"]) == os.getpid() or _alive(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def cache_lock(path: str | os.PathLike, timeout: float = -1):
+    """An exclusive inter-process lock (``filelock``) for building and publishing the cache entry ``path``:
+    the lock file is ``.<name>.lock`` beside it (kept; removing it would let two processes hold two locks)."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=timeout)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -13,6 +13,7 @@ from callbacks.evaluation import Evaluation
 from eval.models import EvalConfigError
 from reangle.config import load_config
 from reangle.io.video import write_mp4
+from reangle.run_folder import run_fingerprint
 from reangle.sampling.outputs import write_view
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +31,9 @@ def _video(seed, n=9, h=64, w=96):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalddp")
+    run = run_fingerprint(load_config([TINY], [f"run.root={root}", "data.height=64", "data.width=96"]))
     for i, name in enumerate(["orbit_left_0", "orbit_right_0", "dolly_in_0"]):
-        write_view(root / "samples", _video(i), {"view": name, "settings": {"fps": 8}}, fps=8)
+        write_view(root / "samples", _video(i), {"view": name, "settings": {"fps": 8}, "run": run}, fps=8)
     for i in range(2):
         write_mp4(_video(10 + i), root / "reference" / f"ref{i}.mp4")
     return root

@@ -135,7 +135,7 @@ def test_views_no_candidate_overlaps_are_recorded_by_name_in_scores_json(models,
     out = inpaint_views(inpainter, met3r, _views(3), settings, input_frame=frame, progress=False)
     assert [o.left_out for o in out] == [[["input", "view_1"]] * 2, [["input", "view_0"]] * 2,
                                          [["input", "view_0", "view_1"]] * 2]
-    write_outputs(tmp_path, out, settings)
+    write_outputs(tmp_path, out, {"settings": vars(settings)})
     record = json.loads((tmp_path / "start_frames" / SCORES_FILE).read_text())
     assert record["views"]["view_2"]["left_out"] == [["input", "view_0", "view_1"]] * 2
     assert record["views"]["view_2"]["scores"] == [None, None]       # inf is null, not 3.4e38

@@ -49,11 +49,41 @@ def test_train_writes_start_frames_that_sampling_uses(trained_run):
     assert len(scores["views"]["orbit_left_2"]["scores"]) == 2
 
 
-def test_cli_inpaints_named_views_and_writes_a_preview(trained_run):
-    paths = inpaint_main(["--run", str(trained_run), "--views", "orbit_left_2,orbit_left_1", "inpaint.steps=2"])
+def test_cli_inpaints_named_views_and_writes_a_preview(trained_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    paths = inpaint_main(["--run", str(run), "--views", "orbit_left_2,orbit_left_1", "inpaint.steps=2"])
     assert [p.name for p in paths] == ["orbit_left_2.png", "orbit_left_1.png"]
-    preview = np.asarray(Image.open(trained_run / "start_frames" / "preview.png"))
+    preview = np.asarray(Image.open(run / "start_frames" / "preview.png"))
     assert preview.shape == (2 * 64, 2 * 96, 3)  # one row per view: warped | inpainted
+    # other settings: the frames of the first settings are no longer this run's start frames
+    assert sorted(json.loads((run / "start_frames" / "scores.json").read_text())["views"]) == ["orbit_left_1",
+                                                                                                "orbit_left_2"]
+
+
+def test_a_run_killed_during_stage_three_resumes_with_the_views_it_finished(trained_run, tmp_path, tiny_model_dir):
+    """train.resume=last after a kill in stage III (view 2 unfinished, nothing sampled): only view 2 is
+    inpainted (alone, against the finished pair), every view is sampled, and nothing is missing."""
+    run = tmp_path / "runs" / "s3"
+    shutil.copytree(trained_run, run)
+    frames = run / "start_frames"
+    record = json.loads((frames / "scores.json").read_text())
+    finished = {name: (frames / f"{name}.png").read_bytes() for name in ("orbit_left_0", "orbit_left_1")}
+    before = {name: record["views"][name] for name in finished}
+    del record["views"]["orbit_left_2"]
+    (frames / "scores.json").write_text(json.dumps(record))
+    (frames / "orbit_left_2.png").unlink()
+    shutil.rmtree(run / "samples")
+    train.main(["--config", "configs/presets/tiny.yaml", "data.height=64", "data.width=96",
+                f"train.omega={json.loads((run / 'omega.json').read_text())['path']}", f"run.root={run.parent}",
+                "run.name=s3", f"run.cache_dir={tiny_model_dir.parent.parent}", "train.steps=1",
+                "train.checkpoint_every=1", "sample.steps=2", "train.resume=last"])
+    after = json.loads((frames / "scores.json").read_text())["views"]
+    assert {name: after[name] for name in finished} == before  # kept, not redone
+    assert all((frames / f"{name}.png").read_bytes() == data for name, data in finished.items())
+    assert after["orbit_left_2"]["searched_with"] == ["orbit_left_2"] and after["orbit_left_2"]["model_calls"] == 5
+    for name in ("orbit_left_0", "orbit_left_1", "orbit_left_2"):
+        assert json.loads((run / "samples" / f"{name}.json").read_text())["start_frame_source"] == "inpainted"
 
 
 def test_cli_bad_input_is_one_clear_error_each(trained_run, tmp_path):

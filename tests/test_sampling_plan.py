@@ -1,4 +1,6 @@
 """View selection, start frames, per-view seeds and sharding of the sampling plan; clear errors."""
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -6,7 +8,7 @@ from PIL import Image
 from conftest import write_test_omega
 from reangle.data.omega import Omega
 from reangle.io.video import read_video
-from reangle.sampling.plan import INPAINTED_DIR, SamplingInputError, plan_views, view_seed
+from reangle.sampling.plan import INPAINTED_DIR, SCORES_FILE, SamplingInputError, plan_views, view_seed
 from reangle.sampling.shard import gather, shard
 
 
@@ -24,14 +26,31 @@ def test_static_start_frames_user_over_inpainted_over_warped(omega, tmp_path):
     assert [j.name for j in warped] == ["orbit_left_0"]  # the input is not a target by default
     assert warped[0].start_frame_source == "warped_first_frame" and warped[0].start_frame_path is None
     assert torch.equal(warped[0].start_frame, _first(omega, "orbit_left_0"))
-    (tmp_path / INPAINTED_DIR).mkdir()
-    Image.new("RGB", (96, 64), (255, 0, 0)).save(tmp_path / INPAINTED_DIR / "orbit_left_0.png")
+    _inpainted(tmp_path, omega.key)
     inpainted = plan_views(omega, "static", 0, run_dir=tmp_path)[0]
     assert inpainted.start_frame_source == "inpainted" and inpainted.start_frame[0].min() > 0.99
     Image.new("RGB", (192, 128), (0, 0, 255)).save(tmp_path / "mine.png")
     user = plan_views(omega, "static", 0, run_dir=tmp_path, user_frames={"orbit_left_0": str(tmp_path / "mine.png")})[0]
     assert user.start_frame_source == "user" and user.start_frame[2].min() > 0.99
     assert user.start_frame.shape == (3, 64, 96) and user.seed == warped[0].seed
+
+
+def _inpainted(run_dir, omega_key, views=("orbit_left_0",)):
+    """Stage III's output in ``run_dir``: a red start frame per view and the record naming its Omega."""
+    (run_dir / INPAINTED_DIR).mkdir(exist_ok=True)
+    for view in views:
+        Image.new("RGB", (96, 64), (255, 0, 0)).save(run_dir / INPAINTED_DIR / f"{view}.png")
+    (run_dir / INPAINTED_DIR / SCORES_FILE).write_text(json.dumps({"omega": omega_key, "views": {v: {} for v in views}}))
+
+
+def test_a_start_frame_of_another_omega_or_unfinished_is_never_used(omega, tmp_path):
+    _inpainted(tmp_path, "key-of-another-video")  # a run on another video left its frame here
+    job = plan_views(omega, "static", 0, run_dir=tmp_path)[0]
+    assert job.start_frame_source == "warped_first_frame" and torch.equal(job.start_frame, _first(omega, "orbit_left_0"))
+    _inpainted(tmp_path, omega.key, views=())  # this Omega's record, but the view is not finished
+    assert plan_views(omega, "static", 0, run_dir=tmp_path)[0].start_frame_source == "warped_first_frame"
+    (tmp_path / INPAINTED_DIR / SCORES_FILE).unlink()  # an image without any record
+    assert plan_views(omega, "static", 0, run_dir=tmp_path)[0].start_frame_source == "warped_first_frame"
 
 
 def test_dynamic_mode_starts_every_view_from_the_input_first_frame(tmp_path):

@@ -24,7 +24,7 @@ from reangle.geometry.trajectory import TargetView, build_views
 from reangle.io.grid import tile_videos
 from reangle.io.synthetic import SyntheticScene
 from reangle.io.video import count_frames, frame_indices, read_video, write_gif, write_mp4
-from reangle.utils import file_fingerprint, fingerprint, resolve_device
+from reangle.utils import cache_lock, clean_stale_staging, file_fingerprint, fingerprint, resolve_device
 
 SYNTHETIC = "synthetic"
 DEPTH_SOURCES = ("depth_anything", "npy", "synthetic")
@@ -149,10 +149,22 @@ def _frames_and_depth(cfg: DictConfig, indices: list[int] | None, K: torch.Tenso
 
 
 def build_omega(cfg: DictConfig, force: bool = False) -> Omega:
-    """Build (or reuse) the Omega of ``cfg``; returns it loaded from disk."""
+    """Build (or reuse) the Omega of ``cfg``; returns it loaded from disk.
+
+    Building and publishing hold a file lock (``.<Omega key>.lock`` beside the folder): a second
+    process waits, then reuses what the first published. Staging folders of dead processes are
+    deleted when a build starts."""
     indices, views = check_inputs(cfg)
     final = omega_dir(cfg)
-    if not force and (final / "manifest.json").is_file():
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with cache_lock(final):
+        clean_stale_staging(final.parent)
+        return _build_locked(cfg, final, indices, views, force)
+
+
+def _build_locked(cfg: DictConfig, final: Path, indices: list[int] | None, views: list[TargetView],
+                  force: bool) -> Omega:
+    if not force and (final / MANIFEST).is_file():
         try:
             return Omega.load(final)
         except OmegaError:

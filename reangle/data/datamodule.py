@@ -31,7 +31,7 @@ from reangle.data.loader import ResumableLoader
 from reangle.data.omega import Omega, OmegaError
 from reangle.data.tensor_cache import CacheError, TensorCache
 from reangle.models.spec import ModelSpec
-from reangle.utils import atomic_write_text, file_fingerprint, fingerprint
+from reangle.utils import atomic_write_text, cache_lock, clean_stale_staging, file_fingerprint, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,15 @@ class OmegaDataModule(L.LightningDataModule):
 
     # --- Lightning hooks -----------------------------------------------------------------------------
     def prepare_data(self) -> None:
+        """Fill the latent and text caches under the cache lock (a second process waits, then finds the
+        entries the first wrote); staging files of dead processes are deleted first."""
         omega = self.omega()
+        with cache_lock(self.latent_cache.root):
+            for cache in (self.latent_cache, self.text_cache):
+                clean_stale_staging(cache.root)
+            self._fill_caches(omega)
+
+    def _fill_caches(self, omega: Omega) -> None:
         views = self._selected(omega)
         names = self.spec.cached_video_tensors()
         todo_video = [(v, k) for v in views if not self.latent_cache.is_valid(k := self._video_key(omega, v), names)]

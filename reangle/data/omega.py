@@ -168,13 +168,18 @@ def staging_dir(final: Path) -> Path:
 
 
 def publish(staging: Path, final: Path, omega: Omega) -> Omega:
-    """Write the manifest into ``staging`` last, then move it to ``final`` (replacing it)."""
+    """Write the manifest into ``staging`` last, then move it to ``final``. A folder already at
+    ``final`` is not deleted (another process may be reading it): it is moved aside to a staging name
+    of this process, which the first build after this process has ended deletes
+    (:func:`reangle.utils.clean_stale_staging`). Call it under the cache lock."""
     data = asdict(omega)
     data.pop("root")
     data = {"format": FORMAT_VERSION, **data}
     (staging / MANIFEST).write_text(json.dumps(data, indent=1))
     if final.exists():
-        shutil.rmtree(final)
+        aside = temporary_path(final.with_name(final.name + ".old"))
+        shutil.rmtree(aside, ignore_errors=True)  # this process's own earlier copy
+        os.replace(final, aside)
     os.replace(staging, final)
     omega.root = final
     return omega

@@ -16,7 +16,7 @@ from reangle.config import RUN_CONFIG, ConfigError, load_run_config
 from reangle.errors import run_entry_point
 from reangle.io.grid import tile_videos
 from reangle.io.video import write_image
-from reangle.sampling.plan import INPAINTED_DIR, SamplingInputError
+from reangle.sampling.plan import INPAINTED_DIR, SamplingInputError, inpainted_views, read_image
 from reangle.sampling.run import find_omega
 
 from .run import omega_views, run_stage3
@@ -43,11 +43,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
         raise ConfigError(f"run {run_dir} is in {cfg.mode} mode; stage III makes start frames for static mode only")
     omega = find_omega(cfg)
     views = [v for v in args.views.split(",") if v] if args.views else None
-    outputs = run_stage3(cfg, omega, run_dir, views)
-    warped = {v.name: v.image for v in omega_views(omega, [o.name for o in outputs])}
-    tiles = [frame[None] for o in outputs for frame in (warped[o.name], o.image)]
+    run_stage3(cfg, omega, run_dir, views)  # keeps the views a killed run finished
+    order = views or (list(cfg.inpaint.views) if cfg.inpaint.views else [v.name for v in omega.views])
+    names = [name for name in order if name in inpainted_views(run_dir, omega)]
+    paths = [run_dir / INPAINTED_DIR / f"{name}.png" for name in names]
+    tiles = [frame[None] for view, path in zip(omega_views(omega, names), paths)
+             for frame in (view.image, read_image(path, omega.height, omega.width))]
     preview = write_image(tile_videos(tiles, columns=2)[0], run_dir / INPAINTED_DIR / PREVIEW)
-    paths = [run_dir / INPAINTED_DIR / f"{o.name}.png" for o in outputs]
     print(*paths, preview, sep="\n")
     return paths
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -146,14 +146,19 @@ def check_views(views: Sequence[ViewInput]) -> None:
 
 def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], settings: InpaintSettings, *,
                   input_frame: Tensor | None = None, ranks: Ranks | None = None, progress: bool = True,
-                  timings: Timings | None = None) -> list[ViewOutput]:
+                  timings: Timings | None = None, finished: Mapping[str, Tensor] | None = None,
+                  on_output: Callable[[ViewOutput], None] | None = None) -> list[ViewOutput]:
     """Inpaint ``views`` in order (the first two jointly), each scored against the finished ones.
 
     ``input_frame`` ``[3, H, W]`` in [0, 1] is also a reference when ``settings.use_input_frame``.
+    ``finished``: view name -> image ``[3, H, W]`` in [0, 1] of the views inpainted before (a resumed
+    run): references from the start, and then every view of ``views`` is searched alone, as it would have been.
     A lone view with nothing to score against (one view, no input frame) is sampled unguided.
-    Returns the views in the given order. ``timings`` (optional) collects seconds per phase.
+    Returns the views in the given order; ``on_output`` is called with each as soon as it is
+    finished. ``timings`` (optional) collects seconds per phase.
     """
     check_views(views)
+    finished = dict(finished or {})
     size = settings.size
     check = getattr(inpainter, "check_size", None)
     if check is not None:
@@ -166,7 +171,10 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
     if settings.use_input_frame and input_frame is not None:
         references.append(resize_frames(input_frame[None] * 2 - 1, score_size, score_size))
         reference_names.append(INPUT_VIEW)
-    groups = [list(views[:2])] + [[v] for v in views[2:]] if len(views) > 1 else [list(views)]
+    references += [resize_frames(image[None].float() * 2 - 1, score_size, score_size) for image in finished.values()]
+    reference_names += list(finished)
+    pair = len(views) > 1 and not finished
+    groups = [list(views[:2])] + [[v] for v in views[2:]] if pair else [[v] for v in views]
     show = progress and ranks.rank == 0
     outputs: list[ViewOutput] = []
     with tqdm(total=len(views), desc="stage III views", unit="view", disable=not show) as view_bar:
@@ -200,6 +208,9 @@ def inpaint_views(inpainter: Inpainter, met3r, views: Sequence[ViewInput], setti
                                    if view.name in (a, b)) for step in result.left_out]
                 outputs.append(ViewOutput(view.name, image, result.scores, names, result.model_calls, seconds,
                                           left_out))
+            for output in outputs[-len(group):]:  # a pair is finished when both of its views are
+                if on_output is not None:
+                    on_output(output)
                 view_bar.update(1)
     return outputs
 

@@ -1,7 +1,8 @@
 """Stage III from a config: load the models, read the views from Omega, inpaint, write the start frames.
 
 Writes ``<run_dir>/start_frames/<view>.png`` (the Omega's size; sampling prefers these over
-the warped first frames) and ``<run_dir>/start_frames/scores.json`` (the inpainter; per view: the chosen
+the warped first frames) and ``<run_dir>/start_frames/scores.json`` (the identity the frames
+belong to: Omega key, inpainter, prompt, settings; per finished view: the chosen
 MEt3R score per step (null: nothing was scored, or no candidate passed the overlap
 guard), the views (finished ones, or ``input``) left out of each step's mean because no candidate
 overlapped them enough, the views searched together, model calls, seconds; the settings; seconds per phase),
@@ -22,13 +23,12 @@ from reangle.config import ConfigError
 from reangle.data.omega import INPUT_VIEW, Omega
 from reangle.io.video import read_video, write_image
 from reangle.models.cogvideox_i2v import DTYPES
-from reangle.sampling.plan import INPAINTED_DIR, select_views
-from reangle.utils import atomic_write_text, resolve_device
+from reangle.sampling.plan import INPAINTED_DIR, SCORES_FILE, read_image, read_start_frames_record, select_views
+from reangle.utils import atomic_write_text, clean_stale_staging, resolve_device
 
 from .multiview import InpaintSettings, Timings, ViewInput, ViewOutput, inpaint_views
 from .search import Ranks
 
-SCORES_FILE = "scores.json"
 INPAINTERS = ("controlnet", "fill")   # inpaint.inpainter: FLUX.1-dev + inpainting ControlNet | FLUX.1-Fill
 
 
@@ -101,15 +101,44 @@ def input_first_frame(omega: Omega) -> torch.Tensor:
     return read_video(omega.root / omega.view(INPUT_VIEW).video, 1, omega.height, omega.width)[0]
 
 
-def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], settings: InpaintSettings,
-                  timings: Timings | None = None, inpainter: str | None = None) -> list[Path]:
-    """``start_frames/<view>.png`` per view and ``start_frames/scores.json`` (``inpainter``: the
-    ``inpaint.inpainter`` that made them); returns the image paths."""
+def stage3_identity(cfg: DictConfig, omega: Omega, settings: InpaintSettings) -> dict:
+    """What stage III's start frames depend on besides the view order: the Omega (its key), the
+    inpainter, the prompt and the settings. ``scores.json`` records it; a start frame is used
+    (by sampling, or kept by a resumed stage III) only under the same identity."""
+    return {"omega": omega.key, "inpainter": cfg.inpaint.inpainter, "prompt": cfg.inpaint.prompt,
+            "settings": vars(settings)}
+
+
+def finished_views(run_dir: str | os.PathLike, identity: dict, order: Sequence[str]) -> list[str]:
+    """The longest prefix of ``order`` that ``scores.json`` records as finished under ``identity``
+    (with its image on disk); a first pair counts only when both of its views are finished."""
+    record = read_start_frames_record(run_dir)
+    if record is None or any(record.get(k) != v for k, v in identity.items()):
+        return []
+    done = record.get("views", {})
+    prefix = []
+    for name in order:
+        if name not in done or not (Path(run_dir) / INPAINTED_DIR / f"{name}.png").is_file():
+            break
+        prefix.append(name)
+    return [] if len(prefix) == 1 and len(order) > 1 else prefix
+
+
+def view_record(output: ViewOutput) -> dict:
+    """The ``scores.json`` entry of a finished view (non-finite scores as null)."""
+    return {"scores": [s if math.isfinite(s) else None for s in output.scores], "searched_with": output.searched_with,
+            "left_out": output.left_out, "model_calls": output.model_calls, "seconds": output.seconds}
+
+
+def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], identity: dict,
+                  timings: Timings | None = None, kept: dict | None = None) -> list[Path]:
+    """``start_frames/<view>.png`` per view, then ``start_frames/scores.json`` (``identity``:
+    :func:`stage3_identity`; ``kept``: the records of views finished before, listed first); returns
+    the image paths."""
     folder = Path(run_dir) / INPAINTED_DIR
     paths = [write_image(o.image, folder / f"{o.name}.png") for o in outputs]
-    views = {o.name: {"scores": [s if math.isfinite(s) else None for s in o.scores], "searched_with": o.searched_with,
-                      "left_out": o.left_out, "model_calls": o.model_calls, "seconds": o.seconds} for o in outputs}
-    record = {"inpainter": inpainter, "settings": vars(settings), "views": views}
+    views = {**(kept or {}), **{o.name: view_record(o) for o in outputs}}
+    record = {**identity, "views": views}
     if timings is not None:
         record["seconds_per_phase"] = timings.as_dict()
     atomic_write_text(folder / SCORES_FILE, json.dumps(record, indent=1))
@@ -119,18 +148,37 @@ def write_outputs(run_dir: str | os.PathLike, outputs: Sequence[ViewOutput], set
 def run_stage3(cfg: DictConfig, omega: Omega, run_dir: str | os.PathLike, views: Sequence[str] | None = None, *,
                device: torch.device | None = None, ranks: Ranks | None = None, progress: bool = True,
                models=None) -> list[ViewOutput]:
-    """Inpaint the start frames of ``views`` (default ``inpaint.views``, else all) and write them (rank 0).
+    """Inpaint the start frames of ``views`` (default ``inpaint.views``, else all) and write them (rank 0),
+    each view as soon as it is finished.
 
+    Views that ``scores.json`` records as finished under the same identity (:func:`finished_views`)
+    are kept and serve as references: a resumed stage III redoes only the unfinished views.
     Inputs are checked before any model loads. ``models``: an already loaded (inpainter, MEt3R).
+    Returns the views inpainted now.
     """
     settings = settings_from_config(cfg)
     names = list(views) if views else (list(cfg.inpaint.views) if cfg.inpaint.views else None)
     inputs = omega_views(omega, names, cfg.inpaint.prompt)
+    identity = stage3_identity(cfg, omega, settings)
+    folder = Path(run_dir) / INPAINTED_DIR
+    writer = ranks is None or ranks.rank == 0
+    if writer:
+        clean_stale_staging(folder)
+    done = finished_views(run_dir, identity, [v.name for v in inputs])
+    kept = {name: entry for name, entry in (read_start_frames_record(run_dir) or {}).get("views", {}).items()
+            if name in done}
+    todo = [v for v in inputs if v.name not in kept]
+    if not todo:
+        return []
+    finished = {name: read_image(folder / f"{name}.png", omega.height, omega.width) for name in done}
     device = device or resolve_device(cfg.inpaint.device)
     inpainter, met3r = models or load_models(cfg, device)
     timings = Timings()
-    outputs = inpaint_views(inpainter, met3r, inputs, settings, input_frame=input_first_frame(omega), ranks=ranks,
-                            progress=progress, timings=timings)
-    if ranks is None or ranks.rank == 0:
-        write_outputs(run_dir, outputs, settings, timings, inpainter=cfg.inpaint.inpainter)
-    return outputs
+
+    def publish(output: ViewOutput) -> None:  # the image, then the record that lists it as finished
+        if writer:
+            write_outputs(run_dir, [output], identity, timings, kept)
+        kept[output.name] = view_record(output)
+
+    return inpaint_views(inpainter, met3r, todo, settings, input_frame=input_first_frame(omega), ranks=ranks,
+                         progress=progress, timings=timings, finished=finished, on_output=publish)

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from reangle.errors import InputError
-from reangle.utils import temporary_path, umask_safetensors
+from reangle.utils import clean_stale_staging, temporary_path, umask_safetensors
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -55,24 +55,37 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config, pipeline: type | None = None) -> Path:
     """Write ``state`` (peft keys) and its ``LoraConfig`` into ``folder`` (replaced atomically) with
     ``pipeline.save_lora_weights`` (default ``CogVideoXImageToVideoPipeline``), for its
-    ``load_lora_weights``; returns the weights file."""
+    ``load_lora_weights``; returns the weights file. Non-finite weights
+    are refused (:class:`LoraFileError`): nothing is written."""
     from diffusers import CogVideoXImageToVideoPipeline
 
     pipeline = pipeline or CogVideoXImageToVideoPipeline
     folder = Path(folder)
+    check_finite(state, f"LoRA export to {folder}")
+    clean_stale_staging(folder.parent)  # staging folders of killed exports
     staging = temporary_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
     metadata = config.to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])
     pipeline.save_lora_weights(staging, transformer_lora_layers=state,
-                                                    transformer_lora_adapter_metadata=metadata)
+                               transformer_lora_adapter_metadata=metadata)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(umask_safetensors(staging), folder)
     return folder / LORA_FILE
 
 
 class LoraFileError(InputError):
-    """A LoRA file that is missing or not a LoRA of the backbone in diffusers format."""
+    """A LoRA file that is missing, not a LoRA of the backbone in diffusers format, or holds non-finite weights."""
+
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """One :class:`LoraFileError` when any weight of ``state`` is NaN or infinite."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise LoraFileError(f"{what}: {len(bad)} of {len(state)} LoRA weight tensors are not finite (e.g. {bad[0]}); "
+                            f"the training diverged: use an earlier checkpoint's LoRA or train again with a lower "
+                            f"train.lr")
 
 
 def check_lora_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -113,5 +126,6 @@ def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "def
         raise LoraFileError(f"cannot read LoRA file {path}: {exc}") from exc
     if not any(k.startswith("transformer.") for k in state):
         raise LoraFileError(f"LoRA file {path} has no 'transformer.' keys; it is not a LoRA in diffusers format")
+    check_finite(state, f"LoRA file {path}")
     check_lora_fits(model, state, path)
     loader.load_lora_into_transformer(state, transformer=model, adapter_name=adapter_name, metadata=metadata)

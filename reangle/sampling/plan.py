@@ -4,7 +4,9 @@ A :class:`ViewJob` is everything one video needs besides the model. Start frames
 (``[3, H, W]`` in [0, 1], the Omega's size) come from, by priority:
 
 - static mode: a user image (``sample.start_frames: {view: file}``), else stage III's
-  inpainted frame ``<run_dir>/start_frames/<view>.png`` when present, else the view's
+  inpainted frame ``<run_dir>/start_frames/<view>.png`` when ``start_frames/scores.json``
+  records it as finished for this Omega (its key; a frame of another run's Omega is never
+  used), else the view's
   warped first frame (holes black; ``start_frame_source`` says so in the metadata);
 - dynamic mode, and the input view in both modes: the input video's first frame.
 
@@ -14,6 +16,7 @@ video does not depend on which other views are sampled, in which order, or on wh
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from reangle.errors import InputError
 from reangle.io.video import read_video, resize_center_crop
 
 INPAINTED_DIR = "start_frames"   # stage III writes <run_dir>/start_frames/<view>.png
+SCORES_FILE = "scores.json"      # and start_frames/scores.json: their identity and the finished views
 SOURCES = ("user", "inpainted", "warped_first_frame", "input_first_frame")
 MODES = ("static", "dynamic")
 
@@ -90,16 +94,31 @@ def _first_frame(omega: Omega, view: str) -> torch.Tensor:
     return read_video(omega.root / omega.view(view).video, 1, omega.height, omega.width)[0]
 
 
-def _start_frame_file(view: str, mode: str, run_dir: Path | None,
-                      user_frames: Mapping[str, str]) -> tuple[str, Path | None]:
+def read_start_frames_record(run_dir: str | os.PathLike) -> dict | None:
+    """``<run_dir>/start_frames/scores.json``, or ``None`` when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / INPAINTED_DIR / SCORES_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def inpainted_views(run_dir: str | os.PathLike | None, omega: Omega) -> set[str]:
+    """Views whose stage III start frame in ``run_dir`` was finished for ``omega`` (same Omega key)."""
+    record = read_start_frames_record(run_dir) if run_dir is not None else None
+    if record is None or record.get("omega") != omega.key:
+        return set()
+    return set(record.get("views", {}))
+
+
+def _start_frame_file(view: str, mode: str, run_dir: Path | None, user_frames: Mapping[str, str],
+                      inpainted: set[str]) -> tuple[str, Path | None]:
     """(source, file or None for a frame read from the Omega) of ``view``'s start frame."""
     if mode == "dynamic" or view == INPUT_VIEW:
         return "input_first_frame", None
     if view in user_frames:
         return "user", Path(user_frames[view])
-    inpainted = run_dir / INPAINTED_DIR / f"{view}.png" if run_dir is not None else None
-    if inpainted is not None and inpainted.is_file():
-        return "inpainted", inpainted
+    if view in inpainted and (run_dir / INPAINTED_DIR / f"{view}.png").is_file():
+        return "inpainted", run_dir / INPAINTED_DIR / f"{view}.png"
     return "warped_first_frame", None
 
 
@@ -116,7 +135,8 @@ def plan_views(omega: Omega, mode: str, base_seed: int, names: Sequence[str] | N
     if stray:
         raise SamplingInputError(f"sample.start_frames names unknown view(s) {stray}; the Omega has {sorted(known)}")
     run_dir = Path(run_dir) if run_dir is not None else None
-    sources = {v: _start_frame_file(v, mode, run_dir, user_frames) for v in views}
+    inpainted = inpainted_views(run_dir, omega)
+    sources = {v: _start_frame_file(v, mode, run_dir, user_frames, inpainted) for v in views}
     for view, (source, path) in sources.items():
         if path is not None and not path.is_file():
             raise SamplingInputError(f"start frame of view {view!r} not found: {path}; fix sample.start_frames")

@@ -14,9 +14,10 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from reangle.config import RUN_CONFIG
-from reangle.data.omega import INPUT_VIEW, Omega
+from reangle.data.omega import INPUT_VIEW, MANIFEST, Omega
 from reangle.models.family import load_sampler
 from reangle.models.lora import LORA_FILE, LoraFileError
+from reangle.run_folder import run_fingerprint
 from reangle.sampling.multiview import MultiViewResult, sample_views
 from reangle.sampling.plan import SamplingInputError, plan_views
 from reangle.sampling.settings import SampleOptions
@@ -41,20 +42,28 @@ def run_files(run_dir: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def find_omega(cfg: DictConfig) -> Omega:
-    """The run's Omega (``run.dir/omega.json``), else ``train.omega``, else built or reused from the config."""
-    pointer = Path(cfg.run.dir) / OMEGA_POINTER
-    if pointer.is_file():
-        return Omega.load(json.loads(pointer.read_text())["path"])
+    """The Omega of ``cfg``: ``train.omega``, else the one its stage I keys describe (built, or reused from
+    the cache). ``run.dir/omega.json`` is used only when it names an Omega with that key (e.g. the run's
+    cache is elsewhere); an Omega of another config is never used."""
+    from reangle.data.build import omega_key
     from reangle.training.build import omega_source
 
     source = omega_source(cfg)
-    return source() if callable(source) else Omega.load(source)
+    if not callable(source):
+        return Omega.load(source)
+    pointer = Path(cfg.run.dir) / OMEGA_POINTER
+    if pointer.is_file():
+        data = json.loads(pointer.read_text())
+        if data.get("key") == omega_key(cfg) and (Path(data["path"]) / MANIFEST).is_file():
+            return Omega.load(data["path"])
+    return source()
 
 
 def sample_from_config(cfg: DictConfig, lora: str | os.PathLike | None, views: Sequence[str] | None = None,
-                       progress: bool = True) -> MultiViewResult:
+                       progress: bool = True, run_id: str | None = None) -> MultiViewResult:
     """Sample ``views`` (default: ``sample.views``) with the model of ``cfg.model`` plus ``lora``
-    (``None``: the base model) into ``sample.out_dir``."""
+    (``None``: the base model) into ``sample.out_dir``. ``run_id``: the run the videos belong to (its
+    ``run.json`` fingerprint for ``sample.py --run``); default: the fingerprint of ``cfg``."""
     opts = SampleOptions.from_config(cfg)
     device = resolve_device(opts.device)
     if lora is not None and not Path(lora).is_file():
@@ -67,4 +76,5 @@ def sample_from_config(cfg: DictConfig, lora: str | os.PathLike | None, views: S
     return sample_views(sampler, jobs, opts.settings, omega.num_frames, opts.out_dir, cfg.data.fps,
                         input_video=input_video, grid_max_width=opts.grid_max_width,
                         extra_metadata={"mode": cfg.mode, "model": cfg.model.pretrained,
-                                        "lora": str(lora) if lora is not None else None})
+                                        "lora": str(lora) if lora is not None else None,
+                                        "run": run_id or run_fingerprint(cfg)})

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,6 +18,7 @@ from reangle.data.datamodule import OmegaDataModule
 from reangle.geometry.trajectory import check_motion
 from reangle.models import family
 from reangle.models.spec import ModelSpec
+from reangle.run_folder import check_checkpoint, run_fingerprint
 from reangle.training.module import Stage2Module
 from reangle.training.wandb_run import agent_trial, new_run_id, record_run, recorded_run, resolve_mode
 
@@ -61,7 +63,8 @@ def build_datamodule(cfg: DictConfig, spec: ModelSpec) -> OmegaDataModule:
 def build_module(cfg: DictConfig, spec: ModelSpec) -> Stage2Module:
     t = cfg.train
     return Stage2Module(spec, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), eps=t.eps,
-                        masked=t.masked, loss_normalize=t.loss_normalize, seed=cfg.run.seed)
+                        masked=t.masked, loss_normalize=t.loss_normalize, seed=cfg.run.seed,
+                        run_id=run_fingerprint(cfg))
 
 
 def build_strategy(node: Any) -> Any:
@@ -115,6 +118,20 @@ def build_loggers(cfg: DictConfig, resume_recorded: bool = False) -> list:
     return loggers
 
 
+class _FinishingFitLoop(_FitLoop):
+    """Lightning's fit loop, except that a fit resumed from a checkpoint at ``max_steps`` (training done,
+    the end of the run interrupted) still calls ``on_train_end``: stage III, sampling and the final LoRA
+    export run again and redo what is unfinished (Lightning skips the hook then)."""
+
+    def run(self) -> None:
+        self.setup_data()
+        if self.done and self.trainer.limit_train_batches != 0:
+            self.on_run_start()  # on_train_start: e.g. the progress bar sets itself up
+            self.on_run_end()
+            return
+        super().run()
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     """The trainer with checkpointing, the learning-rate monitor and ``callbacks`` (the entry point
     passes the pipeline's own: LoRA export, step statistics, sampling, progress)."""
@@ -124,18 +141,24 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     if t.steps < 1 or t.checkpoint_every < 1:
         raise ConfigError(f"train.steps ({t.steps}) and train.checkpoint_every ({t.checkpoint_every}) must be >= 1")
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step-{step:06d}", auto_insert_metric_name=False,
-                                  every_n_train_steps=t.checkpoint_every, save_top_k=-1, save_last=True)
-    return L.Trainer(
+                                  every_n_train_steps=t.checkpoint_every, save_top_k=-1, save_last=True,
+                                  enable_version_counter=False)  # never last-v1.ckpt beside last.ckpt
+    trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=build_strategy(cfg.trainer.strategy), precision=cfg.trainer.precision, max_steps=t.steps,
         max_epochs=-1, gradient_clip_val=t.grad_clip, logger=build_loggers(cfg), default_root_dir=run_dir,
         callbacks=[checkpoints, LearningRateMonitor("step"), *(callbacks or [])],
         log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False,
         enable_model_summary=False, num_sanity_val_steps=0)
+    loop = _FinishingFitLoop(trainer, min_epochs=trainer.fit_loop.min_epochs, max_epochs=trainer.fit_loop.max_epochs)
+    loop.epoch_loop = trainer.fit_loop.epoch_loop
+    trainer.fit_loop = loop
+    return trainer
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from (``train.resume``: null, "last" or a path)."""
+    """The checkpoint to resume from (``train.resume``: null, "last" or a path); it must have been written by
+    a run of the same config (:func:`reangle.run_folder.check_checkpoint`)."""
     resume = cfg.train.resume
     if not resume:
         return None
@@ -143,4 +166,5 @@ def resume_path(cfg: DictConfig) -> str | None:
     if not path.is_file():
         raise ConfigError(f"train.resume: checkpoint {path} not found; train without resume or point it at a "
                           f".ckpt file")
+    check_checkpoint(cfg, path)
     return str(path)
