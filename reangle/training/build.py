@@ -112,7 +112,6 @@ def build_loggers(cfg: DictConfig, resume_recorded: bool = False) -> list:
     run_id = recorded["id"] if recorded else trial[1] if trial else new_run_id()
     loggers.insert(0, WandbLogger(project=lg.project, entity=lg.entity, name=cfg.run.name, group=lg.group,
                                   save_dir=str(run_dir), mode=mode, tags=list(lg.tags), id=run_id,
-                                  **({"resume": "allow"} if recorded else {}),
                                   config=OmegaConf.to_container(cfg, resolve=True)))
     rank_zero_only(record_run)(run_dir, run_id, lg.project, lg.group, mode)
     return loggers
