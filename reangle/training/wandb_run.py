@@ -81,6 +81,11 @@ def resolve_mode(mode: str) -> tuple[str, str]:
     return "offline", "auto: no W&B credentials (WANDB_API_KEY or `wandb login`); sync later with `wandb sync`"
 
 
+def new_run_id() -> str:
+    """A fresh W&B run id (8 lowercase letters and digits, as W&B makes them)."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
 def wants_lora_artifact(logger_cfg) -> bool:
     """Whether the final LoRA goes to W&B as an artifact (``logger.lora_artifact``: ``auto`` = when online)."""
     setting = str(logger_cfg.lora_artifact).lower()
