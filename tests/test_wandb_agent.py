@@ -111,6 +111,7 @@ def test_auto_mode_goes_online_with_a_wandb_login_in_netrc(tmp_path):
     netrc.chmod(0o600)
     assert _mode_in_fresh_process(tmp_path, {}) == "online"
     assert _mode_in_fresh_process(tmp_path, {"WANDB_MODE": "offline"}) == "offline"
+    (tmp_path / "nothing").mkdir()
     assert _mode_in_fresh_process(tmp_path / "nothing", {"WANDB_API_KEY": "0123456789" * 4}) == "online"
 
 

@@ -2,8 +2,8 @@
 trial started by ``wandb agent``.
 
 * ``auto`` goes online when wandb itself finds credentials (``WANDB_API_KEY``, the settings
-  file or ``~/.netrc`` of ``wandb login``; asked through ``wandb.login(verify=False,
-  prompt=False)``, which neither prompts nor goes to the network), else offline.
+  file or ``~/.netrc`` of ``wandb login``; asked through the lookup ``wandb.Api()`` uses,
+  without its prompt and without going to the network), else offline.
 * Under ``wandb agent`` (``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` in the environment) every
   trial runs the same command line: :func:`agent_overrides` gives it its own run folder
   (``run.name`` + ``-<run id>``) and groups it by the sweep (``logger.group`` when unset).
@@ -68,9 +68,15 @@ def resolve_mode(mode: str) -> tuple[str, str]:
         return mode, f"logger.wandb_mode={mode}"
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
         return os.environ["WANDB_MODE"], f"auto: WANDB_MODE={os.environ['WANDB_MODE']}"
-    import wandb
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
 
-    if wandb.login(verify=False, prompt=False):
+    try:  # the lookup of wandb.Api(): session, WANDB_API_KEY, ~/.netrc, settings; no prompt, no network
+        found = wbauth.authenticate_session(host=wandb_setup.singleton().settings.base_url, source="reangle",
+                                            prompt=False, update_session=False)
+    except Exception as exc:  # a key in the wrong format
+        return "offline", f"auto: W&B credentials unusable ({exc}); sync later with `wandb sync`"
+    if found is not None:
         return "online", "auto: W&B credentials found"
     return "offline", "auto: no W&B credentials (WANDB_API_KEY or `wandb login`); sync later with `wandb sync`"
 
