@@ -17,7 +17,11 @@ until its last reference dies (autograd's saved tensors included), rounded up to
 allocator's 512-byte blocks; views of an input's storage are free. Scaled dot-product
 attention runs as the fused kernel (on fake CPU tensors: ``_scaled_dot_product_flash_attention_for_cpu``,
 which keeps the output and the log-sum-exp for backward, as CUDA's flash/memory-efficient
-kernels do; no L x L matrix). What it cannot see: the allocator's reserve above allocation
+kernels do; no L x L matrix). Data-dependent scalars of fake tensors (``.item()``, ``bool()``)
+read as True for booleans and 0 otherwise, so input checks pass and searches pick their first
+candidate; the work done does not depend on those values in the phases simulated. Ops whose
+output size depends on values (``nonzero``, ``bincount``, boolean indexing; MEt3R's rasterizer)
+keep every position: an upper bound of their memory and work. What it cannot see: the allocator's reserve above allocation
 (fragmentation, block caching), CUDA context and library workspaces (cuBLAS, cuDNN).
 
 FLOPs are ``torch.utils.flop_counter`` counts (matmuls, convolutions, attention), i.e.
@@ -48,6 +52,42 @@ def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None,
 def _cpu_flash_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
                               **kwargs) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _is_fake(tensor: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
+
+
+def _all_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``nonzero`` of a fake tensor: every position, ``(numel, ndim)``."""
+    return torch.empty((mask.numel(), mask.ndim), dtype=torch.long, device=mask.device)
+
+
+def _long_indices(indices):
+    """Boolean masks among ``aten.index`` indices as long indices of every position."""
+    out = []
+    for i in indices:
+        if i is not None and i.dtype == torch.bool:
+            out.extend(_all_positions(i).unbind(1))
+        else:
+            out.append(i)
+    return out
+
+
+# Ops of fake tensors whose output size depends on values: the largest size (an upper bound).
+_DATA_DEPENDENT_SHAPES = {
+    torch.ops.aten.nonzero.default: lambda x: _all_positions(x),
+    torch.ops.aten.bincount.default: lambda x, weights=None, minlength=0: torch.zeros(
+        max(int(minlength), x.numel()), dtype=torch.long if weights is None else weights.dtype, device=x.device),
+    torch.ops.aten.index.Tensor: lambda x, indices: (x, _long_indices(indices)),
+}
+
+
+def _strided(t) -> bool:
+    """A dense tensor (sparse ones are made of dense index/value tensors, counted themselves)."""
+    return isinstance(t, torch.Tensor) and t.layout == torch.strided
 
 
 def _storage_key(tensor: torch.Tensor) -> int:
@@ -86,13 +126,23 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
+            # a fake tensor has no value: checks read as passed (True), numbers as 0 (e.g. the first candidate)
+            return True if args[0].dtype == torch.bool else 0
+        if func in _DATA_DEPENDENT_SHAPES and _is_fake(args[0]):
+            args = _DATA_DEPENDENT_SHAPES[func](*args, **kwargs)
+            if isinstance(args, torch.Tensor):
+                return self._returned(func, (), {}, args)
+            kwargs = {}
+        return self._returned(func, args, kwargs, func(*args, **kwargs))
+
+    def _returned(self, func, args, kwargs, out):
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
-        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if _strided(t)}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:
+            if _strided(t) and _storage_key(t) not in inputs:
                 self._add(t)
         return out
 
@@ -108,10 +158,11 @@ class Simulation:
             s.peak_bytes, s.flops, s.resident_bytes
     """
 
-    def __init__(self, fake: bool = True, round_to: int = 512):
+    def __init__(self, fake: bool = True, round_to: int = 512, allow_constants: bool = True):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else None
+        # allow_constants: real tensors made outside (e.g. a scheduler's tables) may enter ops; they are not counted
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=allow_constants) if fake else None
         self.live = LiveBytes(round_to)
 
     def __enter__(self) -> "Simulation":

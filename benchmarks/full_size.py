@@ -1,0 +1,329 @@
+"""Simulated memory and FLOPs of every full-size phase (no GPU, no weights): python benchmarks/full_size.py
+
+Runs the phases' own code (the stage II spec, the sampler, the stage III search, the depth
+estimator, MEt3R) on fake tensors with the real model classes at their released configs
+(reangle.simulate: live bytes rounded to CUDA's 512-byte blocks, fused attention, FLOP counts
+including checkpoint recomputation). Weights are built on the meta device in the dtype a CUDA
+run loads them in and then materialized as fake tensors. Repeated work is simulated once and
+multiplied: a phase that repeats a unit (denoising step, search step) is run with 1 and 2 units
+and extrapolated linearly (peak memory is per unit, so it does not grow).
+
+Prints JSON: {"phases": {...}, "presets": {...}, "validation": {...}, "assumptions": {...}}.
+All memory figures are simulated allocated bytes (GB = 1e9 bytes); projected seconds are
+FLOPs / (peak bf16 dense TFLOP/s x MFU).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reangle.simulate import GB, GIB, Simulation, materialize, tensor_bytes  # noqa: E402
+
+PEAK_TFLOPS = {"h100": 989.0, "a100": 312.0}  # bf16 dense tensor-core peak: H100 SXM5, A100 SXM4
+MFU = 0.40  # see RESULTS.md: implied by the paper's 400 steps in about 1 h on an A100 (about 0.4)
+BF16 = torch.bfloat16
+
+# ------------------------------------------------------------------------------------------- full-size configs
+
+COGVIDEOX_VAE = dict(scaling_factor=0.7)  # AutoencoderKLCogVideoX defaults are the CogVideoX VAE; 5b scales by 0.7
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+              is_encoder_decoder=False, use_cache=False)
+FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+
+
+def depth_anything_v2_large():
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                            patch_size=14, image_size=518, reshape_hidden_states=False,
+                            out_indices=[5, 12, 18, 24])
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=1024,
+                                 neck_hidden_sizes=[256, 512, 1024, 1024], fusion_hidden_size=256,
+                                 head_hidden_size=32, depth_estimation_type="relative")
+    return DepthAnythingForDepthEstimation(config)
+
+
+def _meta_modules(build: Callable[[], dict], dtype=BF16) -> dict:
+    with torch.device("meta"):
+        return {k: v.to(dtype).eval() for k, v in build().items()}
+
+
+def cogvideox_components(parts, dtype=BF16, transformer_config=None):
+    """Full-size CogVideoX-5b-I2V parts on meta, for ``load_components``'s callers (no files)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from reangle.models.cogvideox import (SCHEDULER_CONFIG, CogVideoXComponents, full_size_transformer_config,
+                                          tiny_t5_tokenizer)
+
+    builders = {"transformer": lambda: CogVideoXTransformer3DModel.from_config(
+                    dict(transformer_config or full_size_transformer_config())),
+                "vae": lambda: AutoencoderKLCogVideoX(**COGVIDEOX_VAE),
+                "text_encoder": lambda: T5EncoderModel(T5Config(**T5_XXL))}
+    modules = _meta_modules(lambda: {p: builders[p]() for p in parts if p in builders}, dtype)
+    out = CogVideoXComponents(source="simulated", **modules)
+    if "scheduler" in parts:
+        with torch.device("cpu"):
+            out.scheduler = CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
+    if "tokenizer" in parts:
+        out.tokenizer = tiny_t5_tokenizer(226)  # token ids only set shapes (padding to max_length)
+    return out
+
+
+@contextlib.contextmanager
+def full_size_loaders(transformer_config=None):
+    """``load_components`` of the stage II spec builds full-size parts on meta."""
+    import reangle.models.cogvideox_i2v as i2v
+
+    def load(pretrained, parts, *, dtype=torch.float32, **_):
+        return cogvideox_components(list(parts), dtype, transformer_config)
+
+    with mock.patch.object(i2v, "load_components", load):
+        yield
+
+
+def full_spec(image_condition: str = "per_step", transformer_config=None, rank: int = 128):
+    """The stage II spec of configs/base.yaml at full size (configs known without the hub), its
+    transformer with LoRA (and, per step, its VAE) loaded on meta."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from reangle.models.cogvideox import full_size_transformer_config
+    from reangle.models.cogvideox_i2v import CogVideoXI2V
+
+    spec = CogVideoXI2V(image_condition=image_condition, lora_rank=rank, lora_alpha=rank)
+    with torch.device("meta"):
+        vae_config = {k: v for k, v in AutoencoderKLCogVideoX(**COGVIDEOX_VAE).config.items() if not k.startswith("_")}
+    spec._config_cache.update(transformer=dict(transformer_config or full_size_transformer_config()), vae=vae_config)
+    with full_size_loaders(transformer_config), torch.device("meta"):
+        spec.load_diffusion_model(torch.device("meta"))
+        spec.load_training_encoders(torch.device("meta"))
+    return spec
+
+
+def flux_components(max_sequence_length: int = 512):
+    """FLUX.1-dev (transformer, VAE, CLIP-L, T5-XXL) + the alimama Beta ControlNet on meta, bf16."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from reangle.models.cogvideox import tiny_t5_tokenizer
+    from reangle.models.flux import (SCHEDULER_CONFIG, FluxComponents, InpaintControlNet, _tiny_clip_tokenizer,
+                                     beta_controlnet_config)
+
+    m = _meta_modules(lambda: dict(transformer=FluxTransformer2DModel(guidance_embeds=True),
+                                   vae=AutoencoderKL(**FLUX_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+                                   text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
+                                   controlnet=InpaintControlNet(**beta_controlnet_config())))
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG), vae=m["vae"],
+                        text_encoder=m["text_encoder"], tokenizer=_tiny_clip_tokenizer(77),
+                        text_encoder_2=m["text_encoder_2"], tokenizer_2=tiny_t5_tokenizer(max_sequence_length),
+                        transformer=m["transformer"])
+    return FluxComponents(source="simulated", controlnet_source="simulated", pipeline=pipe, controlnet=m["controlnet"])
+
+
+def met3r_model(max_pairs_per_chunk: int = 8, img_size: int = 256):
+    """MEt3R as ``load_met3r`` builds it: DUSt3R ViT-L/512 DPT + DINO ViT-S/16 with FeatUp JBU, float32, on meta."""
+    from reangle.consistency import MEt3R, FeatUpFeatures
+    from reangle.nets.dino import build_dino
+    from reangle.nets.dust3r import DUSt3R
+    from reangle.nets.featup import UpsampledBackbone
+
+    with torch.device("meta"):
+        return MEt3R(DUSt3R(), FeatUpFeatures(UpsampledBackbone(build_dino("vit_small", patch_size=16))),
+                     img_size=img_size, radius=0.01, max_pairs_per_chunk=max_pairs_per_chunk).eval()
+
+
+# ------------------------------------------------------------------------------------------------------- phases
+
+def _result(section, modules, flops: float, extra: dict | None = None) -> dict:
+    weights = sum(tensor_bytes(m) for m in modules)
+    return {"peak_gb": section.peak_bytes / GB, "weights_gb": weights / GB,
+            "activations_gb": (section.peak_bytes - section.resident_bytes) / GB,
+            "resident_gb": section.resident_bytes / GB, "tflop": flops / 1e12, **(extra or {})}
+
+
+def _materialize(*modules):
+    for m in modules:
+        materialize(m)
+    return modules
+
+
+def phase_depth(frames: int = 49, height: int = 480, width: int = 720, batch: int = 8) -> dict:
+    """Stage I: Depth Anything V2-L (fp16 on CUDA) over the clip, ``batch`` frames per call at the
+    frames' own size raised to multiples of 14 (depth.input_size: null)."""
+    from reangle.geometry.depth import DepthAnything
+
+    net = _meta_modules(lambda: {"net": depth_anything_v2_large()}, torch.float16)["net"]
+    est = DepthAnything(device="cpu")
+    with Simulation() as sim:
+        _materialize(net)
+        est._net = net
+        with mock.patch.object(DepthAnything, "_device_dtype", lambda self: (torch.device("cpu"), torch.float16)):
+            with sim.section() as s:
+                est(torch.rand(batch, 3, height, width))
+    return _result(s, [net], s.flops * frames / batch, {"input": list(est.input_shape(height, width)),
+                                                        "frames_per_call": batch})
+
+
+def phase_encode(frames: int = 49, height: int = 480, width: int = 720, tiling: bool = False) -> dict:
+    """Stage II caching: T5-XXL encodes the prompt, the VAE encodes one clip (one Omega view)."""
+    spec = full_spec()
+    enc = cogvideox_components(["tokenizer", "text_encoder", "vae"])
+    with Simulation() as sim:
+        _materialize(enc.text_encoder, enc.vae)
+        spec.encoders = enc
+        if tiling:
+            enc.vae.enable_tiling()
+        with sim.section() as t5:
+            spec.encode_prompt("a scene")
+        text = _result(t5, [enc.text_encoder, enc.vae], t5.flops)
+        with sim.section() as s:
+            spec.encode_video(torch.rand(frames, 3, height, width), torch.Generator().manual_seed(0))
+    return {"prompt": text, "video": _result(s, [enc.text_encoder, enc.vae], s.flops)}
+
+
+def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank: int = 128,
+                     image_condition: str = "per_step", transformer_config=None, optimizer_dtype=None) -> dict:
+    """Stage II: one optimizer step of the real spec (LoRA ``rank`` on the attention projections,
+    gradient checkpointing, bf16 autocast as Lightning's bf16-mixed, per-step VAE encoding of the
+    first frame), masked loss, gradient clipping, AdamW (states created beforehand: a steady step)."""
+    from reangle.training.loss import masked_loss
+
+    spec = full_spec(image_condition, transformer_config, rank)
+    f, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+    cfg = spec.transformer.config
+    with Simulation() as sim:
+        _materialize(spec.transformer, *([spec.image_vae] if spec.image_vae is not None else []))
+        params = [p for p in spec.transformer.parameters() if p.requires_grad]
+        if optimizer_dtype is not None:
+            for p in params:
+                p.data = p.data.to(optimizer_dtype)
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, fused=True)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        batch = {"video_mean": torch.randn(1, f, 16, h, w), "video_logvar": torch.randn(1, f, 16, h, w),
+                 "prompt_embeds": torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim),
+                 "mask": torch.ones(1, f, h, w, dtype=torch.bool)}
+        if image_condition == "per_step":
+            batch["first_frame_pm1"] = torch.rand(1, 3, 1, height, width)
+        else:
+            batch.update(image_mean=torch.randn(1, 1, 16, h, w), image_logvar=torch.randn(1, 1, 16, h, w))
+        modules = [spec.transformer, *([spec.image_vae] if spec.image_vae is not None else [])]
+        with sim.section() as s:
+            with torch.autocast("cpu", dtype=BF16):
+                pair = spec.training_pair(batch, torch.Generator().manual_seed(0))
+                loss = masked_loss(pair.prediction, pair.target, pair.weight, batch["mask"], "all").mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del pair, loss
+        lora = sum(p.numel() * p.element_size() for p in params)
+    return _result(s, modules, s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB})
+
+
+def _linear(f1: float, f2: float, n: int) -> float:
+    """Total of ``n`` units from runs with 1 and 2 units (FLOPs are affine in the unit count)."""
+    return f1 + (n - 1) * (f2 - f1)
+
+
+def phase_sample(frames: int = 49, height: int = 480, width: int = 720, steps: int = 40, guidance: float = 6.0,
+                 tiling: bool = False) -> dict:
+    """Sampling one view (the sampler of train.py's VideoSampling): VAE encoding of the start frame,
+    ``steps`` denoising steps with CFG as a batch of two, VAE decoding (``tiling``: diffusers' tiles).
+    T5 is not resident: the sampler encodes the prompts first and releases it (phase "prompt")."""
+    from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
+
+    spec = full_spec()
+    vae = cogvideox_components(["vae"]).vae
+    with Simulation() as sim:
+        _materialize(spec.transformer, vae)
+        if tiling:
+            vae.enable_tiling()
+        sampler = CogVideoXSampler(spec.transformer, vae, spec.scheduler, device="cpu", progress=False)
+        cfg = spec.transformer.config
+        emb = {p: torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim, dtype=BF16) for p in ("", "scene")}
+        request = SampleRequest(torch.rand(3, height, width), "scene", 0, frames)
+        runs = []
+        for n in (1, 2):
+            with sim.section() as s:
+                sampler.sample([request], emb, SamplingSettings(steps=n, guidance=guidance))
+            runs.append(s)
+    flops = _linear(runs[0].flops, runs[1].flops, steps)
+    per_step = runs[1].flops - runs[0].flops
+    return _result(runs[1], [spec.transformer, vae], flops,
+                   {"tflop_per_step": per_step / 1e12, "tflop_vae": (runs[0].flops - per_step) / 1e12})
+
+
+def phase_inpaint(max_batch: int = 4, candidates: int = 25, steps: int = 50, finished_views: int = 2,
+                  size: int = 1024, met3r_chunk: int = 8) -> dict:
+    """Stage III, one view: the real search (:func:`reangle.inpaint.search.guided_sample` over
+    :class:`reangle.inpaint.multiview.ScoredViews`) with FLUX.1-dev + the Beta ControlNet,
+    ``candidates`` per step in transformer/VAE batches of ``max_batch``, candidates decoded with the
+    FLUX VAE and scored by MEt3R against ``finished_views``; the prompt is encoded once (T5-XXL + CLIP)."""
+    from reangle.inpaint.inpainter import FluxControlNetInpainter
+    from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
+    from reangle.inpaint.search import guided_sample
+
+    flux, met3r = flux_components(), met3r_model(met3r_chunk)
+    pipe = flux.pipeline
+    modules = [pipe.transformer, flux.controlnet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, met3r]
+    with Simulation() as sim:
+        _materialize(*modules)
+        inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+        with sim.section() as c:
+            condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
+        settings = InpaintSettings(steps=steps, candidates=candidates, size=size)
+        noise = [inpainter.initial_noise(condition, torch.Generator().manual_seed(0))]
+        refs = torch.rand(finished_views, 3, met3r.img_size, met3r.img_size) * 2 - 1
+        sigmas = inpainter.sigmas(steps, condition)
+        runs = []
+        for n in (1, 2):  # n search steps, then the deterministic last step
+            model = ScoredViews(inpainter, [condition], met3r, refs, settings, met3r.img_size, Timings())
+            with sim.section() as s:
+                result = guided_sample(model, noise, sigmas[:n + 1] + [0.0], candidates, torch.Generator().manual_seed(0))
+            runs.append((s, result.model_calls))
+        with sim.section() as d:
+            inpainter.decode(result.latents[0], condition)
+        with sim.section() as one:
+            inpainter.velocity(noise[0], sigmas[0], condition)
+    (s1, calls1), (s2, calls2) = runs
+    per_step = s2.flops - s1.flops
+    calls = 1 + candidates * (steps - 1)
+    flops = c.flops + _linear(s1.flops, s2.flops, steps - 1) + d.flops
+    transformer = one.flops * calls
+    peak = max(c.peak_bytes, s2.peak_bytes, d.peak_bytes)
+    out = _result(s2, modules, flops, {"model_calls": calls, "tflop_per_call": one.flops / 1e12,
+                                       "tflop_per_search_step": per_step / 1e12,
+                                       "search_overhead": (flops - transformer) / transformer})
+    out["peak_gb"] = peak / GB
+    return out
+
+
+def phase_met3r(pairs: int = 96, chunk: int = 8, img_size: int = 256) -> dict:
+    """Evaluation, MEt3R: ``pairs`` image pairs (e.g. 48 frames x 2 neighbouring views) at ``img_size``."""
+    met3r = met3r_model(chunk, img_size)
+    with Simulation() as sim:
+        _materialize(met3r)
+        with sim.section() as s:
+            with torch.no_grad():
+                met3r(torch.rand(chunk, 2, 3, img_size, img_size) * 2 - 1)
+    return _result(s, [met3r], s.flops * pairs / chunk, {"pairs": pairs, "pairs_per_call": chunk})
