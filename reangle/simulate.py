@@ -5,6 +5,7 @@ Public API::
     Simulation()                          # context: FakeTensorMode + live bytes + FLOPs
     LiveBytes(round_to=512)               # dispatch mode: bytes of the tensor storages alive, and their peak
     measured_peak_bytes(fn) -> int        # real execution: peak of the CPU allocator's own events (profiler)
+    compare_with_real(build, step) -> (simulated, measured)  # peak bytes a step adds, fake vs real CPU
     tensor_bytes(module) -> int           # bytes of a module's parameters and buffers
     materialize(module) -> module         # meta-device weights -> (fake) tensors of the current mode
 
@@ -18,8 +19,8 @@ allocator's 512-byte blocks; views of an input's storage are free. Scaled dot-pr
 attention runs as the fused kernel (on fake CPU tensors: ``_scaled_dot_product_flash_attention_for_cpu``,
 which keeps the output and the log-sum-exp for backward, as CUDA's flash/memory-efficient
 kernels do; no L x L matrix). Data-dependent scalars of fake tensors (``.item()``, ``bool()``)
-read as True for booleans and 0 otherwise, so input checks pass and searches pick their first
-candidate; the work done does not depend on those values in the phases simulated. Ops whose
+read as True for booleans and 1 otherwise, so input checks pass, an optimizer's step count is
+valid and searches pick candidate 1; the work done does not depend on those values in the phases simulated. Ops whose
 output size depends on values (``nonzero``, ``bincount``, boolean indexing; MEt3R's rasterizer)
 keep every position: an upper bound of their memory and work. What it cannot see: the allocator's reserve above allocation
 (fragmentation, block caching), CUDA context and library workspaces (cuBLAS, cuDNN).
@@ -127,8 +128,8 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
-            # a fake tensor has no value: checks read as passed (True), numbers as 0 (e.g. the first candidate)
-            return True if args[0].dtype == torch.bool else 0
+            # a fake tensor has no value: checks read as passed (True), numbers as 1 (an optimizer's step count)
+            return True if args[0].dtype == torch.bool else 1
         if func in _DATA_DEPENDENT_SHAPES and _is_fake(args[0]):
             args = _DATA_DEPENDENT_SHAPES[func](*args, **kwargs)
             if isinstance(args, torch.Tensor):
@@ -238,6 +239,22 @@ def materialize(module: torch.nn.Module) -> torch.nn.Module:
             if b is not None and b.is_meta:
                 sub._buffers[name] = new(b)
     return module
+
+
+def compare_with_real(build: Callable[[], torch.nn.Module], step: Callable[[torch.nn.Module], object]
+                      ) -> tuple[int, int]:
+    """Peak bytes ``step(model)`` adds above the built model: simulated (``build()`` on meta, materialized
+    fake, exact byte sizes) and measured on the CPU (:func:`measured_peak_bytes`)."""
+    kept = []
+    model = build()
+    measured = measured_peak_bytes(lambda: kept.append(step(model)))
+    with torch.device("meta"):
+        meta = build()
+    with Simulation(round_to=1) as sim:
+        fake = materialize(meta)
+        with sim.section() as s:
+            kept.append(step(fake))
+    return s.peak_bytes - s.resident_bytes, measured
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:

@@ -1,62 +1,27 @@
 """The fake-tensor simulator (reangle.simulate) against real CPU execution: peak memory of a LoRA
 training step of the real CogVideoX transformer class within 10 % of the CPU allocator's own
 events (profiler), FLOPs exact against closed forms."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
-from reangle.simulate import LiveBytes, Simulation, materialize, measured_peak_bytes
+from reangle.simulate import LiveBytes, Simulation, compare_with_real
 
-SIZES = {  # (layers, heads, head_dim, frames, height, width) of a CogVideoX-I2V transformer
-    "tiny": (2, 2, 16, 9, 32, 48),
-    "mid": (4, 8, 64, 25, 128, 192),
-}
-
-
-def _transformer(layers, heads, head_dim, frames, height, width):
-    from diffusers import CogVideoXTransformer3DModel
-
-    from reangle.models.lora import add_lora
-
-    model = CogVideoXTransformer3DModel(
-        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=32, out_channels=16, time_embed_dim=32,
-        text_embed_dim=64, num_layers=layers, sample_height=height // 8, sample_width=width // 8,
-        sample_frames=frames, max_text_seq_length=32, use_rotary_positional_embeddings=False,
-        use_learned_positional_embeddings=False)
-    add_lora(model, rank=8, alpha=8)
-    model.enable_gradient_checkpointing()
-    return model.train()
+_spec = importlib.util.spec_from_file_location("full_size", Path(__file__).parents[1] / "benchmarks" / "full_size.py")
+full_size = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(full_size)
 
 
-def _step(model, frames, height, width):
-    """One LoRA training step: forward, loss, backward, AdamW step (states created on the first step)."""
-    f = (frames - 1) // 4 + 1
-    x = torch.randn(1, f, 32, height // 8, width // 8)
-    text = torch.randn(1, 32, 64)
-    out = model(hidden_states=x, encoder_hidden_states=text, timestep=torch.tensor([500]), return_dict=False)[0]
-    out.float().square().mean().backward()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return opt
-
-
-@pytest.mark.parametrize("size", sorted(SIZES))
+@pytest.mark.parametrize("size", sorted(full_size.SMALL_SIZES))
 def test_simulated_peak_of_a_training_step_matches_real_cpu_allocations(size):
-    layers, heads, head_dim, frames, height, width = SIZES[size]
+    dims = full_size.SMALL_SIZES[size]
     torch.manual_seed(0)
-    model = _transformer(*SIZES[size])
-    kept = []
-    real = measured_peak_bytes(lambda: kept.append(_step(model, frames, height, width)))
-
-    with torch.device("meta"):
-        meta_model = _transformer(*SIZES[size])
-    with Simulation(round_to=1) as sim:
-        fake_model = materialize(meta_model)
-        with sim.section() as s:
-            kept.append(_step(fake_model, frames, height, width))
-    simulated = s.peak_bytes - s.resident_bytes
-    assert real > 1e5
-    assert abs(simulated - real) <= 0.10 * real, (size, simulated, real)
+    simulated, measured = compare_with_real(lambda: full_size.small_transformer(*dims),
+                                            lambda m: full_size.small_training_step(m, *dims[3:]))
+    assert measured > 1e5
+    assert abs(simulated - measured) <= 0.10 * measured, (size, simulated, measured)
 
 
 def test_flops_of_an_mlp_step_are_the_closed_form():
@@ -92,3 +57,12 @@ def test_views_are_free_and_freed_tensors_leave():
         z = torch.ones(10)
     assert live.live == 40 and live.peak == 4000
     del z
+
+
+def test_value_dependent_ops_take_their_largest_size():
+    with Simulation() as sim:
+        mask = torch.rand(100) > 0.5
+        with sim.section():
+            assert mask.nonzero().shape == (100, 1)
+            assert torch.arange(100)[mask].shape == (100,)
+            assert bool(mask.any()) is True
