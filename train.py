@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from callbacks.consistent_inpainting import ConsistentInpainting
 from callbacks.evaluation import Evaluation
 from callbacks.lora_export import LoraExport
+from callbacks.memory_plan import ReleaseTrainingState
 from callbacks.progress import StepProgressBar
 from callbacks.step_stats import StepStats
 from callbacks.video_sampling import VideoSampling
@@ -39,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def training_callbacks(cfg) -> list[L.Callback]:
-    """Callbacks of every stage II fit: the LoRA export (``run.dir/lora``), step statistics and the
-    step progress bar."""
-    return [LoraExport(Path(cfg.run.dir) / "lora"), StepStats(), StepProgressBar()]
+    """Callbacks of every stage II fit: the LoRA export (``run.dir/lora``), step statistics, the
+    step progress bar, and the release of the training state when training ends (callbacks.memory_plan)."""
+    return [LoraExport(Path(cfg.run.dir) / "lora"), StepStats(), StepProgressBar(), ReleaseTrainingState()]
 
 
 def main(argv: list[str] | None = None) -> L.Trainer:

@@ -290,16 +290,13 @@ def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank
     return _result(s, modules, s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB})
 
 
-def _linear(f1: float, f2: float, n: int) -> float:
-    """Total of ``n`` units from runs with 1 and 2 units (FLOPs are affine in the unit count)."""
-    return f1 + (n - 1) * (f2 - f1)
-
-
 def phase_sample(frames: int = 49, height: int = 480, width: int = 720, steps: int = 40, guidance: float = 6.0,
-                 tiling: bool = False) -> dict:
-    """Sampling one view (the sampler of train.py's VideoSampling): VAE encoding of the start frame,
-    ``steps`` denoising steps with CFG as a batch of two, VAE decoding (``tiling``: diffusers' tiles).
-    T5 is not resident: the sampler encodes the prompts first and releases it (phase "prompt")."""
+                 tiling: bool = False, offload: bool = False) -> dict:
+    """Sampling one view with the sampler of train.py's VideoSampling, in its three parts: VAE encoding
+    of the start frame, ``steps`` denoising steps with CFG as a batch of two (one simulated, FLOPs
+    multiplied), VAE decoding (``tiling``: diffusers' tiles). T5 is not resident: the sampler encodes
+    the prompts first and releases it (phase "prompt"). ``offload`` (sample.cpu_offload): only the
+    model of the running part is on the GPU."""
     from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
 
     spec = full_spec()
@@ -312,15 +309,52 @@ def phase_sample(frames: int = 49, height: int = 480, width: int = 720, steps: i
         cfg = spec.transformer.config
         emb = {p: torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim, dtype=BF16) for p in ("", "scene")}
         request = SampleRequest(torch.rand(3, height, width), "scene", 0, frames)
-        runs = []
-        for n in (1, 2):
-            with sim.section() as s:
-                sampler.sample([request], emb, SamplingSettings(steps=n, guidance=guidance))
-            runs.append(s)
-    flops = _linear(runs[0].flops, runs[1].flops, steps)
-    per_step = runs[1].flops - runs[0].flops
-    return _result(runs[1], [spec.transformer, vae], flops,
-                   {"tflop_per_step": per_step / 1e12, "tflop_vae": (runs[0].flops - per_step) / 1e12})
+        settings = SamplingSettings(steps=1, guidance=guidance)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            with sim.section() as enc:
+                condition = sampler._image_latents(request, generator)
+            with sim.section() as step:
+                latents = sampler._denoise(request, condition, generator, emb, settings, 0, 1)
+            with sim.section() as dec:
+                sampler._decode(latents)
+    t_bytes, v_bytes = tensor_bytes(spec.transformer), tensor_bytes(vae)
+    other = {id(enc): t_bytes, id(step): v_bytes, id(dec): t_bytes} if offload else {}
+    parts = {"encode": enc, "denoise_step": step, "decode": dec}
+    peaks = {k: (p.peak_bytes - other.get(id(p), 0)) / GB for k, p in parts.items()}
+    worst = max(parts, key=peaks.get)
+    out = _result(parts[worst], [spec.transformer, vae], enc.flops + steps * step.flops + dec.flops,
+                  {"part_peaks_gb": peaks, "tflop_per_step": step.flops / 1e12,
+                   "tflop_vae": (enc.flops + dec.flops) / 1e12})
+    out["peak_gb"] = peaks[worst]
+    return out
+
+
+def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views: int = 2, size: int = 1024,
+                       met3r_chunk: int = 8) -> float:
+    """Peak GB of stage III's parts at another ``max_batch`` / MEt3R chunk (same code, FLOPs unchanged):
+    the prompt and control encoding, one transformer + ControlNet batch, one VAE batch, the scoring."""
+    from reangle.inpaint.inpainter import FluxControlNetInpainter
+    from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
+
+    flux, met3r = flux_components(), met3r_model(met3r_chunk)
+    pipe = flux.pipeline
+    with Simulation() as sim:
+        _materialize(pipe.transformer, flux.controlnet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, met3r)
+        inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+        with sim.section() as c:
+            condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
+        noise = inpainter.initial_noise(condition, torch.Generator().manual_seed(0)).expand(max_batch, -1, -1)
+        with sim.section() as v:
+            inpainter.velocity(noise, 0.5, condition)
+        with sim.section() as d:
+            inpainter.decode(noise, condition)
+        refs = torch.rand(finished_views, 3, met3r.img_size, met3r.img_size) * 2 - 1
+        model = ScoredViews(inpainter, [condition], met3r, refs, InpaintSettings(size=size), met3r.img_size, Timings())
+        decoded = torch.rand(candidates, 3, met3r.img_size, met3r.img_size) * 2 - 1
+        with sim.section() as m:
+            model.score([decoded])
+    return max(x.peak_bytes for x in (c, v, d, m)) / GB
 
 
 def phase_inpaint(max_batch: int = 4, candidates: int = 25, steps: int = 50, finished_views: int = 2,
@@ -375,3 +409,120 @@ def phase_met3r(pairs: int = 96, chunk: int = 8, img_size: int = 256) -> dict:
             with torch.no_grad():
                 met3r(torch.rand(chunk, 2, 3, img_size, img_size) * 2 - 1)
     return _result(s, [met3r], s.flops * pairs / chunk, {"pairs": pairs, "pairs_per_call": chunk})
+
+
+def anchor_finetrainers(encode: dict) -> dict:
+    """finetrainers' CogVideoX-5b (text-to-video) LoRA r128 setting: bf16 weights, bf16 LoRA weights and
+    AdamW states, batch 1, gradient checkpointing, 49 x 480 x 720 from precomputed latents; its
+    published 20.7 GiB is the reserved peak, reached while precomputing (T5 + VAE encoding)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from reangle.models.cogvideox import full_size_transformer_config
+    from reangle.models.lora import add_lora
+
+    config = {**full_size_transformer_config(), "in_channels": 16, "use_learned_positional_embeddings": False}
+    with torch.device("meta"):
+        model = CogVideoXTransformer3DModel.from_config(config).to(BF16)
+        add_lora(model, rank=128, alpha=128)
+        model.to(BF16)
+        model.enable_gradient_checkpointing()
+        model.train()
+    with Simulation() as sim:
+        materialize(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        latents = torch.randn(1, 13, 16, 60, 90, dtype=BF16)
+        text = torch.randn(1, 226, 4096, dtype=BF16)
+        with sim.section() as s:
+            out = model(hidden_states=latents, encoder_hidden_states=text, timestep=torch.tensor([500]),
+                        return_dict=False)[0]
+            out.float().square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del out
+    train_gib = s.peak_bytes / GIB
+    precompute_gib = encode["video"]["peak_gb"] * GB / GIB
+    simulated = max(train_gib, precompute_gib)
+    return {"published_reserved_gib": 20.7, "simulated_train_step_gib": train_gib,
+            "simulated_precompute_gib": precompute_gib, "simulated_peak_gib": simulated,
+            "ratio_simulated_to_published": simulated / 20.7}
+
+
+def projected(tflop: float, mfu: float = MFU) -> dict:
+    return {gpu: tflop / (peak * mfu) for gpu, peak in PEAK_TFLOPS.items()}
+
+
+PHASE_GOALS = {"stage2_step": ("80gb", 18), "sample_view": ("80gb", 30), "stage3_view": ("80gb", 60)}
+
+
+def preset_settings(path: Path) -> dict:
+    """The settings of a configs/gpu preset that change a simulated phase (base.yaml's defaults otherwise)."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
+    cfg = OmegaConf.merge(base, OmegaConf.load(path))
+    return {"image_condition": cfg.train.image_condition, "vae_tiling": bool(cfg.sample.vae_tiling),
+            "cpu_offload": bool(cfg.sample.cpu_offload), "max_batch": int(cfg.inpaint.max_batch),
+            "met3r_chunk": int(cfg.inpaint.met3r.max_pairs_per_chunk), "eval_met3r_chunk": int(cfg.eval.batch_size)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="*", default=None, help="preset YAMLs (default: configs/gpu/*.yaml)")
+    parser.add_argument("--skip-validation", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    phases: dict[str, dict] = {}
+    phases["stage1_depth"] = phase_depth()
+    encode = phase_encode()
+    phases["prompt_t5"], phases["cache_vae_encode"] = encode["prompt"], encode["video"]
+    train = {c: phase_train_step(image_condition=c) for c in ("per_step", "cached")}
+    phases["stage2_step"], phases["stage2_step_cached_image"] = train["per_step"], train["cached"]
+    sample = {(t, o): phase_sample(tiling=t, offload=o) for t, o in ((False, False), (True, False), (True, True))}
+    phases["sample_view"], phases["sample_view_tiled"] = sample[False, False], sample[True, False]
+    phases["sample_view_tiled_offload"] = sample[True, True]
+    phases["stage3_view"] = phase_inpaint()
+    phases["eval_met3r"] = phase_met3r()
+    for p in phases.values():
+        p["projected_s"] = projected(p["tflop"])
+    steps = 400
+    paper = {"paper_a100_s": 3600, "steps": steps,
+             "projected_a100_s": projected(steps * phases["stage2_step"]["tflop"])["a100"],
+             "implied_mfu": steps * phases["stage2_step"]["tflop"] / (PEAK_TFLOPS["a100"] * 3600)}
+
+    presets = {}
+    paths = [Path(p) for p in args.presets] if args.presets is not None else \
+        sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.yaml"))
+    inpaint_peaks = {(4, 8): phases["stage3_view"]["peak_gb"]}
+    met3r_peaks = {8: phases["eval_met3r"]["peak_gb"]}
+    for path in paths:
+        s = preset_settings(path)
+        key = (s["max_batch"], s["met3r_chunk"])
+        if key not in inpaint_peaks:
+            inpaint_peaks[key] = phase_inpaint_peak(*key[:1], met3r_chunk=key[1])
+        if s["eval_met3r_chunk"] not in met3r_peaks:
+            met3r_peaks[s["eval_met3r_chunk"]] = phase_met3r(chunk=s["eval_met3r_chunk"])["peak_gb"]
+        sampled = sample.get((s["vae_tiling"], s["cpu_offload"])) or phase_sample(tiling=s["vae_tiling"],
+                                                                                     offload=s["cpu_offload"])
+        peaks = {"stage1_depth": phases["stage1_depth"]["peak_gb"], "prompt_t5": phases["prompt_t5"]["peak_gb"],
+                 "cache_vae_encode": phases["cache_vae_encode"]["peak_gb"],
+                 "stage2_step": train[s["image_condition"]]["peak_gb"], "sample_view": sampled["peak_gb"],
+                 "stage3_view": inpaint_peaks[key], "eval_met3r": met3r_peaks[s["eval_met3r_chunk"]]}
+        presets[path.stem] = {"settings": s, "phase_peaks_gb": peaks, "max_peak_gb": max(peaks.values()),
+                              "worst_phase": max(peaks, key=peaks.get)}
+    result = {"phases": phases, "presets": presets,
+              "validation": {"small_models_cpu": {} if args.skip_validation else validate_small(),
+                             "finetrainers_anchor": anchor_finetrainers(encode), "paper_400_steps": paper},
+              "assumptions": {"peak_tflops_bf16_dense": PEAK_TFLOPS, "mfu": MFU, "gb": "1e9 bytes",
+                              "memory": "simulated allocated bytes (not reserved); per phase with only its models"},
+              "simulator_seconds": time.perf_counter() - start}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
