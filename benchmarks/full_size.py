@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -411,7 +410,24 @@ def phase_met3r(pairs: int = 96, chunk: int = 8, img_size: int = 256) -> dict:
     return _result(s, [met3r], s.flops * pairs / chunk, {"pairs": pairs, "pairs_per_call": chunk})
 
 
-def anchor_finetrainers(encode: dict) -> dict:
+def tiling_effect(frames: int = 9, height: int = 480, width: int = 720) -> dict:
+    """Measured (CPU, real tensors) effect of sample.vae_tiling on the tiny CogVideoX VAE's decoding of
+    random latents at the full frame size, where diffusers' tiles (and their blending) are used."""
+    from reangle.models.cogvideox import load_components
+
+    vae = load_components("tiny", ["vae"]).vae
+    torch.manual_seed(0)
+    latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    with torch.no_grad():
+        plain = vae.decode(latents).sample
+        vae.enable_tiling()
+        tiled = vae.decode(latents).sample
+    diff = (plain - tiled).abs()
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "output_range": [float(plain.min()), float(plain.max())], "frames": frames}
+
+
+def anchor_finetrainers(precompute_gb: float) -> dict:
     """finetrainers' CogVideoX-5b (text-to-video) LoRA r128 setting: bf16 weights, bf16 LoRA weights and
     AdamW states, batch 1, gradient checkpointing, 49 x 480 x 720 from precomputed latents; its
     published 20.7 GiB is the reserved peak, reached while precomputing (T5 + VAE encoding)."""
@@ -445,7 +461,7 @@ def anchor_finetrainers(encode: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             del out
     train_gib = s.peak_bytes / GIB
-    precompute_gib = encode["video"]["peak_gb"] * GB / GIB
+    precompute_gib = precompute_gb * GB / GIB
     simulated = max(train_gib, precompute_gib)
     return {"published_reserved_gib": 20.7, "simulated_train_step_gib": train_gib,
             "simulated_precompute_gib": precompute_gib, "simulated_peak_gib": simulated,
@@ -470,23 +486,61 @@ def preset_settings(path: Path) -> dict:
             "met3r_chunk": int(cfg.inpaint.met3r.max_pairs_per_chunk), "eval_met3r_chunk": int(cfg.eval.batch_size)}
 
 
+def markdown(result: dict) -> str:
+    """The tables of RESULTS.md / README from a result: phases, then presets with their H100 times."""
+    rows = ["| phase (simulated) | peak GB | weights GB | activations GB | TFLOP | H100 s | A100 s |",
+            "|---|---|---|---|---|---|---|"]
+    for name, p in result["phases"].items():
+        rows.append(f"| {name} | {p['peak_gb']:.1f} | {p['weights_gb']:.1f} | {p['activations_gb']:.1f} | "
+                    f"{p['tflop']:,.0f} | {p['projected_s']['h100']:,.0f} | {p['projected_s']['a100']:,.0f} |")
+    names = list(next(iter(result["presets"].values()))["phase_peaks_gb"]) if result["presets"] else []
+    rows += ["", "| preset | max peak GB | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for preset, p in result["presets"].items():
+        rows.append(f"| {preset} | {p['max_peak_gb']:.1f} | "
+                    + " | ".join(f"{p['phase_peaks_gb'][n]:.1f}" for n in names) + " |")
+    return "\n".join(rows)
+
+
+class PhaseCache:
+    """Results of phase runs by name and arguments, kept in ``folder`` (``None``: memory only), so an
+    interrupted simulation resumes where it stopped."""
+
+    def __init__(self, folder: str | None):
+        self.folder = Path(folder) if folder else None
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, fn: Callable, **kwargs):
+        name = fn.__name__ + "".join(f"-{k}={v}" for k, v in sorted(kwargs.items()))
+        path = self.folder / f"{name}.json" if self.folder else None
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+        result = fn(**kwargs)
+        if path is not None:
+            path.write_text(json.dumps(result))
+        return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="*", default=None, help="preset YAMLs (default: configs/gpu/*.yaml)")
     parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    parser.add_argument("--cache", default=None, help="folder keeping each phase's result (resume after a stop)")
     args = parser.parse_args(argv)
+    run = PhaseCache(args.cache)
     start = time.perf_counter()
     phases: dict[str, dict] = {}
-    phases["stage1_depth"] = phase_depth()
-    encode = phase_encode()
+    phases["stage1_depth"] = run(phase_depth)
+    encode = run(phase_encode)
     phases["prompt_t5"], phases["cache_vae_encode"] = encode["prompt"], encode["video"]
-    train = {c: phase_train_step(image_condition=c) for c in ("per_step", "cached")}
+    train = {c: run(phase_train_step, image_condition=c) for c in ("per_step", "cached")}
     phases["stage2_step"], phases["stage2_step_cached_image"] = train["per_step"], train["cached"]
-    sample = {(t, o): phase_sample(tiling=t, offload=o) for t, o in ((False, False), (True, False), (True, True))}
+    sample = {(t, o): run(phase_sample, tiling=t, offload=o) for t, o in ((False, False), (True, False), (True, True))}
     phases["sample_view"], phases["sample_view_tiled"] = sample[False, False], sample[True, False]
     phases["sample_view_tiled_offload"] = sample[True, True]
-    phases["stage3_view"] = phase_inpaint()
-    phases["eval_met3r"] = phase_met3r()
+    phases["stage3_view"] = run(phase_inpaint)
+    phases["eval_met3r"] = run(phase_met3r)
     for p in phases.values():
         p["projected_s"] = projected(p["tflop"])
     steps = 400
@@ -503,11 +557,10 @@ def main(argv=None) -> dict:
         s = preset_settings(path)
         key = (s["max_batch"], s["met3r_chunk"])
         if key not in inpaint_peaks:
-            inpaint_peaks[key] = phase_inpaint_peak(*key[:1], met3r_chunk=key[1])
+            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1])
         if s["eval_met3r_chunk"] not in met3r_peaks:
-            met3r_peaks[s["eval_met3r_chunk"]] = phase_met3r(chunk=s["eval_met3r_chunk"])["peak_gb"]
-        sampled = sample.get((s["vae_tiling"], s["cpu_offload"])) or phase_sample(tiling=s["vae_tiling"],
-                                                                                     offload=s["cpu_offload"])
+            met3r_peaks[s["eval_met3r_chunk"]] = run(phase_met3r, chunk=s["eval_met3r_chunk"])["peak_gb"]
+        sampled = run(phase_sample, tiling=s["vae_tiling"], offload=s["cpu_offload"])
         peaks = {"stage1_depth": phases["stage1_depth"]["peak_gb"], "prompt_t5": phases["prompt_t5"]["peak_gb"],
                  "cache_vae_encode": phases["cache_vae_encode"]["peak_gb"],
                  "stage2_step": train[s["image_condition"]]["peak_gb"], "sample_view": sampled["peak_gb"],
@@ -515,12 +568,15 @@ def main(argv=None) -> dict:
         presets[path.stem] = {"settings": s, "phase_peaks_gb": peaks, "max_peak_gb": max(peaks.values()),
                               "worst_phase": max(peaks, key=peaks.get)}
     result = {"phases": phases, "presets": presets,
-              "validation": {"small_models_cpu": {} if args.skip_validation else validate_small(),
-                             "finetrainers_anchor": anchor_finetrainers(encode), "paper_400_steps": paper},
+              "validation": {"small_models_cpu": {} if args.skip_validation else run(validate_small),
+                             "vae_tiling_effect_tiny": run(tiling_effect),
+                             "finetrainers_anchor": run(anchor_finetrainers, precompute_gb=encode["video"]["peak_gb"]), "paper_400_steps": paper},
               "assumptions": {"peak_tflops_bf16_dense": PEAK_TFLOPS, "mfu": MFU, "gb": "1e9 bytes",
                               "memory": "simulated allocated bytes (not reserved); per phase with only its models"},
               "simulator_seconds": time.perf_counter() - start}
     print(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result) + "\n")
     return result
 
 
