@@ -20,9 +20,10 @@ attention runs as the fused kernel (on fake CPU tensors: ``_scaled_dot_product_f
 which keeps the output and the log-sum-exp for backward, as CUDA's flash/memory-efficient
 kernels do; no L x L matrix). Data-dependent scalars of fake tensors (``.item()``, ``bool()``)
 read as True for booleans and 1 otherwise, so input checks pass, an optimizer's step count is
-valid and searches pick candidate 1; the work done does not depend on those values in the phases simulated. Ops whose
-output size depends on values (``nonzero``, ``bincount``, boolean indexing; MEt3R's rasterizer)
-keep every position: an upper bound of their memory and work. What it cannot see: the allocator's reserve above allocation
+valid and searches pick candidate 1; the work done does not depend on those values in the
+phases simulated. Ops whose output size depends on values (``nonzero``, ``bincount``, boolean
+indexing; MEt3R's rasterizer) keep every position: an upper bound of their memory and work.
+What it cannot see: the allocator's reserve above allocation
 (fragmentation, block caching), CUDA context and library workspaces (cuBLAS, cuDNN).
 
 FLOPs are ``torch.utils.flop_counter`` counts (matmuls, convolutions, attention), i.e.
