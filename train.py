@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.consistent_inpainting import ConsistentInpainting
 from callbacks.evaluation import Evaluation
 from callbacks.lora_export import LoraExport
+from callbacks.memory_plan import ReleaseTrainingState
 from callbacks.progress import StepProgressBar
 from callbacks.run_media import RunMedia
 from callbacks.sigterm_checkpoint import SigtermCheckpoint
@@ -43,9 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def training_callbacks(cfg) -> list[L.Callback]:
     """Callbacks of every stage II fit: the LoRA export (``run.dir/lora``), the checkpoint on SIGTERM,
-    step statistics and the step progress bar."""
+    step statistics, the step progress bar, and the release of the training state when training ends
+    (callbacks.memory_plan)."""
     return [LoraExport(Path(cfg.run.dir) / "lora"), SigtermCheckpoint(Path(cfg.run.dir) / "checkpoints"), StepStats(),
-            StepProgressBar()]
+            StepProgressBar(), ReleaseTrainingState()]
 
 
 class RunNotFinished(SystemExit):

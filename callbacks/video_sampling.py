@@ -72,6 +72,8 @@ class VideoSampling(L.Callback):
             input_video = omega.read_frames(omega.view(INPUT_VIEW)) if trainer.is_global_zero else None
             with full_parameters(trainer.strategy, pl_module):  # collective: every rank
                 sampler = spec_sampler(spec, opts.scheduler, pl_module.device)
+                if loaded_here:  # the sampler holds the only reference: T5 goes once the prompts are encoded
+                    enc.text_encoder = None
                 result = sample_views(sampler, jobs, opts.settings, omega.num_frames, out_dir, self.fps,
                                       input_video=input_video, rank=trainer.global_rank,
                                       world_size=trainer.world_size, grid_max_width=opts.grid_max_width,

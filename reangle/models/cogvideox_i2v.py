@@ -204,6 +204,9 @@ class CogVideoXI2V(PipelineSpec):
             self.image_vae.requires_grad_(False)
         self.image_vae.to(device)
 
+    def unload_training_encoders(self) -> None:
+        self.image_vae = None
+
     def _image_latents(self, batch: dict[str, torch.Tensor], generator: torch.Generator, sample) -> torch.Tensor:
         """``[B, 1, C, h, w]``: a sample of the image latent (see the module docstring)."""
         if self.image_condition == "cached":

@@ -92,6 +92,9 @@ class ModelSpec(ABC):
     def load_training_encoders(self, device: torch.device) -> None:
         """Load onto the training ``device`` whatever :meth:`training_pair` encodes with (default: nothing)."""
 
+    def unload_training_encoders(self) -> None:
+        """Drop what :meth:`load_training_encoders` loaded (training is over; default: nothing)."""
+
     @abstractmethod
     def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:
         """Noise a batch of cached tensors and run the network once."""

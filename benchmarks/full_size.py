@@ -1,0 +1,584 @@
+"""Simulated memory and FLOPs of every full-size phase (no GPU, no weights): python benchmarks/full_size.py
+
+Runs the phases' own code (the stage II spec, the sampler, the stage III search, the depth
+estimator, MEt3R) on fake tensors with the real model classes at their released configs
+(reangle.simulate: live bytes rounded to CUDA's 512-byte blocks, fused attention, FLOP counts
+including checkpoint recomputation). Weights are built on the meta device in the dtype a CUDA
+run loads them in and then materialized as fake tensors. Repeated work is simulated once and
+multiplied: a phase that repeats a unit (denoising step, search step) is run with 1 and 2 units
+and extrapolated linearly (peak memory is per unit, so it does not grow).
+
+Prints JSON: {"phases": {...}, "presets": {...}, "validation": {...}, "assumptions": {...}}.
+All memory figures are simulated allocated bytes (GB = 1e9 bytes); projected seconds are
+FLOPs / (peak bf16 dense TFLOP/s x MFU).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reangle.simulate import GB, GIB, Simulation, materialize, tensor_bytes  # noqa: E402
+
+PEAK_TFLOPS = {"h100": 989.0, "a100": 312.0}  # bf16 dense tensor-core peak: H100 SXM5, A100 SXM4
+MFU = 0.40  # see RESULTS.md: implied by the paper's 400 steps in about 1 h on an A100 (about 0.4)
+BF16 = torch.bfloat16
+
+# ------------------------------------------------------------------------------------------- full-size configs
+
+COGVIDEOX_VAE = dict(scaling_factor=0.7)  # AutoencoderKLCogVideoX defaults are the CogVideoX VAE; 5b scales by 0.7
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+              is_encoder_decoder=False, use_cache=False)
+FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False)
+CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+
+
+def depth_anything_v2_large():
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                            patch_size=14, image_size=518, reshape_hidden_states=False,
+                            out_indices=[5, 12, 18, 24])
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=1024,
+                                 neck_hidden_sizes=[256, 512, 1024, 1024], fusion_hidden_size=256,
+                                 head_hidden_size=32, depth_estimation_type="relative")
+    return DepthAnythingForDepthEstimation(config)
+
+
+def _meta_modules(build: Callable[[], dict], dtype=BF16) -> dict:
+    with torch.device("meta"):
+        return {k: v.to(dtype).eval() for k, v in build().items()}
+
+
+def cogvideox_components(parts, dtype=BF16, transformer_config=None):
+    """Full-size CogVideoX-5b-I2V parts on meta, for ``load_components``'s callers (no files)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from reangle.models.cogvideox import (SCHEDULER_CONFIG, CogVideoXComponents, full_size_transformer_config,
+                                          tiny_t5_tokenizer)
+
+    builders = {"transformer": lambda: CogVideoXTransformer3DModel.from_config(
+                    dict(transformer_config or full_size_transformer_config())),
+                "vae": lambda: AutoencoderKLCogVideoX(**COGVIDEOX_VAE),
+                "text_encoder": lambda: T5EncoderModel(T5Config(**T5_XXL))}
+    modules = _meta_modules(lambda: {p: builders[p]() for p in parts if p in builders}, dtype)
+    out = CogVideoXComponents(source="simulated", **modules)
+    if "scheduler" in parts:
+        with torch.device("cpu"):
+            out.scheduler = CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
+    if "tokenizer" in parts:
+        out.tokenizer = tiny_t5_tokenizer(226)  # token ids only set shapes (padding to max_length)
+    return out
+
+
+@contextlib.contextmanager
+def full_size_loaders(transformer_config=None):
+    """``load_components`` of the stage II spec builds full-size parts on meta."""
+    import reangle.models.cogvideox_i2v as i2v
+
+    def load(pretrained, parts, *, dtype=torch.float32, **_):
+        return cogvideox_components(list(parts), dtype, transformer_config)
+
+    with mock.patch.object(i2v, "load_components", load):
+        yield
+
+
+def full_spec(image_condition: str = "per_step", transformer_config=None, rank: int = 128):
+    """The stage II spec of configs/base.yaml at full size (configs known without the hub), its
+    transformer with LoRA (and, per step, its VAE) loaded on meta."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    from reangle.models.cogvideox import full_size_transformer_config
+    from reangle.models.cogvideox_i2v import CogVideoXI2V
+
+    spec = CogVideoXI2V(image_condition=image_condition, lora_rank=rank, lora_alpha=rank)
+    with torch.device("meta"):
+        vae_config = {k: v for k, v in AutoencoderKLCogVideoX(**COGVIDEOX_VAE).config.items() if not k.startswith("_")}
+    spec._config_cache.update(transformer=dict(transformer_config or full_size_transformer_config()), vae=vae_config)
+    with full_size_loaders(transformer_config), torch.device("meta"):
+        spec.load_diffusion_model(torch.device("meta"))
+        spec.load_training_encoders(torch.device("meta"))
+    return spec
+
+
+def flux_components(max_sequence_length: int = 512):
+    """FLUX.1-dev (transformer, VAE, CLIP-L, T5-XXL) + the alimama Beta ControlNet on meta, bf16."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from reangle.models.cogvideox import tiny_t5_tokenizer
+    from reangle.models.flux import (SCHEDULER_CONFIG, FluxComponents, InpaintControlNet, _tiny_clip_tokenizer,
+                                     beta_controlnet_config)
+
+    m = _meta_modules(lambda: dict(transformer=FluxTransformer2DModel(guidance_embeds=True),
+                                   vae=AutoencoderKL(**FLUX_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L)),
+                                   text_encoder_2=T5EncoderModel(T5Config(**T5_XXL)),
+                                   controlnet=InpaintControlNet(**beta_controlnet_config())))
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG), vae=m["vae"],
+                        text_encoder=m["text_encoder"], tokenizer=_tiny_clip_tokenizer(77),
+                        text_encoder_2=m["text_encoder_2"], tokenizer_2=tiny_t5_tokenizer(max_sequence_length),
+                        transformer=m["transformer"])
+    return FluxComponents(source="simulated", controlnet_source="simulated", pipeline=pipe, controlnet=m["controlnet"])
+
+
+def met3r_model(max_pairs_per_chunk: int = 8, img_size: int = 256):
+    """MEt3R as ``load_met3r`` builds it: DUSt3R ViT-L/512 DPT + DINO ViT-S/16 with FeatUp JBU, float32, on meta."""
+    from reangle.consistency import MEt3R, FeatUpFeatures
+    from reangle.nets.dino import build_dino
+    from reangle.nets.dust3r import DUSt3R
+    from reangle.nets.featup import UpsampledBackbone
+
+    with torch.device("meta"):
+        return MEt3R(DUSt3R(), FeatUpFeatures(UpsampledBackbone(build_dino("vit_small", patch_size=16))),
+                     img_size=img_size, radius=0.01, max_pairs_per_chunk=max_pairs_per_chunk).eval()
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+SMALL_SIZES = {  # (layers, heads, head_dim, frames, height, width) of a CogVideoX-I2V transformer
+    "tiny": (2, 2, 16, 9, 32, 48),
+    "mid": (4, 8, 64, 25, 128, 192),
+}
+
+
+def small_transformer(layers, heads, head_dim, frames, height, width):
+    """A CogVideoX-I2V transformer of the given sizes with a rank-8 LoRA and gradient checkpointing (fp32)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from reangle.models.lora import add_lora
+
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=32, out_channels=16, time_embed_dim=32,
+        text_embed_dim=64, num_layers=layers, sample_height=height // 8, sample_width=width // 8,
+        sample_frames=frames, max_text_seq_length=32, use_rotary_positional_embeddings=False,
+        use_learned_positional_embeddings=False)
+    add_lora(model, rank=8, alpha=8)
+    model.enable_gradient_checkpointing()
+    return model.train()
+
+
+def small_training_step(model, frames, height, width):
+    """One LoRA training step: forward, loss, backward, AdamW step (states created on this first step)."""
+    x = torch.randn(1, (frames - 1) // 4 + 1, 32, height // 8, width // 8)
+    out = model(hidden_states=x, encoder_hidden_states=torch.randn(1, 32, 64), timestep=torch.tensor([500]),
+                return_dict=False)[0]
+    out.float().square().mean().backward()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def validate_small() -> dict:
+    """Simulated vs measured peak (CPU allocator events) of a training step at the small sizes."""
+    from reangle.simulate import compare_with_real
+
+    out = {}
+    for name, size in SMALL_SIZES.items():
+        torch.manual_seed(0)
+        simulated, measured = compare_with_real(lambda: small_transformer(*size),
+                                                lambda m: small_training_step(m, *size[3:]))
+        out[name] = {"simulated_mb": simulated / 2**20, "measured_mb": measured / 2**20,
+                     "ratio": simulated / measured}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- phases
+
+def _result(section, modules, flops: float, extra: dict | None = None) -> dict:
+    weights = sum(tensor_bytes(m) for m in modules)
+    return {"peak_gb": section.peak_bytes / GB, "weights_gb": weights / GB,
+            "activations_gb": (section.peak_bytes - section.resident_bytes) / GB,
+            "resident_gb": section.resident_bytes / GB, "tflop": flops / 1e12, **(extra or {})}
+
+
+def _materialize(*modules):
+    for m in modules:
+        materialize(m)
+    return modules
+
+
+def phase_depth(frames: int = 49, height: int = 480, width: int = 720, batch: int = 8) -> dict:
+    """Stage I: Depth Anything V2-L (fp16 on CUDA) over the clip, ``batch`` frames per call at the
+    frames' own size raised to multiples of 14 (depth.input_size: null)."""
+    from reangle.geometry.depth import DepthAnything
+
+    net = _meta_modules(lambda: {"net": depth_anything_v2_large()}, torch.float16)["net"]
+    est = DepthAnything(device="cpu")
+    with Simulation() as sim:
+        _materialize(net)
+        est._net = net
+        with mock.patch.object(DepthAnything, "_device_dtype", lambda self: (torch.device("cpu"), torch.float16)):
+            with sim.section() as s:
+                est(torch.rand(batch, 3, height, width))
+    return _result(s, [net], s.flops * frames / batch, {"input": list(est.input_shape(height, width)),
+                                                        "frames_per_call": batch})
+
+
+def phase_encode(frames: int = 49, height: int = 480, width: int = 720, tiling: bool = False) -> dict:
+    """Stage II caching: T5-XXL encodes the prompt, the VAE encodes one clip (one Omega view)."""
+    spec = full_spec()
+    enc = cogvideox_components(["tokenizer", "text_encoder", "vae"])
+    with Simulation() as sim:
+        _materialize(enc.text_encoder, enc.vae)
+        spec.encoders = enc
+        if tiling:
+            enc.vae.enable_tiling()
+        with sim.section() as t5:
+            spec.encode_prompt("a scene")
+        text = _result(t5, [enc.text_encoder, enc.vae], t5.flops)
+        with sim.section() as s:
+            spec.encode_video(torch.rand(frames, 3, height, width), torch.Generator().manual_seed(0))
+    return {"prompt": text, "video": _result(s, [enc.text_encoder, enc.vae], s.flops)}
+
+
+def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank: int = 128,
+                     image_condition: str = "per_step", transformer_config=None, optimizer_dtype=None) -> dict:
+    """Stage II: one optimizer step of the real spec (LoRA ``rank`` on the attention projections,
+    gradient checkpointing, bf16 autocast as Lightning's bf16-mixed, per-step VAE encoding of the
+    first frame), masked loss, gradient clipping, AdamW (states created beforehand: a steady step)."""
+    from reangle.training.loss import masked_loss
+
+    spec = full_spec(image_condition, transformer_config, rank)
+    f, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+    cfg = spec.transformer.config
+    with Simulation() as sim:
+        _materialize(spec.transformer, *([spec.image_vae] if spec.image_vae is not None else []))
+        params = [p for p in spec.transformer.parameters() if p.requires_grad]
+        if optimizer_dtype is not None:
+            for p in params:
+                p.data = p.data.to(optimizer_dtype)
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, fused=True)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        batch = {"video_mean": torch.randn(1, f, 16, h, w), "video_logvar": torch.randn(1, f, 16, h, w),
+                 "prompt_embeds": torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim),
+                 "mask": torch.ones(1, f, h, w, dtype=torch.bool)}
+        if image_condition == "per_step":
+            batch["first_frame_pm1"] = torch.rand(1, 3, 1, height, width)
+        else:
+            batch.update(image_mean=torch.randn(1, 1, 16, h, w), image_logvar=torch.randn(1, 1, 16, h, w))
+        modules = [spec.transformer, *([spec.image_vae] if spec.image_vae is not None else [])]
+        with sim.section() as s:
+            with torch.autocast("cpu", dtype=BF16):
+                pair = spec.training_pair(batch, torch.Generator().manual_seed(0))
+                loss = masked_loss(pair.prediction, pair.target, pair.weight, batch["mask"], "all").mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del pair, loss
+        lora = sum(p.numel() * p.element_size() for p in params)
+    return _result(s, modules, s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB})
+
+
+def phase_sample(frames: int = 49, height: int = 480, width: int = 720, steps: int = 40, guidance: float = 6.0,
+                 tiling: bool = False, offload: bool = False) -> dict:
+    """Sampling one view with the sampler of train.py's VideoSampling, in its three parts: VAE encoding
+    of the start frame, ``steps`` denoising steps with CFG as a batch of two (one simulated, FLOPs
+    multiplied), VAE decoding (``tiling``: diffusers' tiles). T5 is not resident: the sampler encodes
+    the prompts first and releases it (phase "prompt"). ``offload`` (sample.cpu_offload): only the
+    model of the running part is on the GPU."""
+    from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
+
+    spec = full_spec()
+    vae = cogvideox_components(["vae"]).vae
+    with Simulation() as sim:
+        _materialize(spec.transformer, vae)
+        if tiling:
+            vae.enable_tiling()
+        sampler = CogVideoXSampler(spec.transformer, vae, spec.scheduler, device="cpu", progress=False)
+        cfg = spec.transformer.config
+        emb = {p: torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim, dtype=BF16) for p in ("", "scene")}
+        request = SampleRequest(torch.rand(3, height, width), "scene", 0, frames)
+        settings = SamplingSettings(steps=1, guidance=guidance)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            with sim.section() as enc:
+                condition = sampler._image_latents(request, generator)
+            with sim.section() as step:
+                latents = sampler._denoise(request, condition, generator, emb, settings, 0, 1)
+            with sim.section() as dec:
+                sampler._decode(latents)
+    t_bytes, v_bytes = tensor_bytes(spec.transformer), tensor_bytes(vae)
+    other = {id(enc): t_bytes, id(step): v_bytes, id(dec): t_bytes} if offload else {}
+    parts = {"encode": enc, "denoise_step": step, "decode": dec}
+    peaks = {k: (p.peak_bytes - other.get(id(p), 0)) / GB for k, p in parts.items()}
+    worst = max(parts, key=peaks.get)
+    out = _result(parts[worst], [spec.transformer, vae], enc.flops + steps * step.flops + dec.flops,
+                  {"part_peaks_gb": peaks, "tflop_per_step": step.flops / 1e12,
+                   "tflop_vae": (enc.flops + dec.flops) / 1e12})
+    out["peak_gb"] = peaks[worst]
+    return out
+
+
+def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views: int = 2, size: int = 1024,
+                       met3r_chunk: int = 8) -> float:
+    """Peak GB of stage III's parts at another ``max_batch`` / MEt3R chunk (same code, FLOPs unchanged):
+    the prompt and control encoding, one transformer + ControlNet batch, one VAE batch, the scoring."""
+    from reangle.inpaint.inpainter import FluxControlNetInpainter
+    from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
+
+    flux, met3r = flux_components(), met3r_model(met3r_chunk)
+    pipe = flux.pipeline
+    with Simulation() as sim:
+        _materialize(pipe.transformer, flux.controlnet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, met3r)
+        inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+        with sim.section() as c:
+            condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
+        noise = inpainter.initial_noise(condition, torch.Generator().manual_seed(0)).expand(max_batch, -1, -1)
+        with sim.section() as v:
+            inpainter.velocity(noise, 0.5, condition)
+        with sim.section() as d:
+            inpainter.decode(noise, condition)
+        refs = torch.rand(finished_views, 3, met3r.img_size, met3r.img_size) * 2 - 1
+        model = ScoredViews(inpainter, [condition], met3r, refs, InpaintSettings(size=size), met3r.img_size, Timings())
+        decoded = torch.rand(candidates, 3, met3r.img_size, met3r.img_size) * 2 - 1
+        with sim.section() as m:
+            model.score([decoded])
+    return max(x.peak_bytes for x in (c, v, d, m)) / GB
+
+
+def phase_inpaint(max_batch: int = 4, candidates: int = 25, steps: int = 50, finished_views: int = 2,
+                  size: int = 1024, met3r_chunk: int = 8) -> dict:
+    """Stage III, one view: the real search (:func:`reangle.inpaint.search.guided_sample` over
+    :class:`reangle.inpaint.multiview.ScoredViews`) with FLUX.1-dev + the Beta ControlNet,
+    ``candidates`` per step in transformer/VAE batches of ``max_batch``, candidates decoded with the
+    FLUX VAE and scored by MEt3R against ``finished_views``; the prompt is encoded once (T5-XXL + CLIP)."""
+    from reangle.inpaint.inpainter import FluxControlNetInpainter
+    from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
+    from reangle.inpaint import search
+
+    flux, met3r = flux_components(), met3r_model(met3r_chunk)
+    pipe = flux.pipeline
+    modules = [pipe.transformer, flux.controlnet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, met3r]
+    with Simulation() as sim:
+        _materialize(*modules)
+        inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+        with sim.section() as c:
+            condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
+        settings = InpaintSettings(steps=steps, candidates=candidates, size=size)
+        noise = [inpainter.initial_noise(condition, torch.Generator().manual_seed(0))]
+        refs = torch.rand(finished_views, 3, met3r.img_size, met3r.img_size) * 2 - 1
+        sigmas = inpainter.sigmas(steps, condition)
+        model = ScoredViews(inpainter, [condition], met3r, refs, settings, met3r.img_size, Timings())
+        with sim.section() as one:
+            inpainter.velocity(noise[0], sigmas[0], condition)
+        with sim.section() as s:  # the first call, one search step, the deterministic last step
+            # one rank holds every candidate (slices() computes that with tensors, which have no values here)
+            with mock.patch.object(search, "slices", lambda count, world_size: [range(count)]):
+                result = search.guided_sample(model, noise, [sigmas[0], sigmas[1], 0.0], candidates,
+                                              torch.Generator().manual_seed(0))
+        with sim.section() as d:
+            inpainter.decode(result.latents[0], condition)
+    per_step = s.flops - one.flops
+    calls = 1 + candidates * (steps - 1)
+    flops = c.flops + one.flops + (steps - 1) * per_step + d.flops
+    transformer = one.flops * calls
+    out = _result(s, modules, flops, {"model_calls": calls, "tflop_per_call": one.flops / 1e12,
+                                      "tflop_per_search_step": per_step / 1e12,
+                                      "search_overhead": (flops - transformer) / transformer})
+    out["peak_gb"] = max(c.peak_bytes, s.peak_bytes, d.peak_bytes) / GB
+    return out
+
+
+def phase_met3r(pairs: int = 96, chunk: int = 8, img_size: int = 256) -> dict:
+    """Evaluation, MEt3R: ``pairs`` image pairs (e.g. 48 frames x 2 neighbouring views) at ``img_size``."""
+    met3r = met3r_model(chunk, img_size)
+    with Simulation() as sim:
+        _materialize(met3r)
+        with sim.section() as s:
+            with torch.no_grad():
+                met3r(torch.rand(chunk, 2, 3, img_size, img_size) * 2 - 1)
+    return _result(s, [met3r], s.flops * pairs / chunk, {"pairs": pairs, "pairs_per_call": chunk})
+
+
+def tiling_effect(frames: int = 9, height: int = 480, width: int = 720) -> dict:
+    """Measured (CPU, real tensors) effect of sample.vae_tiling on the tiny CogVideoX VAE's decoding of
+    random latents at the full frame size, with the full-size VAE's tiles (half the frame per side) and blending."""
+    from reangle.models.cogvideox import load_components
+
+    vae = load_components("tiny", ["vae"]).vae
+    torch.manual_seed(0)
+    latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    with torch.no_grad():
+        plain = vae.decode(latents).sample
+        vae.enable_tiling(tile_sample_min_height=height // 2, tile_sample_min_width=width // 2)  # the 5b VAE's tiles
+        tiled = vae.decode(latents).sample
+    diff = (plain - tiled).abs()
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "output_range": [float(plain.min()), float(plain.max())], "frames": frames}
+
+
+def anchor_finetrainers(precompute_gb: float) -> dict:
+    """finetrainers' CogVideoX-5b (text-to-video) LoRA r128 setting: bf16 weights, bf16 LoRA weights and
+    AdamW states, batch 1, gradient checkpointing, 49 x 480 x 720 from precomputed latents; its
+    published 20.7 GiB is the reserved peak, reached while precomputing (T5 + VAE encoding)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from reangle.models.cogvideox import full_size_transformer_config
+    from reangle.models.lora import add_lora
+
+    config = {**full_size_transformer_config(), "in_channels": 16, "use_learned_positional_embeddings": False}
+    with torch.device("meta"):
+        model = CogVideoXTransformer3DModel.from_config(config).to(BF16)
+        add_lora(model, rank=128, alpha=128)
+        model.to(BF16)
+        model.enable_gradient_checkpointing()
+        model.train()
+    with Simulation() as sim:
+        materialize(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        latents = torch.randn(1, 13, 16, 60, 90, dtype=BF16)
+        text = torch.randn(1, 226, 4096, dtype=BF16)
+        with sim.section() as s:
+            out = model(hidden_states=latents, encoder_hidden_states=text, timestep=torch.tensor([500]),
+                        return_dict=False)[0]
+            out.float().square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del out
+    train_gib = s.peak_bytes / GIB
+    precompute_gib = precompute_gb * GB / GIB
+    simulated = max(train_gib, precompute_gib)
+    return {"published_reserved_gib": 20.7, "simulated_train_step_gib": train_gib,
+            "simulated_precompute_gib": precompute_gib, "simulated_peak_gib": simulated,
+            "ratio_simulated_to_published": simulated / 20.7}
+
+
+def projected(tflop: float, mfu: float = MFU) -> dict:
+    return {gpu: tflop / (peak * mfu) for gpu, peak in PEAK_TFLOPS.items()}
+
+
+PHASE_GOALS = {"stage2_step": ("80gb", 18), "sample_view": ("80gb", 30), "stage3_view": ("80gb", 60)}
+
+
+def preset_settings(path: Path) -> dict:
+    """The settings of a configs/gpu preset that change a simulated phase (base.yaml's defaults otherwise)."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
+    cfg = OmegaConf.merge(base, OmegaConf.load(path))
+    return {"image_condition": cfg.train.image_condition, "vae_tiling": bool(cfg.sample.vae_tiling),
+            "cpu_offload": bool(cfg.sample.cpu_offload), "max_batch": int(cfg.inpaint.max_batch),
+            "met3r_chunk": int(cfg.inpaint.met3r.max_pairs_per_chunk), "eval_met3r_chunk": int(cfg.eval.batch_size)}
+
+
+def markdown(result: dict) -> str:
+    """The tables of RESULTS.md / README from a result: phases, then presets with their H100 times."""
+    rows = ["| phase (simulated) | peak GB | weights GB | activations GB | TFLOP | H100 s | A100 s |",
+            "|---|---|---|---|---|---|---|"]
+    for name, p in result["phases"].items():
+        rows.append(f"| {name} | {p['peak_gb']:.1f} | {p['weights_gb']:.1f} | {p['activations_gb']:.1f} | "
+                    f"{p['tflop']:,.0f} | {p['projected_s']['h100']:,.0f} | {p['projected_s']['a100']:,.0f} |")
+    names = list(next(iter(result["presets"].values()))["phase_peaks_gb"]) if result["presets"] else []
+    rows += ["", "| preset | max peak GB | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for preset, p in result["presets"].items():
+        rows.append(f"| {preset} | {p['max_peak_gb']:.1f} | "
+                    + " | ".join(f"{p['phase_peaks_gb'][n]:.1f}" for n in names) + " |")
+    return "\n".join(rows)
+
+
+class PhaseCache:
+    """Results of phase runs by name and arguments, kept in ``folder`` (``None``: memory only), so an
+    interrupted simulation resumes where it stopped."""
+
+    def __init__(self, folder: str | None):
+        self.folder = Path(folder) if folder else None
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, fn: Callable, **kwargs):
+        name = fn.__name__ + "".join(f"-{k}={v}" for k, v in sorted(kwargs.items()))
+        path = self.folder / f"{name}.json" if self.folder else None
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+        result = fn(**kwargs)
+        if path is not None:
+            path.write_text(json.dumps(result))
+        return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="*", default=None, help="preset YAMLs (default: configs/gpu/*.yaml)")
+    parser.add_argument("--skip-validation", action="store_true")
+    parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    parser.add_argument("--cache", default=None, help="folder keeping each phase's result (resume after a stop)")
+    args = parser.parse_args(argv)
+    run = PhaseCache(args.cache)
+    start = time.perf_counter()
+    phases: dict[str, dict] = {}
+    phases["stage1_depth"] = run(phase_depth)
+    encode = run(phase_encode)
+    phases["prompt_t5"], phases["cache_vae_encode"] = encode["prompt"], encode["video"]
+    train = {c: run(phase_train_step, image_condition=c) for c in ("per_step", "cached")}
+    phases["stage2_step"], phases["stage2_step_cached_image"] = train["per_step"], train["cached"]
+    sample = {(t, o): run(phase_sample, tiling=t, offload=o) for t, o in ((False, False), (True, False), (True, True))}
+    phases["sample_view"], phases["sample_view_tiled"] = sample[False, False], sample[True, False]
+    phases["sample_view_tiled_offload"] = sample[True, True]
+    phases["stage3_view"] = run(phase_inpaint)
+    phases["eval_met3r"] = run(phase_met3r)
+    for p in phases.values():
+        p["projected_s"] = projected(p["tflop"])
+    steps = 400
+    paper = {"paper_a100_s": 3600, "steps": steps,
+             "projected_a100_s": projected(steps * phases["stage2_step"]["tflop"])["a100"],
+             "implied_mfu": steps * phases["stage2_step"]["tflop"] / (PEAK_TFLOPS["a100"] * 3600)}
+
+    presets = {}
+    paths = [Path(p) for p in args.presets] if args.presets is not None else \
+        sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.yaml"))
+    inpaint_peaks = {(4, 8): phases["stage3_view"]["peak_gb"]}
+    met3r_peaks = {8: phases["eval_met3r"]["peak_gb"]}
+    for path in paths:
+        s = preset_settings(path)
+        key = (s["max_batch"], s["met3r_chunk"])
+        if key not in inpaint_peaks:
+            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1])
+        if s["eval_met3r_chunk"] not in met3r_peaks:
+            met3r_peaks[s["eval_met3r_chunk"]] = run(phase_met3r, chunk=s["eval_met3r_chunk"])["peak_gb"]
+        sampled = run(phase_sample, tiling=s["vae_tiling"], offload=s["cpu_offload"])
+        peaks = {"stage1_depth": phases["stage1_depth"]["peak_gb"], "prompt_t5": phases["prompt_t5"]["peak_gb"],
+                 "cache_vae_encode": phases["cache_vae_encode"]["peak_gb"],
+                 "stage2_step": train[s["image_condition"]]["peak_gb"], "sample_view": sampled["peak_gb"],
+                 "stage3_view": inpaint_peaks[key], "eval_met3r": met3r_peaks[s["eval_met3r_chunk"]]}
+        presets[path.stem] = {"settings": s, "phase_peaks_gb": peaks, "max_peak_gb": max(peaks.values()),
+                              "worst_phase": max(peaks, key=peaks.get)}
+    result = {"phases": phases, "presets": presets,
+              "validation": {"small_models_cpu": {} if args.skip_validation else run(validate_small),
+                             "vae_tiling_effect_tiny": run(tiling_effect),
+                             "finetrainers_anchor": run(anchor_finetrainers, precompute_gb=encode["video"]["peak_gb"]), "paper_400_steps": paper},
+              "assumptions": {"peak_tflops_bf16_dense": PEAK_TFLOPS, "mfu": MFU, "gb": "1e9 bytes",
+                              "memory": "simulated allocated bytes (not reserved); per phase with only its models"},
+              "simulator_seconds": time.perf_counter() - start}
+    print(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Memory and FLOPs of a piece of code at any size without running it (fake tensors).
+
+Public API::
+
+    Simulation()                          # context: FakeTensorMode + live bytes + FLOPs
+    LiveBytes(round_to=512)               # dispatch mode: bytes of the tensor storages alive, and their peak
+    measured_peak_bytes(fn) -> int        # real execution: peak of the CPU allocator's own events (profiler)
+    compare_with_real(build, step) -> (simulated, measured)  # peak bytes a step adds, fake vs real CPU
+    tensor_bytes(module) -> int           # bytes of a module's parameters and buffers
+    materialize(module) -> module         # meta-device weights -> (fake) tensors of the current mode
+
+Models are built on the meta device (dtype casts, LoRA injection and other ``Module.to`` calls
+work there) and then materialized inside a :class:`Simulation`, where their weights become fake
+CPU tensors counted as resident memory.
+
+Accounting follows a CUDA run: every storage an op allocates is counted from its creation
+until its last reference dies (autograd's saved tensors included), rounded up to the caching
+allocator's 512-byte blocks; views of an input's storage are free. Scaled dot-product
+attention runs as the fused kernel (on fake CPU tensors: ``_scaled_dot_product_flash_attention_for_cpu``,
+which keeps the output and the log-sum-exp for backward, as CUDA's flash/memory-efficient
+kernels do; no L x L matrix). Data-dependent scalars of fake tensors (``.item()``, ``bool()``)
+read as True for booleans and 1 otherwise, so input checks pass, an optimizer's step count is
+valid and searches pick candidate 1; the work done does not depend on those values in the
+phases simulated. Ops whose output size depends on values (``nonzero``, ``bincount``, boolean
+indexing; MEt3R's rasterizer) keep every position: an upper bound of their memory and work.
+What it cannot see: the allocator's reserve above allocation
+(fragmentation, block caching), CUDA context and library workspaces (cuBLAS, cuDNN).
+
+FLOPs are ``torch.utils.flop_counter`` counts (matmuls, convolutions, attention), i.e.
+hardware FLOPs: recomputation under gradient checkpointing is included.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.weak import WeakIdKeyDictionary
+
+GB = 1e9
+GIB = 2**30
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_flash_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """The CPU flash kernel does the work of CUDA's: the same count as ``_scaled_dot_product_flash_attention``."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _cpu_flash_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                              **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _is_fake(tensor: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(tensor, FakeTensor)
+
+
+def _all_positions(mask: torch.Tensor) -> torch.Tensor:
+    """``nonzero`` of a fake tensor: every position, ``(numel, ndim)``."""
+    return torch.empty((mask.numel(), mask.ndim), dtype=torch.long, device=mask.device)
+
+
+def _long_indices(indices):
+    """Boolean masks among ``aten.index`` indices as long indices of every position."""
+    out = []
+    for i in indices:
+        if i is not None and i.dtype == torch.bool:
+            out.extend(_all_positions(i).unbind(1))
+        else:
+            out.append(i)
+    return out
+
+
+# Ops of fake tensors whose output size depends on values: the largest size (an upper bound).
+_DATA_DEPENDENT_SHAPES = {
+    torch.ops.aten.nonzero.default: lambda x: _all_positions(x),
+    torch.ops.aten.bincount.default: lambda x, weights=None, minlength=0: torch.zeros(
+        max(int(minlength), x.numel()), dtype=torch.long if weights is None else weights.dtype, device=x.device),
+    torch.ops.aten.index.Tensor: lambda x, indices: (x, _long_indices(indices)),
+}
+
+
+def _strided(t) -> bool:
+    """A dense tensor (sparse ones are made of dense index/value tensors, counted themselves)."""
+    return isinstance(t, torch.Tensor) and t.layout == torch.strided
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage()._cdata
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the storages created under this mode that are still alive (``live``), the
+    maximum ``peak`` since the last :meth:`reset_peak` (sizes rounded up to ``round_to``) and the
+    ``flops`` of the ops run (torch.utils.flop_counter's formulas; counted here rather than by
+    ``FlopCounterMode``, whose module hooks keep outputs alive and would inflate the peak)."""
+
+    def __init__(self, round_to: int = 512):
+        super().__init__()
+        self.round_to = round_to
+        self.live = 0
+        self.peak = 0
+        self.flops = 0
+        self._seen = WeakIdKeyDictionary()
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def _add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage in self._seen:
+            return
+        nbytes = -(-storage.nbytes() // self.round_to) * self.round_to
+        self._seen[storage] = nbytes
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, nbytes)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default and _is_fake(args[0]):
+            # a fake tensor has no value: checks read as passed (True), numbers as 1 (an optimizer's step count)
+            return True if args[0].dtype == torch.bool else 1
+        if func in _DATA_DEPENDENT_SHAPES and _is_fake(args[0]):
+            args = _DATA_DEPENDENT_SHAPES[func](*args, **kwargs)
+            if isinstance(args, torch.Tensor):
+                return self._returned(func, (), {}, args)
+            kwargs = {}
+        return self._returned(func, args, kwargs, func(*args, **kwargs))
+
+    def _returned(self, func, args, kwargs, out):
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if _strided(t)}
+        for t in tree_flatten(out)[0]:
+            if _strided(t) and _storage_key(t) not in inputs:
+                self._add(t)
+        return out
+
+
+class Simulation:
+    """Fake tensors with live-byte and FLOP accounting. Build models and inputs inside it, then
+    measure sections with :meth:`section`::
+
+        with Simulation() as sim:
+            model = build()                     # counted as resident
+            with sim.section() as s:
+                model(x).sum().backward()
+            s.peak_bytes, s.flops, s.resident_bytes
+    """
+
+    def __init__(self, fake: bool = True, round_to: int = 512, allow_constants: bool = True):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        # allow_constants: real tensors made outside (e.g. a scheduler's tables) may enter ops; they are not counted
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=allow_constants) if fake else None
+        self.live = LiveBytes(round_to)
+
+    def __enter__(self) -> "Simulation":
+        if self.fake_mode is not None:
+            self.fake_mode.__enter__()
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+        if self.fake_mode is not None:
+            self.fake_mode.__exit__(*exc)
+
+    def section(self) -> "Section":
+        return Section(self)
+
+
+class Section:
+    """One measured stretch of a :class:`Simulation`: ``resident_bytes`` at its start, ``peak_bytes``
+    (absolute, resident included) and ``flops`` inside it."""
+
+    def __init__(self, sim: Simulation):
+        self.sim = sim
+
+    def __enter__(self) -> "Section":
+        import gc
+
+        gc.collect()
+        self.resident_bytes = self.sim.live.live
+        self.sim.live.reset_peak()
+        self._flops0 = self.sim.live.flops
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flops = self.sim.live.flops - self._flops0
+        self.peak_bytes = self.sim.live.peak
+        self.end_bytes = self.sim.live.live
+
+
+def measured_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak growth of allocated bytes while ``fn()`` really runs, from the allocator events the
+    PyTorch profiler records (every allocation and free of the CPU allocator, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def materialize(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace ``module``'s meta parameters and buffers by new tensors of the same shape, dtype and
+    ``requires_grad`` on the CPU (fake ones inside a :class:`Simulation`); shared tensors stay shared."""
+    made: dict[int, torch.Tensor] = {}
+
+    def new(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in made:
+            empty = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+            made[id(t)] = torch.nn.Parameter(empty, requires_grad=t.requires_grad) \
+                if isinstance(t, torch.nn.Parameter) else empty
+        return made[id(t)]
+
+    for sub in module.modules():
+        for name, p in sub._parameters.items():
+            if p is not None and p.is_meta:
+                sub._parameters[name] = new(p)
+        for name, b in sub._buffers.items():
+            if b is not None and b.is_meta:
+                sub._buffers[name] = new(b)
+    return module
+
+
+def compare_with_real(build: Callable[[], torch.nn.Module], step: Callable[[torch.nn.Module], object]
+                      ) -> tuple[int, int]:
+    """Peak bytes ``step(model)`` adds above the built model: simulated (``build()`` on meta, materialized
+    fake, exact byte sizes) and measured on the CPU (:func:`measured_peak_bytes`)."""
+    kept = []
+    model = build()
+    measured = measured_peak_bytes(lambda: kept.append(step(model)))
+    with torch.device("meta"):
+        meta = build()
+    with Simulation(round_to=1) as sim:
+        fake = materialize(meta)
+        with sim.section() as s:
+            kept.append(step(fake))
+    return s.peak_bytes - s.resident_bytes, measured
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers (distinct storages)."""
+    storages = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        storages[_storage_key(t)] = t.untyped_storage().nbytes()
+    return sum(storages.values())
