@@ -145,6 +145,17 @@ def test_evaluation_logs_into_the_recorded_run(tmp_path, monkeypatch):
     assert wandb_run.recorded_run(tmp_path / "nowhere") is None
 
 
+def test_a_resumed_training_continues_its_wandb_run(tmp_path, monkeypatch):
+    from reangle.config import load_config
+    from reangle.training.build import build_trainer
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    overrides = [f"run.root={tmp_path}", "logger.kind=wandb", "logger.wandb_mode=offline"]
+    first = build_trainer(load_config([ROOT / "configs/presets/tiny.yaml"], overrides)).loggers[0]
+    resumed = build_trainer(load_config([ROOT / "configs/presets/tiny.yaml"], [*overrides, "train.resume=last"]))
+    assert resumed.loggers[0].version == first.version
+
+
 def test_python_m_eval_logs_into_the_training_run(tmp_path, tiny_omega, tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     env["PYTHONPATH"] = str(ROOT)

@@ -145,7 +145,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> L.Trainer:
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=build_strategy(cfg.trainer.strategy), precision=cfg.trainer.precision, max_steps=t.steps,
-        max_epochs=-1, gradient_clip_val=t.grad_clip, logger=build_loggers(cfg), default_root_dir=run_dir,
+        max_epochs=-1, gradient_clip_val=t.grad_clip, default_root_dir=run_dir,
+        logger=build_loggers(cfg, resume_recorded=t.resume is not None),  # a resumed run continues its W&B run
         callbacks=[checkpoints, LearningRateMonitor("step"), *(callbacks or [])],
         log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False,
         enable_model_summary=False, num_sanity_val_steps=0)
