@@ -33,7 +33,7 @@ from reangle.errors import run_entry_point
 from reangle.quiet import silence_noise
 from reangle.run_folder import claim, missing_outputs
 from reangle.training.build import build_datamodule, build_module, build_spec, build_trainer, resume_path
-from reangle.training.wandb_run import agent_overrides, wants_lora_artifact
+from reangle.training.wandb_run import agent_overrides, finish_run, wants_lora_artifact
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     except SIGTERMException as exc:
         raise RunNotFinished(f"interrupted by SIGTERM at step {trainer.global_step}: checkpoint saved as "
                           f"{Path(cfg.run.dir) / 'checkpoints' / 'last.ckpt'}; continue with train.resume=last") from exc
+    finally:
+        finish_run()  # the W&B run is free for `python -m eval` (or a resumed run) to continue
     missing = rank_zero_only(report)(cfg, datamodule.omega())
     if missing:
         raise RunNotFinished(f"the run is incomplete ({', '.join(missing)} missing); run the same command with "

@@ -53,4 +53,5 @@ def test_tokenizer_and_truncation_messages_only_when_nothing_was_cut(caplog):
         logging.getLogger(TOKENIZER_LOGGER).warning("something else went wrong")
     assert "Token indices" not in caplog.text and "['']" not in caplog.text
     assert "on the beach at sunset" in caplog.text and "something else went wrong" in caplog.text
-    assert len(logging.getLogger(FLUX_LOGGERS[0]).filters) == 1
+    ours = [f for f in logging.getLogger(FLUX_LOGGERS[0]).filters if type(f).__module__ == "reangle.quiet"]
+    assert len(ours) == 1  # installed once, however often silence_noise runs

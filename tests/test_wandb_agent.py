@@ -157,7 +157,8 @@ def test_a_resumed_training_continues_its_wandb_run(tmp_path, monkeypatch):
 
 
 def test_python_m_eval_logs_into_the_training_run(tmp_path, tiny_omega, tiny_model_dir):
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    # WANDB_SERVICE: a W&B service this test process started would be shared by both commands
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_SERVICE")}
     env["PYTHONPATH"] = str(ROOT)
     train = [sys.executable, "train.py", "--config", "configs/presets/tiny.yaml", f"run.root={tmp_path}",
              f"run.cache_dir={tiny_model_dir.parent.parent}", f"train.omega={tiny_omega}", "data.height=64",

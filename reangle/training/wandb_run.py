@@ -109,3 +109,13 @@ def record_run(run_dir: str | os.PathLike, run_id: str, project: str, group: str
     """Write ``run_dir/wandb_run.json``."""
     return atomic_write_text(Path(run_dir) / RUN_RECORD, json.dumps(
         {"id": run_id, "project": project, "group": group, "mode": mode}, indent=1))
+
+
+def finish_run() -> None:
+    """End this process's W&B run, if one is open, so a later process of the same run folder
+    (``python -m eval``) can resume it: a run left open is "in use" for the W&B service that holds it."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
