@@ -105,7 +105,9 @@ def colmap_trajectory(frames: Tensor, K: Tensor, mapper: str = "incremental",
         images, database, output = root / "images", root / "database.db", root / "sparse"
         images.mkdir()
         output.mkdir()
-        names = [f"{i:05d}.png" for i in range(n)]
+        # BMP, not PNG: with decord's libraries loaded first (as in python -m eval), COLMAP's PNG reader
+        # fails on zlib ("bad parameters to zlib") and no frame registers
+        names = [f"{i:05d}.bmp" for i in range(n)]
         for name, image in zip(names, to_uint8(frames)):
             Image.fromarray(image).save(images / name)
         fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))

@@ -3,6 +3,7 @@ closed-form paths, and pycolmap's estimate on the synthetic scene rendered along
 errors) and scored against perturbed paths (errors grow with the perturbation)."""
 import math
 
+import decord  # noqa: F401  loaded before pycolmap, as in `python -m eval`: COLMAP must still read the frames
 import pytest
 import torch
 from omegaconf import OmegaConf
