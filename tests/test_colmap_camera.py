@@ -3,7 +3,6 @@ closed-form paths, and pycolmap's estimate on the synthetic scene rendered along
 errors) and scored against perturbed paths (errors grow with the perturbation)."""
 import math
 
-import decord  # noqa: F401  loaded before pycolmap, as in `python -m eval`: COLMAP must still read the frames
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -12,6 +11,9 @@ from eval.colmap_camera import ColmapError, colmap_trajectory, trajectory_errors
 from reangle.geometry.camera import intrinsics
 from reangle.geometry.trajectory import motion_trajectory
 from reangle.io.synthetic import SyntheticScene
+from reangle.io.video import import_decord
+
+import_decord()  # loaded before pycolmap, as in `python -m eval`: COLMAP must still read the frames
 
 H, W, N = 480, 720, 12
 PIVOT = 200.0

@@ -174,3 +174,26 @@ def test_narrow_video_is_read_through_ffmpeg(tmp_path):
     frames = read_video(path, num_frames=5, height=64, width=16, start=20, stride=4)
     assert frames.shape == (5, 3, 64, 16)
     assert (frames.mean(dim=(1, 2, 3)) * 255 / 6).round().long().tolist() == [20, 24, 28, 32, 36]
+
+
+def test_decord_leaves_the_png_readers_of_other_libraries_working(tmp_path):
+    """decord loads its library with global symbols; loaded through import_decord, OpenCV still reads PNG
+    files afterwards (in a fresh process: the order of loading is what matters)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from reangle.io.video import import_decord, write_mp4
+        import torch
+        decord = import_decord()
+        import cv2
+        cv2.imwrite({str(tmp_path / 'x.png')!r}, np.full((8, 8, 3), 7, np.uint16) * 1000)
+        image = cv2.imread({str(tmp_path / 'x.png')!r}, cv2.IMREAD_UNCHANGED)
+        write_mp4(torch.full((4, 3, 16, 16), 0.5), {str(tmp_path / 'v.mp4')!r}, fps=8)
+        print(image.dtype, int(image.max()), len(decord.VideoReader({str(tmp_path / 'v.mp4')!r})))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["uint16", "7000", "4"]

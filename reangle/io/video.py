@@ -50,8 +50,7 @@ def count_frames(path: str | os.PathLike) -> int:
             with Image.open(path) as im:
                 return im.n_frames
         if suffix in VIDEO_SUFFIXES:
-            import decord
-            return len(decord.VideoReader(str(path), num_threads=1))
+            return len(import_decord().VideoReader(str(path), num_threads=1))
     except Exception as exc:
         raise VideoError(f"cannot read video {path}: {exc}") from exc
     raise VideoError(f"unsupported video format {suffix!r} for {path}: use one of "
@@ -101,9 +100,26 @@ class _DecordCannotConvert(Exception):
     """decord returned a frame that is not ``[H, W, 3]`` (it happens for very narrow frames)."""
 
 
+def import_decord():
+    """The ``decord`` module, its native library loaded with local symbols. decord loads it with
+    ``RTLD_GLOBAL``, which puts its bundled zlib ahead of every library loaded later: OpenCV's and
+    COLMAP's PNG readers then fail ("libpng error: bad parameters to zlib")."""
+    import sys
+
+    if "decord" not in sys.modules:
+        import ctypes
+
+        rtld_global = ctypes.RTLD_GLOBAL
+        ctypes.RTLD_GLOBAL = ctypes.RTLD_LOCAL  # read by decord's loader when it opens libdecord
+        try:
+            import decord  # noqa: F401
+        finally:
+            ctypes.RTLD_GLOBAL = rtld_global
+    return sys.modules["decord"]
+
+
 def _decord_frames(path: Path) -> Iterator[np.ndarray]:
-    import decord
-    reader = decord.VideoReader(str(path), num_threads=1)
+    reader = import_decord().VideoReader(str(path), num_threads=1)
     for _ in range(len(reader)):
         frame = reader.next().asnumpy()
         if frame.ndim != 3 or frame.shape[2] != 3:
@@ -126,7 +142,7 @@ def _decode_file(path: Path, unique: list[int]) -> np.ndarray:
     usual clip from the start this is as fast as random access, a large start offset costs the
     decoding of the frames before it. decord first; ffmpeg (imageio-ffmpeg) when decord cannot
     convert the stream (e.g. very narrow frames)."""
-    import decord
+    decord = import_decord()
     try:
         return _decode_sequentially(_decord_frames(path), unique)
     except (decord.DECORDError, _DecordCannotConvert):
@@ -244,8 +260,7 @@ def video_fps(path: str | os.PathLike) -> float | None:
             with Image.open(path) as im:
                 duration = im.info.get("duration")
             return 1000.0 / duration if duration else None
-        import decord
-        fps = float(decord.VideoReader(str(path), num_threads=1).get_avg_fps())
+        fps = float(import_decord().VideoReader(str(path), num_threads=1).get_avg_fps())
         return fps if fps > 0 else None
     except Exception as exc:
         raise VideoError(f"cannot read the frame rate of {path}: {exc}") from exc
