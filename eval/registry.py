@@ -28,6 +28,7 @@ from eval.temporal_flickering import temporal_flickering
 
 
 CAMERA_ESTIMATORS = ("colmap", "dust3r")
+STATIC_ONLY = ("sed", "tsed")  # compare neighbouring views of static view transport (_sed_items refuses others)
 
 
 def metric_model(metric: "MetricDef", settings) -> str | None:

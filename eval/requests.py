@@ -11,10 +11,8 @@ import json
 import sys
 from typing import Sequence
 
-from eval.registry import METRICS
+from eval.registry import METRICS, STATIC_ONLY
 from eval.run import SOURCES, START_FRAME_METRICS
-
-STATIC_ONLY = ("sed", "tsed")  # neighbouring views of static view transport (the registry's SED items refuse others)
 
 
 def request_problem(metrics: Sequence[str], mode: str, source: str) -> str | None:
