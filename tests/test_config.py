@@ -87,7 +87,8 @@ def test_a_repeated_config_flag_appends_its_files(tmp_path):
     b = _write(tmp_path, "b.yaml", "data:\n  num_frames: 25\n")
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
-    args = parser.parse_args(["--config", str(a), "--config", str(b), "data.fps=12"])
+    args = parser.parse_args(["--config", str(a), "--config", str(b), "data.fps=12", "model.pretrained=tiny",
+                              "data.height=64", "data.width=96"])
     assert args.config[:2] == [str(a), str(b)]  # an override after --config is read as one (split later)
     cfg = config_from_args(args)
     assert (cfg.data.video, cfg.data.num_frames, cfg.data.fps) == ("a.mp4", 25, 12)

@@ -57,9 +57,13 @@ def test_frame_sizes_the_tiny_backbone_cannot_take_are_refused_at_load(overrides
         load_config([TINY], overrides)
 
 
-def test_cogvideox_5b_i2v_takes_480_by_720_and_1_plus_4k_frames():
-    assert HUB_GRID == FrameGrid(16, 4, (480, 720))
-    assert load_config([], [VIDEO, "data.num_frames=13"]).data.num_frames == 13
+def test_cogvideox_5b_i2v_takes_exactly_49_frames_at_480_by_720():
+    """Its positional embeddings are learned for 49 x 480 x 720: diffusers swaps in computed ones for
+    another frame count, so another count is refused, like another size."""
+    assert HUB_GRID == FrameGrid(16, 4, (480, 720), 49)
+    assert load_config([], [VIDEO]).data.num_frames == 49
+    with pytest.raises(ConfigError, match="exactly 49 frames"):
+        load_config([], [VIDEO, "data.num_frames=13"])
     with pytest.raises(ConfigError, match="exactly 480 x 720"):
         load_config([], [VIDEO, "data.height=496"])
     with pytest.raises(ConfigError, match="1 \\+ 4k"):

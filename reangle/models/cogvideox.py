@@ -205,7 +205,7 @@ def publish_folder_once(final: Path, write: Callable[[Path], None], marker: str 
 
 # CogVideoX-5b-I2V's published configs: a VAE of 8x spatial and 4x temporal compression, patches of
 # 2 x 2 latents, learned positional embeddings for a 60 x 90 latent grid (480 x 720 pixels).
-HUB_GRID = FrameGrid(spatial=16, temporal=4, size=(480, 720))
+HUB_GRID = FrameGrid(spatial=16, temporal=4, size=(480, 720), frames=49)
 
 
 def frame_grid(pretrained: str, tiny: TinyConfig | Mapping[str, Any] | None = None) -> FrameGrid:
@@ -214,16 +214,17 @@ def frame_grid(pretrained: str, tiny: TinyConfig | Mapping[str, Any] | None = No
     else the family's 16 px / 1 + 4k without a fixed size). Reads no weights, downloads nothing."""
     if pretrained == "tiny":
         t = TinyConfig.from_mapping(tiny)
-        return FrameGrid(2 ** (len(t.vae_channels) - 1) * 2, 4, (t.height, t.width))
+        return FrameGrid(2 ** (len(t.vae_channels) - 1) * 2, 4, (t.height, t.width), t.num_frames)
     folder = Path(pretrained).expanduser()
     files = [folder / "vae" / "config.json", folder / "transformer" / "config.json"]
     if all(f.is_file() for f in files):
         vae, transformer = (json.loads(f.read_text()) for f in files)
         factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
+        learned = transformer.get("use_learned_positional_embeddings", True)
         size = (transformer.get("sample_height", 60) * factor, transformer.get("sample_width", 90) * factor) \
-            if transformer.get("use_learned_positional_embeddings", True) else None
+            if learned else None
         return FrameGrid(factor * transformer.get("patch_size", 2), transformer.get("temporal_compression_ratio", 4),
-                         size)
+                         size, transformer.get("sample_frames", 49) if learned else None)
     return HUB_GRID if pretrained == HUB_ID else FrameGrid(spatial=16, temporal=4)
 
 

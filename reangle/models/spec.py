@@ -31,11 +31,13 @@ class DiffusionPair:
 @dataclass(frozen=True)
 class FrameGrid:
     """The video sizes a backbone takes: height and width multiples of ``spatial`` pixels,
-    ``num_frames = 1 + temporal * k``, and ``size`` = the one (height, width) it takes, if fixed."""
+    ``num_frames = 1 + temporal * k``, ``size`` = the one (height, width) it takes and ``frames`` the
+    one frame count it takes, if fixed (learned positional embeddings)."""
 
     spatial: int = 1
     temporal: int = 1
     size: tuple[int, int] | None = None
+    frames: int | None = None
 
     def problem(self, height: int, width: int, num_frames: int) -> str | None:
         """What is wrong with ``height x width`` pixels and ``num_frames`` frames, or None."""
@@ -45,6 +47,9 @@ class FrameGrid:
             return f"height and width must be positive multiples of {self.spatial} pixels"
         if num_frames < 1 or (num_frames - 1) % self.temporal:
             return f"num_frames must be 1 + {self.temporal}k (e.g. {1 + self.temporal * max(1, (num_frames - 1) // self.temporal)})"
+        if self.frames is not None and num_frames != self.frames:
+            return (f"it takes exactly {self.frames} frames (learned positional embeddings; another count would "
+                    f"silently replace them with computed ones)")
         return None
 
 
