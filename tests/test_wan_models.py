@@ -200,3 +200,16 @@ def test_backbone_preset_and_tiny_wan_preset_load_and_fit_their_family(tmp_path)
         load_config(["configs/presets/tiny_wan.yaml"], ["data.num_frames=80"])
     with pytest.raises(ConfigError, match="unknown model.family"):
         load_config(["configs/presets/tiny_wan.yaml"], ["model.family=hunyuan"])
+
+
+def test_wan22_backbone_preset_and_tiny_overlay_fit_the_32_px_grid():
+    from reangle.config import ConfigError, load_config
+
+    preset = load_config(["configs/static.yaml", "configs/backbone/wan2.2_ti2v_5b.yaml"], ["data.video=clip.mp4"])
+    assert (preset.model.pretrained, preset.data.num_frames, preset.data.height, preset.data.width,
+            preset.data.fps) == ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", 121, 704, 1280, 24)
+    files = ["configs/presets/tiny_wan.yaml", "configs/presets/tiny_wan22.yaml"]
+    assert load_config(files).model.wan_tiny.variant == "ti2v"
+    load_config(["configs/presets/tiny_wan.yaml"], ["data.height=48"])        # Wan2.1: multiples of 16
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        load_config(files, ["data.height=48"])
