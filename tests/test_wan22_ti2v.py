@@ -37,7 +37,8 @@ def spec(tiny_wan22_dir):
 
 
 def test_the_tiny_variant_loads_through_the_one_wan_path(tiny_wan22_dir, parts):
-    tiny = load_wan_components("tiny", ["transformer"], tiny={"variant": "ti2v"}, cache_dir=tiny_wan22_dir.parent.parent)
+    tiny = load_wan_components("tiny", ["transformer"], tiny={"variant": "ti2v"},
+                               cache_dir=tiny_wan22_dir.parent.parent)
     assert tiny.source == str(tiny_wan22_dir)
     a, b = tiny.transformer.state_dict(), parts.transformer.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -97,8 +98,8 @@ def test_training_pair_matches_the_step_built_from_the_recipe(spec, tiny_wan22_d
     x_t = (1 - sigma.view(B, 1, 1, 1, 1)) * x0 + sigma.view(B, 1, 1, 1, 1) * noise
     x_t[:, :1] = batch["condition"]                                   # the clean start frame in latent frame 0
     tokens_per_frame = (H // 2) * (W // 2)
-    timestep = torch.cat([torch.zeros(B, tokens_per_frame), (sigma * 1000)[:, None].expand(B, (F - 1) * tokens_per_frame)],
-                         dim=1)                                       # [B, seq_len], 0 on frame 0's tokens
+    timestep = torch.cat([torch.zeros(B, tokens_per_frame),                # [B, seq_len], 0 on frame 0's tokens
+                          (sigma * 1000)[:, None].expand(B, (F - 1) * tokens_per_frame)], dim=1)
     with torch.no_grad():
         v = spec.transformer(hidden_states=x_t.transpose(1, 2), timestep=timestep,
                              encoder_hidden_states=batch["prompt_embeds"], return_dict=False)[0].transpose(1, 2)

@@ -114,7 +114,8 @@ def test_full_size_vae_fits_its_transformer_and_compresses_as_released(hub_id, z
     of (704 / spatial) x (1280 / spatial)."""
     vae = build_wan_vae_on_meta(FULL_SIZE_VAES[hub_id])
     shapes = layout(vae)
-    base, dec = FULL_SIZE_VAES[hub_id]["base_dim"], FULL_SIZE_VAES[hub_id].get("decoder_base_dim", FULL_SIZE_VAES[hub_id]["base_dim"])
+    config = FULL_SIZE_VAES[hub_id]
+    base, dec = config["base_dim"], config.get("decoder_base_dim", config["base_dim"])
     assert shapes["encoder.conv_in.weight"] == (base, in_px, 3, 3, 3)
     assert shapes["encoder.conv_out.weight"][0] == 2 * z and shapes["quant_conv.weight"][:2] == (2 * z, 2 * z)
     assert shapes["post_quant_conv.weight"][:2] == (z, z) and shapes["decoder.conv_in.weight"][1] == z

@@ -85,3 +85,8 @@ def test_tiny_wan22_preset_runs_the_pipeline_and_exports_a_lora_the_expand_times
     pipe.load_lora_weights(str(lora.parent))
     tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
     assert (tuned - base).abs().max() > 1e-4
+
+    _, run_lora = run_files(run)                                   # sample.py's path: no CLIP parts to load
+    cfg = load_run_config(run, overrides=["sample.steps=2", f"sample.out_dir={tmp_path / 'again'}"])
+    result = sample_from_config(cfg, run_lora, views=["dolly_in_00"], progress=False)
+    assert result.views[0].frames.shape == (9, 64, 96, 3)

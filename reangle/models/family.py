@@ -1,8 +1,8 @@
 """Backbone families (``model.family``): their stage II spec and their sampler.
 
 ``cogvideox``: CogVideoX image-to-video (:mod:`reangle.models.cogvideox_i2v`);
-``wan``: Wan image-to-video, Wan2.1-I2V and Wan2.2-TI2V-5B (:mod:`reangle.models.wan_i2v`). The frame counts and sizes each
-takes are its spec's ``frame_grid``, checked when the config is loaded.
+``wan``: Wan image-to-video, Wan2.1-I2V and Wan2.2-TI2V-5B (:mod:`reangle.models.wan_i2v`). The frame
+counts and sizes each takes are its spec's ``frame_grid``, checked when the config is loaded.
 """
 from __future__ import annotations
 

@@ -211,7 +211,8 @@ def _build_tiny(cfg: WanTinyConfig):
     if cfg.variant == "ti2v":
         z = 48
         # fixed, non-trivial latent statistics so that the normalisation is exercised
-        stats = dict(latents_mean=torch.linspace(-0.3, 0.3, z).tolist(), latents_std=torch.linspace(0.5, 1.5, z).tolist())
+        stats = dict(latents_mean=torch.linspace(-0.3, 0.3, z).tolist(),
+                     latents_std=torch.linspace(0.5, 1.5, z).tolist())
         vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
                                out_channels=12, patch_size=2, scale_factor_spatial=16, **stats)

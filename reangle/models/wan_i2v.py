@@ -226,7 +226,7 @@ class WanI2V(PipelineSpec):
             trained[:, 0] = False   # latent frame 0 is the given start frame, not a prediction
         else:
             model_in = torch.cat([noisy, batch["condition"]], dim=2).permute(0, 2, 1, 3, 4)  # [B, C', F, h, w]
-        image = batch["image_tokens"].to(dtype) if "image_tokens" in batch else None
+        image = batch["image_tokens"].to(dtype) if self.takes_image_tokens() else None
         velocity = transformer(hidden_states=model_in.to(dtype), timestep=timestep,
                                encoder_hidden_states=batch["prompt_embeds"].to(dtype),
                                encoder_hidden_states_image=image, return_dict=False)[0]
