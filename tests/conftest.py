@@ -1,5 +1,5 @@
 """Test-wide settings (never touch the network, deterministic CPU runs) and shared fixtures:
-the tiny random CogVideoX-I2V and Wan2.1-I2V and a two-view test Omega, written once per session."""
+the tiny random CogVideoX-I2V, Wan2.1-I2V and Wan2.2-TI2V and a two-view test Omega, written once per session."""
 import os
 from pathlib import Path
 
@@ -34,6 +34,14 @@ def tiny_wan_dir(tmp_path_factory):
     from reangle.models.wan import materialize_wan_tiny
 
     return materialize_wan_tiny(None, tmp_path_factory.mktemp("wan_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_dir(tmp_path_factory):
+    """Folder (diffusers layout) of the tiny Wan2.2-TI2V (``variant: ti2v``)."""
+    from reangle.models.wan import materialize_wan_tiny
+
+    return materialize_wan_tiny({"variant": "ti2v"}, tmp_path_factory.mktemp("wan22_cache"))
 
 
 def write_test_omega(root, mode="static", num_frames=9, height=64, width=96, warped_views=1):

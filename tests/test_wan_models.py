@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from reangle.models.cogvideox import ModelLoadError, layout
-from reangle.models.wan import (FULL_SIZE_TRANSFORMERS, WAN21_I2V_480P, WAN22_TI2V_5B, build_wan_transformer_on_meta,
-                                load_wan_components, resolve_wan)
+from reangle.models.wan import (FULL_SIZE_TRANSFORMERS, FULL_SIZE_VAES, WAN21_I2V_480P, WAN22_TI2V_5B,
+                                build_wan_transformer_on_meta, build_wan_vae_on_meta, load_wan_components,
+                                resolve_wan)
 
 
 def test_tiny_and_its_folder_load_the_same_weights(tiny_wan_dir):
@@ -102,31 +103,45 @@ def test_full_size_transformer_matches_the_released_checkpoint_layout(hub_id, di
     assert round(sum(torch.Size(s).numel() for s in ours.values()) / 1e9, 2) == billions
 
 
+@pytest.mark.parametrize("hub_id,z,spatial,in_px,millions", [
+    (WAN21_I2V_480P, 16, 8, 3, 126.89),
+    (WAN22_TI2V_5B, 48, 16, 12, 704.69),     # 12 = 3 colours x 2 x 2 pixel patches
+])
+def test_full_size_vae_fits_its_transformer_and_compresses_as_released(hub_id, z, spatial, in_px, millions):
+    """The VAE config on the meta device: its ends (patched pixels in and out, 2 z posterior channels,
+    z latent channels, which the transformer of the same checkpoint takes: 2 z + 4 for Wan2.1-I2V,
+    z for Wan2.2-TI2V) and its grid: a meta forward of 81 frames of 704 x 1280 gives 21 latent frames
+    of (704 / spatial) x (1280 / spatial)."""
+    vae = build_wan_vae_on_meta(FULL_SIZE_VAES[hub_id])
+    shapes = layout(vae)
+    config = FULL_SIZE_VAES[hub_id]
+    base, dec = config["base_dim"], config.get("decoder_base_dim", config["base_dim"])
+    assert shapes["encoder.conv_in.weight"] == (base, in_px, 3, 3, 3)
+    assert shapes["encoder.conv_out.weight"][0] == 2 * z and shapes["quant_conv.weight"][:2] == (2 * z, 2 * z)
+    assert shapes["post_quant_conv.weight"][:2] == (z, z) and shapes["decoder.conv_in.weight"][1] == z
+    assert shapes["decoder.conv_out.weight"][:2] == (in_px, dec)
+    transformer_in = FULL_SIZE_TRANSFORMERS[hub_id]["in_channels"]
+    assert transformer_in == (z if hub_id == WAN22_TI2V_5B else 2 * z + 4)
+    with torch.no_grad():
+        latent = vae.encode(torch.empty(1, 3, 81, 704, 1280, device="meta")).latent_dist.mean
+    assert tuple(latent.shape) == (1, z, 21, 704 // spatial, 1280 // spatial)
+    assert round(sum(torch.Size(s).numel() for s in shapes.values()) / 1e6, 2) == millions
+
+
 # --- latent grid -----------------------------------------------------------------------------------------
 
-def _wan22_like_vae():
-    """A tiny random Wan2.2-style VAE: 2x2 pixel patching on top of 8x, so 16x spatial compression."""
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    return AutoencoderKLWan(base_dim=8, z_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1, is_residual=True,
-                            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, temperal_downsample=[False, True, True],
-                            latents_mean=[0.0] * 8, latents_std=[1.0] * 8).eval()
-
-
-@pytest.fixture(scope="module")
-def wan21_vae(tiny_wan_dir):
-    return load_wan_components(str(tiny_wan_dir), ["vae"]).vae
-
-
 @pytest.mark.parametrize("which", ["wan2.1", "wan2.2"])
-def test_latent_mask_groups_the_frames_the_vae_mixes(which, wan21_vae, tiny_wan_dir):
+def test_latent_mask_groups_the_frames_the_vae_mixes(which, tiny_wan_dir, tiny_wan22_dir):
     """Which latent frame first reacts to a change of pixel frame j (the VAE is causal in time) is the
-    latent frame that holds j; the latent mask must AND exactly those frames, on the VAE's own grid."""
+    latent frame that holds j; the latent mask must AND exactly those frames, on the VAE's own grid
+    (the tiny models' VAEs: Wan2.1's 8x, Wan2.2-TI2V's residual 16x with 2 x 2 pixel patches)."""
     from reangle.data.latent_mask import latent_mask
+    from reangle.models.wan_i2v import WanI2V
 
-    vae = wan21_vae if which == "wan2.1" else _wan22_like_vae()
+    folder = tiny_wan_dir if which == "wan2.1" else tiny_wan22_dir
+    vae = load_wan_components(str(folder), ["vae"]).vae
     spatial, temporal = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
+    assert spatial == (8 if which == "wan2.1" else 16)
     n, h, w = 9, 2 * spatial, 3 * spatial
     video = torch.rand(1, 3, n, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
@@ -146,6 +161,7 @@ def test_latent_mask_groups_the_frames_the_vae_mixes(which, wan21_vae, tiny_wan_
     hidden = torch.zeros_like(lat)
     hidden[owner[5], 0, 0] = True
     assert torch.equal(~lat, hidden)
+    assert torch.equal(WanI2V(str(folder), weights_dtype="fp32").latent_mask(pixel), lat)   # the spec's own grid
 
 
 def test_wan_spec_latent_mask_uses_its_vae_grid(tiny_wan_dir):
@@ -185,3 +201,16 @@ def test_backbone_preset_and_tiny_wan_preset_load_and_fit_their_family(tmp_path)
         load_config(["configs/presets/tiny_wan.yaml"], ["data.num_frames=80"])
     with pytest.raises(ConfigError, match="unknown model.family"):
         load_config(["configs/presets/tiny_wan.yaml"], ["model.family=hunyuan"])
+
+
+def test_wan22_backbone_preset_and_tiny_overlay_fit_the_32_px_grid():
+    from reangle.config import ConfigError, load_config
+
+    preset = load_config(["configs/static.yaml", "configs/backbone/wan2.2_ti2v_5b.yaml"], ["data.video=clip.mp4"])
+    assert (preset.model.pretrained, preset.data.num_frames, preset.data.height, preset.data.width,
+            preset.data.fps) == ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", 121, 704, 1280, 24)
+    files = ["configs/presets/tiny_wan.yaml", "configs/presets/tiny_wan22.yaml"]
+    assert load_config(files).model.wan_tiny.variant == "ti2v"
+    load_config(["configs/presets/tiny_wan.yaml"], ["data.height=48"])        # Wan2.1: multiples of 16
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        load_config(files, ["data.height=48"])

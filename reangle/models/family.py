@@ -1,8 +1,8 @@
 """Backbone families (``model.family``): their stage II spec and their sampler.
 
 ``cogvideox``: CogVideoX image-to-video (:mod:`reangle.models.cogvideox_i2v`);
-``wan``: Wan2.1 image-to-video (:mod:`reangle.models.wan_i2v`). The frame counts and sizes each
-takes are its spec's ``frame_grid``, checked when the config is loaded.
+``wan``: Wan image-to-video, Wan2.1-I2V and Wan2.2-TI2V-5B (:mod:`reangle.models.wan_i2v`). The frame
+counts and sizes each takes are its spec's ``frame_grid``, checked when the config is loaded.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
 
         from reangle.models.wan import load_wan_components
 
-        parts = load_wan_components(m.pretrained, tiny=_plain(m.wan_tiny), cache_dir=cfg.run.cache_dir,
+        parts = load_wan_components(m.pretrained, None, tiny=_plain(m.wan_tiny), cache_dir=cfg.run.cache_dir,
                                     revision=m.revision, dtype=DTYPES[m.weights_dtype], device=where)
         if lora is not None:
             load_lora(parts.transformer, lora, loader=WanLoraLoaderMixin)

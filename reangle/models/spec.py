@@ -21,11 +21,21 @@ import torch
 
 @dataclass
 class DiffusionPair:
-    """What one training forward gives the loss: ``[B, ...]`` prediction and target, ``[B]`` weight."""
+    """What one training forward gives the loss: ``[B, F, C, h, w]`` prediction and target, ``[B]``
+    weight, and ``trained``: ``[B, F, h, w]`` bool, False where the network's input held a given
+    condition rather than noise (no prediction to train there; ``None``: everywhere trained)."""
 
     prediction: torch.Tensor
     target: torch.Tensor
     weight: torch.Tensor
+    trained: torch.Tensor | None = None
+
+    def loss_mask(self, visible: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask the loss uses: ``visible`` (``[B, F, h, w]`` bool, or ``None``: no visibility mask)
+        AND :attr:`trained`."""
+        if self.trained is None:
+            return visible
+        return self.trained if visible is None else visible & self.trained
 
 
 @dataclass(frozen=True)

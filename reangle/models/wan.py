@@ -2,22 +2,33 @@
 
 Public API::
 
-    load_wan_components(pretrained, parts=WAN_COMPONENTS, *, tiny=None, cache_dir=..., revision=None,
+    load_wan_components(pretrained, parts=None, *, tiny=None, cache_dir=..., revision=None,
                         dtype=torch.float32, device="cpu") -> WanComponents
     resolve_wan(pretrained, *, tiny=None, cache_dir=...) -> str     # folder or hub id
-    WanTinyConfig                                  # sizes of the tiny random model
+    wan_conditioning(transformer_config, vae_config) -> "channels" | "first_latent"
+    WanTinyConfig                                  # sizes (and variant) of the tiny random model
     WanComponents.pipeline() -> WanImageToVideoPipeline
-    FULL_SIZE_TRANSFORMERS                         # released transformer configs, by hub id
-    build_wan_transformer_on_meta(config) -> WanTransformer3DModel (no memory)
+    FULL_SIZE_TRANSFORMERS, FULL_SIZE_VAES         # released configs, by hub id
+    build_wan_transformer_on_meta(config) / build_wan_vae_on_meta(config)   (no memory)
 
 ``pretrained`` is a hub id (``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers``), a local folder in the
 diffusers layout, or ``"tiny"``; all three go through the same ``from_pretrained`` calls
 (``"tiny"`` first writes a seeded random model into ``cache_dir/models/wan-tiny-<hash>``).
-The tiny model has the Wan2.1-I2V structure: UMT5 text encoder, CLIP vision encoder (its
-penultimate hidden states are the image tokens), a Wan VAE with 4x temporal / 8x spatial
-compression and 16 latent channels, a transformer with 36 input channels (16 noisy + 4
-first-frame mask + 16 condition) and image cross-attention, and a flow-matching UniPC
-scheduler with Wan2.1-480P's shift.
+Two start-frame conditionings exist, told apart by the loaded configs (:func:`wan_conditioning`):
+
+* ``channels`` (Wan2.1-I2V): the transformer takes ``2 z + 4`` channels (noisy latents, a
+  4-channel first-frame mask, the VAE latent of the first frame followed by black frames) and
+  CLIP image tokens in its cross-attention;
+* ``first_latent`` (Wan2.2-TI2V-5B): the transformer takes ``z`` channels; the first latent
+  frame is replaced by the clean VAE latent of the start image and its tokens get timestep 0
+  (diffusers' ``expand_timesteps``); no image encoder.
+
+The tiny model (``WanTinyConfig.variant``): ``i2v`` has the Wan2.1-I2V structure (UMT5, CLIP,
+a Wan VAE with 4x temporal / 8x spatial compression and 16 latent channels, a 36-channel
+transformer with image cross-attention, UniPC with Wan2.1-480P's shift 3); ``ti2v`` the
+Wan2.2-TI2V-5B one (UMT5, the residual Wan2.2 VAE: 2 x 2 pixel patches then 8x, so 16x
+spatial, 48 latent channels; a 48-channel transformer without image cross-attention; UniPC
+with Wan2.2-TI2V's shift 5).
 """
 from __future__ import annotations
 
@@ -35,6 +46,8 @@ from reangle.utils import fingerprint
 WAN21_I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 WAN22_TI2V_5B = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
 WAN_COMPONENTS = ("tokenizer", "text_encoder", "image_processor", "image_encoder", "vae", "transformer", "scheduler")
+IMAGE_PARTS = ("image_processor", "image_encoder")   # Wan2.1-I2V's CLIP; Wan2.2 models have none
+TINY_VARIANTS = ("i2v", "ti2v")
 # Wan's text length (wan/configs/shared_config.py: text_len = 512; the pipeline's max_sequence_length).
 TEXT_LENGTH = 512
 
@@ -45,6 +58,8 @@ SCHEDULER_CONFIG = {
     "solver_order": 2, "solver_type": "bh2", "predict_x0": True, "lower_order_final": True,
     "final_sigmas_type": "zero", "timestep_spacing": "linspace",
 }
+# Wan2.2-TI2V-5B samples with shift 5.0 (Wan2.2's wan/configs/wan_ti2v_5B.py: sample_shift).
+TI2V_FLOW_SHIFT = 5.0
 
 # Transformer configs of the released checkpoints. Wan2.1-I2V-14B-480P: diffusers'
 # scripts/convert_wan_to_diffusers.py ("Wan-I2V-14B-480p"), the dims of Wan's own
@@ -67,11 +82,32 @@ FULL_SIZE_TRANSFORMERS: dict[str, dict[str, Any]] = {
 }
 
 
+# VAE configs of the released checkpoints (vae/config.json; the latent statistics, not weights,
+# left out). Wan2.1: diffusers' AutoencoderKLWan defaults, which scripts/convert_wan_to_diffusers.py
+# uses for the Wan2.1 VAE. Wan2.2-TI2V-5B: that script's Wan2.2 VAE config (Wan2.2's
+# wan/modules/vae2_2.py: dim 160, decoder dim 256, z_dim 48, 12 = 3 x 2 x 2 patched pixel channels).
+FULL_SIZE_VAES: dict[str, dict[str, Any]] = {
+    WAN21_I2V_480P: {
+        "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+        "temperal_downsample": [False, True, True], "dropout": 0.0,
+    },
+    WAN22_TI2V_5B: {
+        "base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+        "attn_scales": [], "temperal_downsample": [False, True, True], "dropout": 0.0, "is_residual": True,
+        "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_temporal": 4,
+        "scale_factor_spatial": 16,
+    },
+}
+
+
 @dataclass
 class WanTinyConfig:
-    """Sizes of the tiny random Wan2.1-I2V (any frame count 1 + 4k and size multiple of 16 runs)."""
+    """Sizes of the tiny random Wan; ``variant``: ``i2v`` (Wan2.1-I2V: any frame count 1 + 4k and size
+    multiple of 16 runs) or ``ti2v`` (Wan2.2-TI2V: sizes multiple of 32; ``image_dim``/``image_size``
+    unused)."""
 
     seed: int = 0
+    variant: str = "i2v"
     num_layers: int = 2
     num_attention_heads: int = 2
     attention_head_dim: int = 12
@@ -83,9 +119,19 @@ class WanTinyConfig:
     image_size: int = 32       # CLIP input side; (image_size / 8)^2 + 1 image tokens
     vae_base_dim: int = 8
 
+    def __post_init__(self):
+        if self.variant not in TINY_VARIANTS:
+            raise ModelLoadError(f"unknown tiny Wan variant {self.variant!r}; use one of {TINY_VARIANTS}")
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | "WanTinyConfig" | None) -> "WanTinyConfig":
         return sizes_from_mapping(cls, values)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height/width multiple in pixels: the VAE's spatial factor (8, or 16 with Wan2.2's 2 x 2 pixel
+        patches) times the transformer's 2 x 2 patches."""
+        return 32 if self.variant == "ti2v" else 16
 
     def key(self) -> str:
         return fingerprint(asdict(self))
@@ -105,13 +151,38 @@ class WanComponents:
     scheduler: Any = None
 
     def pipeline(self):
-        """A ``WanImageToVideoPipeline`` over these parts (all must be loaded)."""
+        """A ``WanImageToVideoPipeline`` over these parts (all the model has must be loaded), with
+        ``expand_timesteps`` set for a ``first_latent`` model."""
         from diffusers import WanImageToVideoPipeline
 
-        missing = [p for p in WAN_COMPONENTS if getattr(self, p) is None]
+        if self.transformer is None or self.vae is None:
+            raise ModelLoadError("cannot build the pipeline: the transformer and the VAE were not loaded")
+        first_latent = wan_conditioning(self.transformer.config, self.vae.config) == "first_latent"
+        needed = model_parts(self.transformer.config)
+        missing = [p for p in needed if getattr(self, p) is None]
         if missing:
             raise ModelLoadError(f"cannot build the pipeline: component(s) {missing} were not loaded")
-        return WanImageToVideoPipeline(**{p: getattr(self, p) for p in WAN_COMPONENTS})
+        return WanImageToVideoPipeline(**{p: getattr(self, p) for p in needed}, expand_timesteps=first_latent)
+
+
+def wan_conditioning(transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> str:
+    """How the transformer of these configs takes the start frame: ``channels`` (Wan2.1-I2V style,
+    ``in_channels = 2 z + 4``) or ``first_latent`` (Wan2.2-TI2V style, ``in_channels = z``, no image
+    tokens); any other layout is a :class:`ModelLoadError`."""
+    z, channels = int(vae_config["z_dim"]), int(transformer_config["in_channels"])
+    if channels == 2 * z + 4:
+        return "channels"
+    if channels == z and transformer_config.get("image_dim") is None:
+        return "first_latent"
+    raise ModelLoadError(f"a Wan transformer with {channels} input channels over a {z}-channel VAE is not an "
+                         f"image-to-video layout this project knows (Wan2.1-I2V: {2 * z + 4}; Wan2.2-TI2V: {z})")
+
+
+def model_parts(transformer_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The components a model with this transformer has: all, less the CLIP pair without image tokens."""
+    if transformer_config.get("image_dim") is None:
+        return tuple(p for p in WAN_COMPONENTS if p not in IMAGE_PARTS)
+    return WAN_COMPONENTS
 
 
 def _component_classes() -> dict[str, Any]:
@@ -124,15 +195,33 @@ def _component_classes() -> dict[str, Any]:
 
 
 def _build_tiny(cfg: WanTinyConfig):
-    """Random tiny Wan2.1-I2V components (not saved)."""
+    """Random tiny Wan components of ``cfg.variant`` (not saved), as a pipeline."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config,
-                              UMT5EncoderModel)
+    from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = tiny_t5_tokenizer(TEXT_LENGTH)
     text_encoder = UMT5EncoderModel(UMT5Config(
         vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=8, d_ff=2 * cfg.text_dim, num_layers=cfg.text_layers,
         num_heads=max(1, cfg.text_dim // 8), relative_attention_num_buckets=8, relative_attention_max_distance=32))
+    transformer_sizes = dict(
+        patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+        text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+        rope_max_seq_len=64)
+    common = dict(tokenizer=tokenizer, text_encoder=text_encoder)
+    if cfg.variant == "ti2v":
+        z = 48
+        # fixed, non-trivial latent statistics so that the normalisation is exercised
+        stats = dict(latents_mean=torch.linspace(-0.3, 0.3, z).tolist(),
+                     latents_std=torch.linspace(0.5, 1.5, z).tolist())
+        vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True], is_residual=True, in_channels=12,
+                               out_channels=12, patch_size=2, scale_factor_spatial=16, **stats)
+        transformer = WanTransformer3DModel(in_channels=z, out_channels=z, **transformer_sizes)
+        scheduler = UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": TI2V_FLOW_SHIFT})
+        return WanImageToVideoPipeline(vae=vae, transformer=transformer, scheduler=scheduler, expand_timesteps=True,
+                                       **common)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
     image_encoder = CLIPVisionModel(CLIPVisionConfig(
         hidden_size=cfg.image_dim, intermediate_size=2 * cfg.image_dim, num_hidden_layers=2, num_attention_heads=2,
         image_size=cfg.image_size, patch_size=8, projection_dim=cfg.image_dim))
@@ -141,14 +230,11 @@ def _build_tiny(cfg: WanTinyConfig):
     vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
     inner = cfg.num_attention_heads * cfg.attention_head_dim
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
-        in_channels=36, out_channels=16, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim,
-        num_layers=cfg.num_layers, image_dim=cfg.image_dim, added_kv_proj_dim=inner, rope_max_seq_len=64)
+    transformer = WanTransformer3DModel(in_channels=36, out_channels=16, image_dim=cfg.image_dim,
+                                        added_kv_proj_dim=inner, **transformer_sizes)
     scheduler = UniPCMultistepScheduler(**SCHEDULER_CONFIG)
-    return WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                   image_processor=image_processor, image_encoder=image_encoder,
-                                   transformer=transformer)
+    return WanImageToVideoPipeline(vae=vae, scheduler=scheduler, image_processor=image_processor,
+                                   image_encoder=image_encoder, transformer=transformer, **common)
 
 
 def materialize_wan_tiny(tiny: WanTinyConfig | Mapping[str, Any] | None,
@@ -165,13 +251,19 @@ def resolve_wan(pretrained: str, *, tiny: WanTinyConfig | Mapping[str, Any] | No
     return folder_or_hub_id(pretrained, WAN21_I2V_480P, "model.pretrained")
 
 
-def load_wan_components(pretrained: str = WAN21_I2V_480P, parts: Iterable[str] = WAN_COMPONENTS, *,
+def load_wan_components(pretrained: str = WAN21_I2V_480P, parts: Iterable[str] | None = None, *,
                         tiny: WanTinyConfig | Mapping[str, Any] | None = None,
                         cache_dir: str | os.PathLike = DEFAULT_CACHE, revision: str | None = None,
                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> WanComponents:
-    """Load the asked ``parts`` of a Wan image-to-video model (models in ``eval()`` on ``device``, ``dtype``)."""
+    """Load the asked ``parts`` of a Wan image-to-video model (models in ``eval()`` on ``device``, ``dtype``);
+    ``None``: every part the model has (:func:`model_parts` of its transformer config)."""
     root = resolve_wan(pretrained, tiny=tiny, cache_dir=cache_dir)
     out = WanComponents(source=root)
+    if parts is None:
+        from diffusers import WanTransformer3DModel
+
+        parts = model_parts(WanTransformer3DModel.load_config(
+            root, subfolder="transformer", **({"revision": revision} if revision else {})))
     load_parts(out, pretrained, root, parts, _component_classes(), "Wan image-to-video", revision=revision,
                dtype=dtype, device=device)
     return out
@@ -184,6 +276,15 @@ def build_wan_transformer_on_meta(config: Mapping[str, Any]):
 
     with init_empty_weights(include_buffers=True):
         return WanTransformer3DModel.from_config(dict(config))
+
+
+def build_wan_vae_on_meta(config: Mapping[str, Any]):
+    """An ``AutoencoderKLWan`` of ``config`` on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKLWan
+
+    with init_empty_weights(include_buffers=True):
+        return AutoencoderKLWan.from_config(dict(config))
 
 
 # --- conditioning, shared by training (reangle.models.wan_i2v) and sampling (reangle.sampling.wan) ---------
@@ -230,6 +331,34 @@ def encode_wan_image(image_processor, image_encoder, images: torch.Tensor) -> to
 
 
 @torch.no_grad()
+def encode_mode(vae, video_pm1: torch.Tensor) -> torch.Tensor:
+    """The normalised VAE mode ``[B, C, F, h, w]`` (float32) of a ``[B, 3, N, H, W]`` video in [-1, 1]."""
+    return normalize_latents(vae.encode(video_pm1.to(vae.dtype)).latent_dist.mode().float(), vae.config)
+
+
+def wan_first_latent(vae, images_pm1: torch.Tensor) -> torch.Tensor:
+    """Wan2.2-TI2V's condition ``[B, C, 1, h, w]``: the normalised VAE mode of the start images
+    ``[B, 3, H, W]`` in [-1, 1] encoded alone (one latent frame)."""
+    return encode_mode(vae, images_pm1[:, :, None])
+
+
+def with_first_latent(latents: torch.Tensor, condition: torch.Tensor, frame_dim: int = 2) -> torch.Tensor:
+    """``latents`` with latent frame 0 (along ``frame_dim``) replaced by the one-frame ``condition``."""
+    rest = latents.narrow(frame_dim, 1, latents.shape[frame_dim] - 1)
+    return torch.cat([condition.to(latents.dtype), rest], dim=frame_dim)
+
+
+def first_latent_timesteps(timestep: torch.Tensor, frames: int, height: int, width: int,
+                           patch: tuple[int, int]) -> torch.Tensor:
+    """Per-token timesteps ``[B, F * (h / p_h) * (w / p_w)]`` of a ``first_latent`` model: 0 on latent
+    frame 0's tokens (it holds the clean start image), ``timestep[b]`` on the others; tokens in the
+    transformer's order (frame, row, column). ``timestep``: ``[B]`` or a scalar."""
+    keep = torch.ones(frames, height // patch[0], width // patch[1], device=timestep.device)
+    keep[0] = 0
+    return keep.flatten()[None] * timestep.reshape(-1, 1)
+
+
+@torch.no_grad()
 def wan_image_condition(vae, images_pm1: torch.Tensor, num_frames: int) -> torch.Tensor:
     """Wan2.1-I2V's condition ``[B, 4 + C, F, h, w]``: a first-frame mask (1 on the first pixel frame,
     folded like the VAE folds time: 4 channels per latent frame) and the normalised VAE mode of the
@@ -237,8 +366,7 @@ def wan_image_condition(vae, images_pm1: torch.Tensor, num_frames: int) -> torch
     b, _, h, w = images_pm1.shape
     t = int(vae.config.scale_factor_temporal)
     video = torch.cat([images_pm1[:, :, None], images_pm1.new_zeros(b, 3, num_frames - 1, h, w)], dim=2)
-    latent = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
-    latent = normalize_latents(latent, vae.config)
+    latent = encode_mode(vae, video)
     frames, lh, lw = latent.shape[2:]
     mask = latent.new_zeros(b, t, frames, lh, lw)
     mask[:, :, 0] = 1.0   # the first latent frame holds the given first frame (repeated to fill its 4 slots)

@@ -1,12 +1,16 @@
-"""Wan2.1 image-to-video as a :class:`~reangle.models.spec.ModelSpec` (stage II).
+"""Wan image-to-video as a :class:`~reangle.models.spec.ModelSpec` (stage II): Wan2.1-I2V and
+Wan2.2-TI2V-5B, told apart by their loaded configs (:func:`~reangle.models.wan.wan_conditioning`).
 
 Cached per view (``encode_video``), float32, latent frames first like CogVideoX's cache:
 
-* ``video_mean``, ``video_logvar`` ``[F, 16, h, w]``: the VAE posterior of the clip in [-1, 1];
-* ``condition`` ``[F, 20, h, w]``: Wan2.1-I2V's image condition (4 first-frame mask channels and
-  the normalised VAE mode of the first frame followed by black frames,
-  :func:`~reangle.models.wan.wan_image_condition`) - deterministic, so cached once;
-* ``image_tokens`` ``[T, D]``: CLIP's penultimate hidden states of the first frame.
+* ``video_mean``, ``video_logvar`` ``[F, z, h, w]``: the VAE posterior of the clip in [-1, 1];
+* ``condition``: deterministic, so cached once. Wan2.1-I2V (``channels``): ``[F, 4 + z, h, w]``,
+  4 first-frame mask channels and the normalised VAE mode of the first frame followed by black
+  frames (:func:`~reangle.models.wan.wan_image_condition`). Wan2.2-TI2V (``first_latent``):
+  ``[1, z, h, w]``, the normalised VAE mode of the first frame encoded alone
+  (:func:`~reangle.models.wan.wan_first_latent`), as the pipeline's ``prepare_latents`` with
+  ``expand_timesteps`` encodes it;
+* ``image_tokens`` ``[T, D]`` (Wan2.1-I2V only): CLIP's penultimate hidden states of the first frame.
 
 Per prompt: ``prompt_embeds`` ``[512, D]`` from UMT5, zero past the prompt's tokens.
 
@@ -17,13 +21,27 @@ normalises); ``u ~ logit-normal(0, 1)`` per sample (the Wan report, arXiv 2503.2
 matching paragraph: t "sampled from a logit-normal distribution", as SD3, arXiv 2403.03206,
 Sec. 3.1);
 the noise ``eps``. The noise level is ``u`` shifted by the model scheduler's ``flow_shift``
-``s`` (3.0 for Wan2.1-480P), ``sigma = s u / (1 + (s - 1) u)`` (SD3 Eq. 23, the same shift
-diffusers' flow schedulers and Wan's samplers apply), the input ``x_t = (1 - sigma) x0 +
-sigma eps`` at timestep ``1000 sigma``, and the network's output is compared with the
-velocity ``eps - x0`` (diffusers' ``flow_prediction`` convention: its sampler steps
-``x + (sigma' - sigma) v``; the Wan report writes ``v = x1 - x0`` with ``x1`` the noise, and
-DiffSynth-Studio's Wan trainer uses ``target = noise - sample``, its issue #1014). The weight is 1. CogVideoX's first-frame pixel noise and image dropout do
-not apply: Wan2.1-I2V conditions on the clean first frame.
+``s`` (3.0 for Wan2.1-480P, 5.0 for Wan2.2-TI2V-5B), ``sigma = s u / (1 + (s - 1) u)`` (SD3
+Eq. 23, the same shift diffusers' flow schedulers and Wan's samplers apply), the input
+``x_t = (1 - sigma) x0 + sigma eps`` at timestep ``1000 sigma``, and the network's output is
+compared with the velocity ``eps - x0`` (diffusers' ``flow_prediction`` convention: its sampler
+steps ``x + (sigma' - sigma) v``; the Wan report writes ``v = x1 - x0`` with ``x1`` the noise, and
+DiffSynth-Studio's Wan trainer uses ``target = noise - sample``, its issue #1014). The weight is
+1. CogVideoX's first-frame pixel noise and image dropout do not apply: Wan conditions on the
+clean first frame.
+
+Wan2.2-TI2V (``first_latent``) conditions inside the latents instead of beside them: latent frame
+0 of ``x_t`` is replaced by the clean cached condition and its tokens get timestep 0, the others
+``1000 sigma`` (per-token timesteps ``[B, seq_len]``) - exactly what diffusers'
+``WanImageToVideoPipeline`` does at every sampling step with ``expand_timesteps=True``
+(``(1 - first_frame_mask) * condition + first_frame_mask * latents`` and
+``(first_frame_mask[0][0][:, ::2, ::2] * t).flatten()``), itself Wan2.2's ``wan/textimage2video.py``
+(``i2v``: ``masks_like`` and ``temp_ts``). Wan2.2's training code is not released; the same
+replacement at training time, with latent frame 0 left out of the loss, is DiffSynth-Studio's
+``FlowMatchSFTLoss`` (``diffsynth/diffusion/loss.py``: ``latents[:, :, 0:1] = first_frame_latents``,
+then ``noise_pred[:, :, 1:]`` against ``training_target[:, :, 1:]``). Here frame 0 is left out
+through :attr:`~reangle.models.spec.DiffusionPair.trained` (False on latent frame 0), which the
+loss ANDs with the visibility mask, so the prediction there gets no gradient.
 """
 from __future__ import annotations
 
@@ -38,9 +56,10 @@ from reangle.models.cogvideox import DEFAULT_CACHE
 from reangle.models.cogvideox_i2v import _dtype
 from reangle.models.lora import DEFAULT_TARGETS
 from reangle.models.spec import DiffusionPair, FrameGrid, PipelineSpec
-from reangle.models.wan import (TEXT_LENGTH, WAN21_I2V_480P, WAN22_TI2V_5B, ModelLoadError, WanTinyConfig, encode_wan_image,
-                                encode_wan_prompts, load_wan_components, normalize_latents, resolve_wan,
-                                wan_image_condition)
+from reangle.models.wan import (TEXT_LENGTH, WAN21_I2V_480P, WAN22_TI2V_5B, ModelLoadError, WanTinyConfig,
+                                encode_wan_image, encode_wan_prompts, first_latent_timesteps, load_wan_components,
+                                model_parts, normalize_latents, resolve_wan, wan_conditioning, wan_first_latent,
+                                wan_image_condition, with_first_latent)
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -49,17 +68,19 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 class WanI2V(PipelineSpec):
-    """Wan2.1 image-to-video with a LoRA on its attention projections (see the module docstring)."""
+    """Wan image-to-video with a LoRA on its attention projections (see the module docstring)."""
 
     SPEC_ID = "wan-i2v/1"
 
     @classmethod
     def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
         """Wan's video sizes: ``1 + 4k`` frames (the causal VAE keeps the first frame alone); height
-        and width multiples of the VAE's spatial factor times the 2 x 2 patch: 16 px for Wan2.1 (and
-        the tiny model), 32 px for Wan2.2-TI2V-5B's 16x VAE; a local folder's ``vae/`` and
-        ``transformer/config.json`` say which. Reads no weights."""
+        and width multiples of the VAE's spatial factor times the 2 x 2 patch: 16 px for Wan2.1, 32 px
+        for Wan2.2-TI2V-5B's 16x VAE; a local folder's ``vae/`` and ``transformer/config.json`` say
+        which, the tiny model its ``model.wan_tiny.variant``. Reads no weights."""
         pretrained = str(model["pretrained"])
+        if pretrained == "tiny":
+            return FrameGrid(WanTinyConfig.from_mapping(model.get("wan_tiny")).size_multiple, 4)
         folder = Path(pretrained).expanduser()
         files = [folder / "vae" / "config.json", folder / "transformer" / "config.json"]
         if all(f.is_file() for f in files):
@@ -94,26 +115,52 @@ class WanI2V(PipelineSpec):
         cls = {"vae": AutoencoderKLWan, "transformer": WanTransformer3DModel}[part]
         return dict(cls.load_config(self.source, **kwargs))
 
+    def _read_model_index(self) -> dict:
+        from diffusers import DiffusionPipeline
+
+        if "model_index" not in self._config_cache:
+            kwargs = {"revision": self.revision} if self.revision else {}
+            try:
+                self._config_cache["model_index"] = dict(DiffusionPipeline.load_config(self.source, **kwargs))
+            except OSError:  # a folder without model_index.json: its components say the rest
+                self._config_cache["model_index"] = {}
+        return self._config_cache["model_index"]
+
+    def conditioning(self) -> str:
+        """``channels`` (Wan2.1-I2V) or ``first_latent`` (Wan2.2-TI2V), from the transformer and VAE configs."""
+        return wan_conditioning(self.component_config("transformer"), self.component_config("vae"))
+
+    def takes_image_tokens(self) -> bool:
+        """Whether the transformer takes CLIP image tokens (Wan2.1-I2V)."""
+        return self.component_config("transformer").get("image_dim") is not None
+
     def check_supported(self) -> None:
-        """Wan2.1-I2V layout only: channel-concatenated condition and CLIP image tokens."""
-        t, z = self.component_config("transformer"), int(self.component_config("vae")["z_dim"])
-        if t.get("image_dim") is None or t["in_channels"] != 2 * z + 4:
-            raise ModelLoadError(f"{self.pretrained} is not a Wan2.1-I2V-style model (transformer in_channels "
-                                 f"{t['in_channels']}, image_dim {t.get('image_dim')}); the Wan family supports "
-                                 f"Wan2.1 image-to-video checkpoints such as {WAN21_I2V_480P}")
+        """A Wan2.1-I2V (channel condition and CLIP tokens) or Wan2.2-TI2V (first-latent condition)
+        layout with one transformer; two-expert models (Wan2.2-A14B: ``transformer_2``) are refused."""
+        index = self._read_model_index()
+        if index.get("boundary_ratio") is not None or (index.get("transformer_2") or [None])[0] is not None:
+            raise ModelLoadError(f"{self.pretrained} is a two-expert Wan2.2 model (transformer_2, boundary_ratio "
+                                 f"{index.get('boundary_ratio')}), which stage II does not train (README: choosing "
+                                 f"a backbone); use {WAN21_I2V_480P} or {WAN22_TI2V_5B}")
+        if self.conditioning() == "channels" and not self.takes_image_tokens():
+            raise ModelLoadError(f"{self.pretrained} has a Wan2.1-I2V-style transformer without CLIP image tokens; "
+                                 f"use {WAN21_I2V_480P} or {WAN22_TI2V_5B}")
 
     def fingerprint(self, kind: str) -> str:
-        return self._fingerprint(kind, {"video": ["vae", "image_encoder"], "text": ["text_encoder"]}[kind])
+        video = ["vae", "image_encoder"] if self.takes_image_tokens() else ["vae"]
+        return self._fingerprint(kind, {"video": video, "text": ["text_encoder"]}[kind])
 
     # --- caching --------------------------------------------------------------------------------
     def load_encoders(self, device: torch.device) -> None:
         self.check_supported()
-        self.encoders = self._load(["tokenizer", "text_encoder", "image_processor", "image_encoder", "vae"], device)
+        parts = [p for p in model_parts(self.component_config("transformer")) if p not in ("transformer", "scheduler")]
+        self.encoders = self._load(parts, device)
         for part in ("text_encoder", "image_encoder", "vae"):
-            getattr(self.encoders, part).requires_grad_(False)
+            if getattr(self.encoders, part) is not None:
+                getattr(self.encoders, part).requires_grad_(False)
 
     def cached_video_tensors(self) -> tuple[str, ...]:
-        return ("video_mean", "video_logvar", "condition", "image_tokens")
+        return ("video_mean", "video_logvar", "condition") + (("image_tokens",) if self.takes_image_tokens() else ())
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -121,11 +168,16 @@ class WanI2V(PipelineSpec):
         vae = enc.vae
         clip = (frames.to(vae.device, torch.float32) * 2 - 1).permute(1, 0, 2, 3).unsqueeze(0)  # [1, 3, N, H, W]
         dist = vae.encode(clip.to(vae.dtype)).latent_dist
-        condition = wan_image_condition(vae, clip[:, :, 0], frames.shape[0])[0].permute(1, 0, 2, 3)
-        tokens = encode_wan_image(enc.image_processor, enc.image_encoder, frames[:1])[0]
-        return {"video_mean": dist.mean[0].permute(1, 0, 2, 3).float().cpu(),
-                "video_logvar": dist.logvar[0].permute(1, 0, 2, 3).float().cpu(),
-                "condition": condition.float().cpu(), "image_tokens": tokens.float().cpu()}
+        if self.conditioning() == "first_latent":
+            condition = wan_first_latent(vae, clip[:, :, 0])
+        else:
+            condition = wan_image_condition(vae, clip[:, :, 0], frames.shape[0])
+        out = {"video_mean": dist.mean[0].permute(1, 0, 2, 3).float().cpu(),
+               "video_logvar": dist.logvar[0].permute(1, 0, 2, 3).float().cpu(),
+               "condition": condition[0].permute(1, 0, 2, 3).float().cpu()}
+        if self.takes_image_tokens():
+            out["image_tokens"] = encode_wan_image(enc.image_processor, enc.image_encoder, frames[:1])[0].float().cpu()
+        return out
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> dict[str, torch.Tensor]:
@@ -165,12 +217,21 @@ class WanI2V(PipelineSpec):
         noisy = (1 - sigma) * x0 + sigma * noise
         timestep = sigma.flatten() * sched.config.num_train_timesteps
         dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled(device.type) else noisy.dtype
-        model_in = torch.cat([noisy, batch["condition"]], dim=2).permute(0, 2, 1, 3, 4)  # [B, C', F, h, w]
+        trained = None
+        if self.conditioning() == "first_latent":
+            model_in = with_first_latent(noisy, batch["condition"], frame_dim=1).permute(0, 2, 1, 3, 4)
+            frames, h, w = x0.shape[1], x0.shape[3], x0.shape[4]
+            timestep = first_latent_timesteps(timestep, frames, h, w, tuple(transformer.config.patch_size[1:]))
+            trained = torch.ones(b, frames, h, w, dtype=torch.bool, device=device)
+            trained[:, 0] = False   # latent frame 0 is the given start frame, not a prediction
+        else:
+            model_in = torch.cat([noisy, batch["condition"]], dim=2).permute(0, 2, 1, 3, 4)  # [B, C', F, h, w]
+        image = batch["image_tokens"].to(dtype) if self.takes_image_tokens() else None
         velocity = transformer(hidden_states=model_in.to(dtype), timestep=timestep,
                                encoder_hidden_states=batch["prompt_embeds"].to(dtype),
-                               encoder_hidden_states_image=batch["image_tokens"].to(dtype), return_dict=False)[0]
+                               encoder_hidden_states_image=image, return_dict=False)[0]
         return DiffusionPair(prediction=velocity.float().permute(0, 2, 1, 3, 4), target=noise - x0,
-                             weight=torch.ones(b, device=device))
+                             weight=torch.ones(b, device=device), trained=trained)
 
     def _lora_pipeline(self) -> type:
         from diffusers import WanImageToVideoPipeline

@@ -1,13 +1,17 @@
-"""Wan2.1 image-to-video sampling from a start frame, one video per request.
+"""Wan image-to-video sampling from a start frame, one video per request (Wan2.1-I2V and
+Wan2.2-TI2V-5B, told apart by the configs: :func:`~reangle.models.wan.wan_conditioning`).
 
-Numerically the path of diffusers' ``WanImageToVideoPipeline`` (no ``transformer_2``, no
-``expand_timesteps``) with the same components, inputs and generator, in phases like
-:class:`~reangle.sampling.sampler.CogVideoXSampler`: text embeddings once per distinct
-prompt (then the UMT5 encoder can go), the CLIP image tokens and the VAE condition of every
-start frame, the denoising, then decoding. Classifier-free guidance runs the conditional and
-the unconditional branch as two calls, as the pipeline does (the negative branch keeps the
-image condition and image tokens). The only random draw is each request's initial noise,
-from a CPU generator seeded with its seed.
+Numerically the path of diffusers' ``WanImageToVideoPipeline`` (no ``transformer_2``;
+``expand_timesteps`` for a ``first_latent`` model) with the same components, inputs and
+generator, in phases like :class:`~reangle.sampling.sampler.CogVideoXSampler`: text
+embeddings once per distinct prompt (then the UMT5 encoder can go), the CLIP image tokens
+(Wan2.1-I2V) and the VAE condition of every start frame, the denoising, then decoding.
+Wan2.2-TI2V's steps feed the latents with frame 0 replaced by the start frame's latent and
+per-token timesteps (0 on frame 0), and frame 0 is replaced once more before decoding, as
+the pipeline does. Classifier-free guidance runs the conditional and the unconditional branch
+as two calls, as the pipeline does (the negative branch keeps the image condition and image
+tokens). The only random draw is each request's initial noise, from a CPU generator seeded
+with its seed.
 """
 from __future__ import annotations
 
@@ -16,21 +20,25 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from reangle.models.wan import (TEXT_LENGTH, encode_wan_image, encode_wan_prompts, latent_stats,
-                                wan_image_condition)
+from reangle.models.wan import (TEXT_LENGTH, encode_wan_image, encode_wan_prompts, first_latent_timesteps,
+                                latent_stats, wan_conditioning, wan_first_latent, wan_image_condition,
+                                with_first_latent)
 from reangle.sampling.sampler import SampleRequest, SamplingSettings, VideoSampler
 
 
 class WanSampler(VideoSampler):
-    """Samples Wan2.1-I2V videos; ``image_processor``/``image_encoder``: the CLIP pair of the model."""
+    """Samples Wan image-to-video videos; ``image_processor``/``image_encoder``: the CLIP pair of a
+    Wan2.1-I2V model (``None`` for Wan2.2-TI2V, which has none)."""
 
     def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, scheduler,
                  text_encoder: torch.nn.Module | None = None, tokenizer=None, *, image_processor=None,
                  image_encoder: torch.nn.Module | None = None, device: torch.device | str | None = None,
                  offload: bool = False, progress: bool = True, max_text_length: int = TEXT_LENGTH):
         super().__init__(transformer, vae, scheduler, text_encoder, tokenizer, device, offload, progress)
-        if transformer.config.image_dim is None or image_encoder is None:
-            raise ValueError("the Wan sampler needs a Wan2.1-I2V transformer (image_dim) and its CLIP image encoder")
+        self.conditioning = wan_conditioning(transformer.config, vae.config)
+        if transformer.config.image_dim is not None and image_encoder is None:
+            raise ValueError("this Wan transformer takes CLIP image tokens (image_dim); give its image_encoder and "
+                             "image_processor")
         self.image_processor, self.image_encoder = image_processor, image_encoder
         self.max_text_length = max_text_length
         self.temporal_factor = int(vae.config.scale_factor_temporal)
@@ -59,18 +67,27 @@ class WanSampler(VideoSampler):
         self._check(requests, embeddings, settings)
         if settings.dynamic_guidance:
             raise ValueError("dynamic guidance is CogVideoX's; set sample.dynamic_guidance=false for Wan")
-        with self._on_device(self.image_encoder) as encoder:
-            tokens = [encode_wan_image(self.image_processor, encoder, r.image[None]).to(self.dtype) for r in requests]
-        with self._on_device(self.vae):
-            conditions = [wan_image_condition(self.vae, r.image.to(self.device)[None].float() * 2 - 1, r.num_frames)
+        tokens: list[torch.Tensor | None] = [None] * len(requests)
+        if self.transformer.config.image_dim is not None:
+            with self._on_device(self.image_encoder) as encoder:
+                tokens = [encode_wan_image(self.image_processor, encoder, r.image[None]).to(self.dtype)
                           for r in requests]
+        with self._on_device(self.vae):
+            conditions = [self._condition(r) for r in requests]
         with self._on_device(self.transformer):
             latents = [self._denoise(r, c, tok, embeddings, settings, i, len(requests))
                        for i, (r, c, tok) in enumerate(zip(requests, conditions, tokens))]
         with self._on_device(self.vae):
             return [self._decode(z) for z in latents]
 
-    def _denoise(self, request: SampleRequest, condition: torch.Tensor, image_tokens: torch.Tensor,
+    def _condition(self, request: SampleRequest) -> torch.Tensor:
+        """The VAE condition of one start frame (``[1, 4 + C, F, h, w]``, or ``[1, C, 1, h, w]``)."""
+        image = request.image.to(self.device)[None].float() * 2 - 1
+        if self.conditioning == "first_latent":
+            return wan_first_latent(self.vae, image)
+        return wan_image_condition(self.vae, image, request.num_frames)
+
+    def _denoise(self, request: SampleRequest, condition: torch.Tensor, image_tokens: torch.Tensor | None,
                  embeddings: Mapping[str, torch.Tensor], settings: SamplingSettings,
                  index: int, total: int) -> torch.Tensor:
         """Latents ``[1, C, F, h, w]`` (float32) after ``settings.steps`` steps."""
@@ -80,17 +97,26 @@ class WanSampler(VideoSampler):
         negative = embeddings[settings.negative_prompt].to(self.device, self.dtype) if guided else None
         sched.set_timesteps(settings.steps, device=self.device)
         generator = torch.Generator("cpu").manual_seed(int(request.seed))
-        shape = (1, int(self.vae.config.z_dim), *condition.shape[2:])
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        frames = (request.num_frames - 1) // self.temporal_factor + 1
+        h, w = request.image.shape[-2] // self.spatial_factor, request.image.shape[-1] // self.spatial_factor
+        latents = torch.randn((1, int(self.vae.config.z_dim), frames, h, w), generator=generator,
+                              dtype=torch.float32).to(self.device)
         condition = condition.to(self.device, torch.float32)
-        image_tokens = image_tokens.to(self.device)
+        image_tokens = image_tokens.to(self.device) if image_tokens is not None else None
+        first_latent = self.conditioning == "first_latent"
+        patch = tuple(self.transformer.config.patch_size[1:])
         lora = {"scale": settings.lora_scale} if settings.lora_scale != 1.0 else None
         bar = tqdm(sched.timesteps, desc=f"sampling {index + 1}/{total}", disable=not self.progress, leave=False)
         for t in bar:
-            model_in = torch.cat([latents, condition], dim=1).to(self.dtype)
+            if first_latent:
+                model_in = with_first_latent(latents, condition).to(self.dtype)
+                timestep = first_latent_timesteps(t, frames, h, w, patch)
+            else:
+                model_in = torch.cat([latents, condition], dim=1).to(self.dtype)
+                timestep = t.expand(1)
 
             def velocity(context: torch.Tensor) -> torch.Tensor:
-                return self.transformer(hidden_states=model_in, timestep=t.expand(1), encoder_hidden_states=context,
+                return self.transformer(hidden_states=model_in, timestep=timestep, encoder_hidden_states=context,
                                         encoder_hidden_states_image=image_tokens, attention_kwargs=lora,
                                         return_dict=False)[0]
 
@@ -99,7 +125,7 @@ class WanSampler(VideoSampler):
                 uncond = velocity(negative)
                 pred = uncond + settings.guidance * (pred - uncond)
             latents = sched.step(pred, t, latents, return_dict=False)[0]
-        return latents
+        return with_first_latent(latents, condition) if first_latent else latents
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``[num_frames, 3, H, W]`` float32 in [0, 1] on the CPU."""

@@ -77,7 +77,7 @@ class Stage2Module(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         pair = self.spec.training_pair(batch, self.step_generator())
-        mask = batch["mask"] if self.masked else None
+        mask = pair.loss_mask(batch["mask"] if self.masked else None)
         loss = masked_loss(pair.prediction, pair.target, pair.weight, mask, self.loss_normalize).mean()
         if not torch.isfinite(loss):
             raise DivergedError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
