@@ -1,8 +1,9 @@
 """Export the LoRA in diffusers format next to every checkpoint and at the end of training.
 
 Folders: ``<dirpath>/step-<global step>/`` at each checkpoint and ``<dirpath>/final/`` when
-fitting ends, each holding ``pytorch_lora_weights.safetensors`` for
-``CogVideoXImageToVideoPipeline.load_lora_weights``. Every rank takes part in gathering the
+fitting ends, each holding ``pytorch_lora_weights.safetensors`` for the backbone pipeline's
+``load_lora_weights`` (and, for a two-expert Wan2.2-A14B, the low-noise expert's
+``pytorch_lora_weights_transformer_2.safetensors``, loaded with ``load_into_transformer_2=True``). Every rank takes part in gathering the
 weights (FSDP and DeepSpeed ZeRO-3 shard them); only global rank 0 writes.
 """
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 
-from reangle.models.lora import lora_state_dict
 from reangle.training.full_params import full_parameters
 
 
@@ -22,7 +22,7 @@ class LoraExport(L.Callback):
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
         with full_parameters(trainer.strategy, pl_module):  # collective: every rank
-            state = lora_state_dict(pl_module.spec.transformer)
+            state = pl_module.spec.lora_state()
         if trainer.is_global_zero:
             pl_module.spec.save_lora(self.dirpath / name, state)
 

@@ -44,6 +44,14 @@ def tiny_wan22_dir(tmp_path_factory):
     return materialize_wan_tiny({"variant": "ti2v"}, tmp_path_factory.mktemp("wan22_cache"))
 
 
+@pytest.fixture(scope="session")
+def tiny_wan22_a14b_dir(tmp_path_factory):
+    """Folder (diffusers layout) of the tiny two-expert Wan2.2-I2V-A14B (``variant: i2v_a14b``)."""
+    from reangle.models.wan import materialize_wan_tiny
+
+    return materialize_wan_tiny({"variant": "i2v_a14b"}, tmp_path_factory.mktemp("wan22_a14b_cache"))
+
+
 def write_test_omega(root, mode="static", num_frames=9, height=64, width=96, warped_views=1):
     """An Omega (input + ``warped_views`` warped views ``orbit_left_<i>`` with holes) of a moving colour ramp."""
     import torch

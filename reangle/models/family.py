@@ -1,7 +1,8 @@
 """Backbone families (``model.family``): their stage II spec and their sampler.
 
 ``cogvideox``: CogVideoX image-to-video (:mod:`reangle.models.cogvideox_i2v`);
-``wan``: Wan image-to-video, Wan2.1-I2V and Wan2.2-TI2V-5B (:mod:`reangle.models.wan_i2v`). The frame
+``wan``: Wan image-to-video, Wan2.1-I2V, Wan2.2-TI2V-5B and the two-expert Wan2.2-I2V-A14B
+(:mod:`reangle.models.wan_i2v`). The frame
 counts and sizes each takes are its spec's ``frame_grid``, checked when the config is loaded.
 """
 from __future__ import annotations
@@ -43,35 +44,38 @@ def build_spec(cfg: DictConfig):
 
 
 def spec_sampler(spec, scheduler_kind: str, device: torch.device, progress: bool = True):
-    """A sampler over a spec's live transformer (with its LoRA) and its loaded encoders."""
+    """A sampler over a spec's live transformer(s) (with their LoRA) and its loaded encoders."""
     from reangle.models.wan_i2v import WanI2V
     from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
 
     enc = spec.encoders
     if isinstance(spec, WanI2V):
-        return _wan_sampler(spec.transformer, enc, spec.scheduler, scheduler_kind, device, offload=False,
-                            progress=progress)
+        return _wan_sampler(spec.transformer, spec.transformer_2, spec.boundary_ratio(), enc, spec.scheduler,
+                            scheduler_kind, device, offload=False, progress=progress)
     return CogVideoXSampler(spec.transformer, enc.vae, make_scheduler(scheduler_kind, spec.scheduler),
                             enc.text_encoder, enc.tokenizer, device=device, progress=progress)
 
 
-def _wan_sampler(transformer, parts, scheduler, scheduler_kind: str, device, offload: bool, progress: bool):
+def _wan_sampler(transformer, transformer_2, boundary_ratio, parts, scheduler, scheduler_kind: str, device,
+                 offload: bool, progress: bool):
     from reangle.sampling.wan import WanSampler
 
     if scheduler_kind != "model":
         raise ConfigError(f"sample.scheduler={scheduler_kind!r} is CogVideoX's; Wan samples with its own "
                           f"scheduler (sample.scheduler=model)")
     return WanSampler(transformer, parts.vae, scheduler, parts.text_encoder, parts.tokenizer,
-                      image_processor=parts.image_processor, image_encoder=parts.image_encoder, device=device,
-                      offload=offload, progress=progress)
+                      image_processor=parts.image_processor, image_encoder=parts.image_encoder,
+                      transformer_2=transformer_2, boundary_ratio=boundary_ratio, device=device, offload=offload,
+                      progress=progress)
 
 
 def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device, offload: bool, vae_tiling: bool,
                  scheduler_kind: str, progress: bool = True):
-    """The sampler of ``cfg.model`` (all parts loaded) with ``lora`` attached (``None``: the base model);
-    the config's frame size was checked when it was loaded (``ModelSpec.frame_grid``)."""
+    """The sampler of ``cfg.model`` (all parts loaded) with ``lora`` attached (``None``: the base model; a
+    two-expert Wan2.2-A14B also loads the low-noise expert's LoRA file next to it); the config's frame
+    size was checked when it was loaded (``ModelSpec.frame_grid``)."""
     from reangle.models.cogvideox_i2v import DTYPES
-    from reangle.models.lora import load_lora
+    from reangle.models.lora import load_lora, second_expert_lora
 
     m = cfg.model
     where = "cpu" if offload else device
@@ -84,9 +88,12 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
                                     revision=m.revision, dtype=DTYPES[m.weights_dtype], device=where)
         if lora is not None:
             load_lora(parts.transformer, lora, loader=WanLoraLoaderMixin)
+            if parts.transformer_2 is not None:
+                load_lora(parts.transformer_2, second_expert_lora(lora), loader=WanLoraLoaderMixin)
         if vae_tiling:
             parts.vae.enable_tiling()
-        return _wan_sampler(parts.transformer, parts, parts.scheduler, scheduler_kind, device, offload, progress)
+        return _wan_sampler(parts.transformer, parts.transformer_2, parts.boundary_ratio, parts, parts.scheduler,
+                            scheduler_kind, device, offload, progress)
     from reangle.models.cogvideox import COMPONENTS, load_components
     from reangle.sampling.sampler import CogVideoXSampler, make_scheduler
 

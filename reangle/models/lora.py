@@ -4,7 +4,10 @@ The adapter is named ``default``; its state dict keys are peft's
 (``transformer_blocks.0.attn1.to_q.lora_A.weight``); :func:`save_lora` writes them as
 ``pytorch_lora_weights.safetensors`` with the ``transformer.`` prefix and the adapter
 config as metadata, which the backbone pipeline's ``load_lora_weights`` reads
-(``CogVideoXImageToVideoPipeline`` by default, ``WanImageToVideoPipeline`` for Wan).
+(``CogVideoXImageToVideoPipeline`` by default, ``WanImageToVideoPipeline`` for Wan). A two-expert
+Wan2.2-A14B has a LoRA per expert: the high-noise one (``transformer``) in that file, the low-noise
+one (``transformer_2``) in :data:`LORA_FILE_2` next to it, with the same ``transformer.`` keys, for
+``load_lora_weights(folder, weight_name=LORA_FILE_2, load_into_transformer_2=True)``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from reangle.utils import clean_stale_staging, temporary_path, umask_safetensors
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILE_2 = "pytorch_lora_weights_transformer_2.safetensors"   # the low-noise expert's (Wan2.2-A14B)
 
 
 def add_lora(model: torch.nn.Module, rank: int = 128, alpha: float = 128, targets: Sequence[str] = DEFAULT_TARGETS,
@@ -52,23 +56,28 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config, pipeline: type | None = None) -> Path:
+def save_lora(folder: str | Path, state: dict[str, torch.Tensor], config, pipeline: type | None = None,
+              state_2: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``state`` (peft keys) and its ``LoraConfig`` into ``folder`` (replaced atomically) with
     ``pipeline.save_lora_weights`` (default ``CogVideoXImageToVideoPipeline``), for its
-    ``load_lora_weights``; returns the weights file. Non-finite weights
-    are refused (:class:`LoraFileError`): nothing is written."""
+    ``load_lora_weights``; returns the weights file. ``state_2``: a second expert's LoRA (same config),
+    written as :data:`LORA_FILE_2`. Non-finite weights are refused (:class:`LoraFileError`): nothing
+    is written."""
     from diffusers import CogVideoXImageToVideoPipeline
 
     pipeline = pipeline or CogVideoXImageToVideoPipeline
     folder = Path(folder)
-    check_finite(state, f"LoRA export to {folder}")
+    files = {LORA_FILE: state, **({LORA_FILE_2: state_2} if state_2 is not None else {})}
+    for name, weights in files.items():
+        check_finite(weights, f"LoRA export to {folder / name}")
     clean_stale_staging(folder.parent)  # staging folders of killed exports
     staging = temporary_path(folder)
     shutil.rmtree(staging, ignore_errors=True)
     metadata = config.to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])
-    pipeline.save_lora_weights(staging, transformer_lora_layers=state,
-                               transformer_lora_adapter_metadata=metadata)
+    for name, weights in files.items():
+        pipeline.save_lora_weights(staging, transformer_lora_layers=weights, weight_name=name,
+                                   transformer_lora_adapter_metadata=metadata)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(umask_safetensors(staging), folder)
     return folder / LORA_FILE
@@ -107,6 +116,15 @@ def check_lora_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path
             raise LoraFileError(f"LoRA file {path} does not fit the model: its rank-{rank} update of {name} has "
                                 f"{got} {side} features where the model has {expected}; sample with the model it "
                                 f"was trained on (model.pretrained, model.tiny)")
+
+
+def second_expert_lora(path: str | Path) -> Path:
+    """The low-noise expert's LoRA file next to ``path`` (the high-noise one); one sentence if missing."""
+    second = Path(path).with_name(LORA_FILE_2)
+    if not second.is_file():
+        raise LoraFileError(f"a two-expert Wan2.2 model needs the low-noise expert's LoRA {LORA_FILE_2} next to "
+                            f"{path}; give the LoRA folder a run exported for this model")
+    return second
 
 
 def load_lora(model: torch.nn.Module, path: str | Path, adapter_name: str = "default",

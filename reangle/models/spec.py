@@ -115,6 +115,10 @@ class ModelSpec(ABC):
         """Noise a batch of cached tensors and run the network once."""
 
     @abstractmethod
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The network's current LoRA weights (detached CPU copies), as :meth:`save_lora` takes them."""
+
+    @abstractmethod
     def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the LoRA (``state``, or the network's current one) in the backbone's pipeline format."""
 
@@ -165,23 +169,34 @@ class PipelineSpec(ModelSpec):
             raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
         return self.encoders
 
-    def _attach_lora(self) -> None:
-        """Freeze the loaded transformer, attach the LoRA, set gradient checkpointing and train mode."""
+    def _attach_lora(self, model: torch.nn.Module | None = None) -> None:
+        """Freeze a loaded transformer (default: ``self.transformer``), attach the LoRA, set gradient
+        checkpointing and train mode."""
         from reangle.models.lora import add_lora
 
-        self.lora_config = add_lora(self.transformer, **self.lora)
+        model = self.transformer if model is None else model
+        self.lora_config = add_lora(model, **self.lora)
         if self.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        self.transformer.train()
+            model.enable_gradient_checkpointing()
+        model.train()
 
     def _lora_pipeline(self) -> type:
         """The pipeline class whose ``save_lora_weights`` writes the export."""
         raise NotImplementedError
 
-    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        from reangle.models.lora import lora_state_dict, save_lora
-
+    def _require_lora(self) -> None:
         if self.lora_config is None:
             raise RuntimeError("no LoRA attached yet; call load_diffusion_model() first")
-        return save_lora(folder, lora_state_dict(self.transformer) if state is None else state, self.lora_config,
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        from reangle.models.lora import lora_state_dict
+
+        self._require_lora()
+        return lora_state_dict(self.transformer)
+
+    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        from reangle.models.lora import save_lora
+
+        self._require_lora()
+        return save_lora(folder, self.lora_state() if state is None else state, self.lora_config,
                          pipeline=self._lora_pipeline())

@@ -23,9 +23,16 @@ Two start-frame conditionings exist, told apart by the loaded configs (:func:`wa
   frame is replaced by the clean VAE latent of the start image and its tokens get timestep 0
   (diffusers' ``expand_timesteps``); no image encoder.
 
+Wan2.2-I2V-A14B has the ``channels`` layout without CLIP tokens and two experts of the same
+architecture (:func:`expert_boundary`): ``transformer`` denoises the timesteps
+``t >= boundary_ratio * 1000`` (high noise), ``transformer_2`` the others; the pipeline's
+``model_index.json`` names ``transformer_2`` and holds ``boundary_ratio``.
+
 The tiny model (``WanTinyConfig.variant``): ``i2v`` has the Wan2.1-I2V structure (UMT5, CLIP,
 a Wan VAE with 4x temporal / 8x spatial compression and 16 latent channels, a 36-channel
-transformer with image cross-attention, UniPC with Wan2.1-480P's shift 3); ``ti2v`` the
+transformer with image cross-attention, UniPC with Wan2.1-480P's shift 3); ``i2v_a14b`` the
+Wan2.2-I2V-A14B one (the same VAE, two 36-channel transformers without image cross-attention,
+boundary ratio 0.9, UniPC with shift 5, no CLIP); ``ti2v`` the
 Wan2.2-TI2V-5B one (UMT5, the residual Wan2.2 VAE: 2 x 2 pixel patches then 8x, so 16x
 spatial, 48 latent channels; a 48-channel transformer without image cross-attention; UniPC
 with Wan2.2-TI2V's shift 5).
@@ -45,9 +52,11 @@ from reangle.utils import fingerprint
 
 WAN21_I2V_480P = "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
 WAN22_TI2V_5B = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
-WAN_COMPONENTS = ("tokenizer", "text_encoder", "image_processor", "image_encoder", "vae", "transformer", "scheduler")
+WAN22_I2V_A14B = "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+WAN_COMPONENTS = ("tokenizer", "text_encoder", "image_processor", "image_encoder", "vae", "transformer",
+                  "transformer_2", "scheduler")
 IMAGE_PARTS = ("image_processor", "image_encoder")   # Wan2.1-I2V's CLIP; Wan2.2 models have none
-TINY_VARIANTS = ("i2v", "ti2v")
+TINY_VARIANTS = ("i2v", "i2v_a14b", "ti2v")
 # Wan's text length (wan/configs/shared_config.py: text_len = 512; the pipeline's max_sequence_length).
 TEXT_LENGTH = 512
 
@@ -60,12 +69,19 @@ SCHEDULER_CONFIG = {
 }
 # Wan2.2-TI2V-5B samples with shift 5.0 (Wan2.2's wan/configs/wan_ti2v_5B.py: sample_shift).
 TI2V_FLOW_SHIFT = 5.0
+# Wan2.2-I2V-A14B (Wan2.2's wan/configs/wan_i2v_A14B.py): sample_shift 5.0, boundary 0.900 (the high-noise
+# expert takes t >= 900), sample_guide_scale (3.5, 3.5), sample_steps 40.
+A14B_FLOW_SHIFT = 5.0
+A14B_BOUNDARY_RATIO = 0.9
 
 # Transformer configs of the released checkpoints. Wan2.1-I2V-14B-480P: diffusers'
 # scripts/convert_wan_to_diffusers.py ("Wan-I2V-14B-480p"), the dims of Wan's own
 # wan/configs/wan_i2v_14B.py (dim 5120, ffn 13824, 40 heads, 40 layers, CLIP ViT-H 1280).
 # Wan2.2-TI2V-5B: Wan2.2's wan/configs/wan_ti2v_5B.py (dim 3072 = 24 x 128, ffn 14336,
-# 30 layers, 48 latent channels in and out, no image encoder).
+# 30 layers, 48 latent channels in and out, no image encoder). Wan2.2-I2V-A14B: Wan2.2's
+# wan/configs/wan_i2v_A14B.py (the Wan2.1-14B dims: dim 5120, ffn 13824, 40 heads, 40 layers; the
+# Wan2.1 VAE, so 36 = 16 + 4 + 16 input channels) without the CLIP image branch; both experts
+# (transformer/ and transformer_2/) have this config.
 FULL_SIZE_TRANSFORMERS: dict[str, dict[str, Any]] = {
     WAN21_I2V_480P: {
         "patch_size": [1, 2, 2], "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36,
@@ -79,11 +95,17 @@ FULL_SIZE_TRANSFORMERS: dict[str, dict[str, Any]] = {
         "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
         "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
     },
+    WAN22_I2V_A14B: {
+        "patch_size": [1, 2, 2], "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36,
+        "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
+        "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+        "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
+    },
 }
 
 
 # VAE configs of the released checkpoints (vae/config.json; the latent statistics, not weights,
-# left out). Wan2.1: diffusers' AutoencoderKLWan defaults, which scripts/convert_wan_to_diffusers.py
+# left out). Wan2.1 (also Wan2.2-I2V-A14B's): diffusers' AutoencoderKLWan defaults, which scripts/convert_wan_to_diffusers.py
 # uses for the Wan2.1 VAE. Wan2.2-TI2V-5B: that script's Wan2.2 VAE config (Wan2.2's
 # wan/modules/vae2_2.py: dim 160, decoder dim 256, z_dim 48, 12 = 3 x 2 x 2 patched pixel channels).
 FULL_SIZE_VAES: dict[str, dict[str, Any]] = {
@@ -98,13 +120,15 @@ FULL_SIZE_VAES: dict[str, dict[str, Any]] = {
         "scale_factor_spatial": 16,
     },
 }
+# Wan2.2-I2V-A14B uses the Wan2.1 VAE (Wan2.2's wan/configs/wan_i2v_A14B.py: vae_checkpoint Wan2.1_VAE.pth).
+FULL_SIZE_VAES[WAN22_I2V_A14B] = FULL_SIZE_VAES[WAN21_I2V_480P]
 
 
 @dataclass
 class WanTinyConfig:
     """Sizes of the tiny random Wan; ``variant``: ``i2v`` (Wan2.1-I2V: any frame count 1 + 4k and size
-    multiple of 16 runs) or ``ti2v`` (Wan2.2-TI2V: sizes multiple of 32; ``image_dim``/``image_size``
-    unused)."""
+    multiple of 16 runs), ``i2v_a14b`` (Wan2.2-I2V-A14B: the same grid, two experts) or ``ti2v``
+    (Wan2.2-TI2V: sizes multiple of 32); ``image_dim``/``image_size``: the CLIP of ``i2v`` only."""
 
     seed: int = 0
     variant: str = "i2v"
@@ -148,21 +172,24 @@ class WanComponents:
     image_encoder: Any = None
     vae: Any = None
     transformer: Any = None
+    transformer_2: Any = None
     scheduler: Any = None
+    boundary_ratio: float | None = None   # two experts: where transformer_2 takes over (model_index.json)
 
     def pipeline(self):
         """A ``WanImageToVideoPipeline`` over these parts (all the model has must be loaded), with
-        ``expand_timesteps`` set for a ``first_latent`` model."""
+        ``expand_timesteps`` set for a ``first_latent`` model and ``boundary_ratio`` for two experts."""
         from diffusers import WanImageToVideoPipeline
 
         if self.transformer is None or self.vae is None:
             raise ModelLoadError("cannot build the pipeline: the transformer and the VAE were not loaded")
         first_latent = wan_conditioning(self.transformer.config, self.vae.config) == "first_latent"
-        needed = model_parts(self.transformer.config)
+        needed = model_parts(self.transformer.config, self.boundary_ratio is not None)
         missing = [p for p in needed if getattr(self, p) is None]
         if missing:
             raise ModelLoadError(f"cannot build the pipeline: component(s) {missing} were not loaded")
-        return WanImageToVideoPipeline(**{p: getattr(self, p) for p in needed}, expand_timesteps=first_latent)
+        return WanImageToVideoPipeline(**{p: getattr(self, p) for p in needed}, expand_timesteps=first_latent,
+                                       boundary_ratio=self.boundary_ratio)
 
 
 def wan_conditioning(transformer_config: Mapping[str, Any], vae_config: Mapping[str, Any]) -> str:
@@ -178,11 +205,44 @@ def wan_conditioning(transformer_config: Mapping[str, Any], vae_config: Mapping[
                          f"image-to-video layout this project knows (Wan2.1-I2V: {2 * z + 4}; Wan2.2-TI2V: {z})")
 
 
-def model_parts(transformer_config: Mapping[str, Any]) -> tuple[str, ...]:
-    """The components a model with this transformer has: all, less the CLIP pair without image tokens."""
-    if transformer_config.get("image_dim") is None:
-        return tuple(p for p in WAN_COMPONENTS if p not in IMAGE_PARTS)
-    return WAN_COMPONENTS
+def high_noise(timestep: torch.Tensor, boundary_ratio: float, num_train_timesteps: int) -> torch.Tensor:
+    """Whether a two-expert model's high-noise ``transformer`` takes ``timestep`` (bool, same shape):
+    ``timestep >= boundary_ratio * num_train_timesteps``, as ``WanImageToVideoPipeline`` switches;
+    ``transformer_2`` takes the others."""
+    return timestep >= boundary_ratio * num_train_timesteps
+
+
+def model_parts(transformer_config: Mapping[str, Any], two_experts: bool = False) -> tuple[str, ...]:
+    """The components a model with this transformer has: all, less the CLIP pair without image tokens
+    and ``transformer_2`` without a second expert."""
+    left_out = (IMAGE_PARTS if transformer_config.get("image_dim") is None else ()) + \
+        (() if two_experts else ("transformer_2",))
+    return tuple(p for p in WAN_COMPONENTS if p not in left_out)
+
+
+def read_model_index(root: str, revision: str | None = None) -> dict[str, Any]:
+    """The pipeline's ``model_index.json`` of a folder or hub id (``{}`` when it has none)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(root, **({"revision": revision} if revision else {})))
+    except OSError:  # a folder without model_index.json: its components say the rest
+        return {}
+
+
+def expert_boundary(model_index: Mapping[str, Any], name: str) -> float | None:
+    """The ``boundary_ratio`` of a two-expert model (Wan2.2-A14B: ``transformer_2`` takes the timesteps
+    below ``boundary_ratio * num_train_timesteps``), ``None`` for one transformer; a model index with
+    only one of the two is a :class:`ModelLoadError` (``name``: the model, for the message)."""
+    second = (model_index.get("transformer_2") or [None])[-1] is not None
+    ratio = model_index.get("boundary_ratio")
+    if second != (ratio is not None):
+        raise ModelLoadError(f"{name}: model_index.json has {'a transformer_2' if second else 'a boundary_ratio'} "
+                             f"without {'a boundary_ratio' if second else 'a transformer_2'}; a two-expert Wan "
+                             f"needs both")
+    if ratio is not None and not 0 < float(ratio) < 1:
+        raise ModelLoadError(f"{name}: boundary_ratio {ratio} is not between 0 and 1")
+    return None if ratio is None else float(ratio)
 
 
 def _component_classes() -> dict[str, Any]:
@@ -191,7 +251,15 @@ def _component_classes() -> dict[str, Any]:
 
     return {"tokenizer": AutoTokenizer, "text_encoder": UMT5EncoderModel, "image_processor": CLIPImageProcessor,
             "image_encoder": CLIPVisionModel, "vae": AutoencoderKLWan, "transformer": WanTransformer3DModel,
-            "scheduler": UniPCMultistepScheduler}
+            "transformer_2": WanTransformer3DModel, "scheduler": UniPCMultistepScheduler}
+
+
+def _tiny_wan21_vae(cfg: WanTinyConfig):
+    """A random tiny Wan2.1 VAE (16 latent channels, 4x temporal / 8x spatial)."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
 
 
 def _build_tiny(cfg: WanTinyConfig):
@@ -220,6 +288,12 @@ def _build_tiny(cfg: WanTinyConfig):
         scheduler = UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": TI2V_FLOW_SHIFT})
         return WanImageToVideoPipeline(vae=vae, transformer=transformer, scheduler=scheduler, expand_timesteps=True,
                                        **common)
+    if cfg.variant == "i2v_a14b":
+        vae = _tiny_wan21_vae(cfg)
+        high, low = (WanTransformer3DModel(in_channels=36, out_channels=16, **transformer_sizes) for _ in range(2))
+        scheduler = UniPCMultistepScheduler(**{**SCHEDULER_CONFIG, "flow_shift": A14B_FLOW_SHIFT})
+        return WanImageToVideoPipeline(vae=vae, transformer=high, transformer_2=low, scheduler=scheduler,
+                                       boundary_ratio=A14B_BOUNDARY_RATIO, **common)
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     image_encoder = CLIPVisionModel(CLIPVisionConfig(
@@ -227,8 +301,7 @@ def _build_tiny(cfg: WanTinyConfig):
         image_size=cfg.image_size, patch_size=8, projection_dim=cfg.image_dim))
     image_processor = CLIPImageProcessor(size={"shortest_edge": cfg.image_size},
                                          crop_size={"height": cfg.image_size, "width": cfg.image_size})
-    vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    vae = _tiny_wan21_vae(cfg)
     inner = cfg.num_attention_heads * cfg.attention_head_dim
     transformer = WanTransformer3DModel(in_channels=36, out_channels=16, image_dim=cfg.image_dim,
                                         added_kv_proj_dim=inner, **transformer_sizes)
@@ -256,14 +329,16 @@ def load_wan_components(pretrained: str = WAN21_I2V_480P, parts: Iterable[str] |
                         cache_dir: str | os.PathLike = DEFAULT_CACHE, revision: str | None = None,
                         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> WanComponents:
     """Load the asked ``parts`` of a Wan image-to-video model (models in ``eval()`` on ``device``, ``dtype``);
-    ``None``: every part the model has (:func:`model_parts` of its transformer config)."""
+    ``None``: every part the model has (:func:`model_parts` of its transformer config and model index).
+    ``boundary_ratio`` is set from the model index whatever the parts."""
     root = resolve_wan(pretrained, tiny=tiny, cache_dir=cache_dir)
-    out = WanComponents(source=root)
+    out = WanComponents(source=root, boundary_ratio=expert_boundary(read_model_index(root, revision), pretrained))
     if parts is None:
         from diffusers import WanTransformer3DModel
 
         parts = model_parts(WanTransformer3DModel.load_config(
-            root, subfolder="transformer", **({"revision": revision} if revision else {})))
+            root, subfolder="transformer", **({"revision": revision} if revision else {})),
+            out.boundary_ratio is not None)
     load_parts(out, pretrained, root, parts, _component_classes(), "Wan image-to-video", revision=revision,
                dtype=dtype, device=device)
     return out

@@ -1,5 +1,6 @@
-"""Wan image-to-video as a :class:`~reangle.models.spec.ModelSpec` (stage II): Wan2.1-I2V and
-Wan2.2-TI2V-5B, told apart by their loaded configs (:func:`~reangle.models.wan.wan_conditioning`).
+"""Wan image-to-video as a :class:`~reangle.models.spec.ModelSpec` (stage II): Wan2.1-I2V,
+Wan2.2-TI2V-5B and Wan2.2-I2V-A14B, told apart by their loaded configs
+(:func:`~reangle.models.wan.wan_conditioning`, :func:`~reangle.models.wan.expert_boundary`).
 
 Cached per view (``encode_video``), float32, latent frames first like CogVideoX's cache:
 
@@ -42,6 +43,17 @@ replacement at training time, with latent frame 0 left out of the loss, is DiffS
 then ``noise_pred[:, :, 1:]`` against ``training_target[:, :, 1:]``). Here frame 0 is left out
 through :attr:`~reangle.models.spec.DiffusionPair.trained` (False on latent frame 0), which the
 loss ANDs with the visibility mask, so the prediction there gets no gradient.
+
+Wan2.2-I2V-A14B (two experts, Wan2.1's ``channels`` condition without CLIP tokens) gets one LoRA
+per expert, each trained on the timesteps its expert serves at sampling time: the step draws
+sigma exactly as above, and the timestep ``1000 sigma`` picks the expert of each sample
+(:func:`~reangle.models.wan.high_noise`: ``transformer`` at ``t >= boundary_ratio * 1000``,
+else ``transformer_2``); only that expert runs, so only its LoRA gets a gradient (the other's
+stays ``None`` and AdamW leaves it, moments included, untouched). With the logit-normal draw
+and the scheduler's shift ``s`` the high-noise expert gets ``P(sigma >= r) = P(u >= r / (s -
+(s - 1) r))`` of the samples (:func:`high_noise_share`). The trainer holds both as one module
+(:class:`WanExperts`); the export writes the high-noise LoRA as the usual file and the
+low-noise one as :data:`~reangle.models.lora.LORA_FILE_2`.
 """
 from __future__ import annotations
 
@@ -56,15 +68,35 @@ from reangle.models.cogvideox import DEFAULT_CACHE
 from reangle.models.cogvideox_i2v import _dtype
 from reangle.models.lora import DEFAULT_TARGETS
 from reangle.models.spec import DiffusionPair, FrameGrid, PipelineSpec
-from reangle.models.wan import (TEXT_LENGTH, WAN21_I2V_480P, WAN22_TI2V_5B, ModelLoadError, WanTinyConfig,
-                                encode_wan_image, encode_wan_prompts, first_latent_timesteps, load_wan_components,
-                                model_parts, normalize_latents, resolve_wan, wan_conditioning, wan_first_latent,
+from reangle.models.wan import (TEXT_LENGTH, WAN21_I2V_480P, WAN22_I2V_A14B, WAN22_TI2V_5B, ModelLoadError,
+                                WanTinyConfig, encode_wan_image, encode_wan_prompts, expert_boundary,
+                                first_latent_timesteps, high_noise, load_wan_components, model_parts,
+                                normalize_latents, read_model_index, resolve_wan, wan_conditioning, wan_first_latent,
                                 wan_image_condition, with_first_latent)
+
+
+LOW_NOISE_PREFIX = "transformer_2."   # the low-noise expert's keys in a two-expert lora_state()
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     """Noise levels ``s u / (1 + (s - 1) u)`` of uniform-or-not ``u`` in [0, 1] (SD3 Eq. 23)."""
     return shift * u / (1 + (shift - 1) * u)
+
+
+def high_noise_share(boundary_ratio: float, shift: float) -> float:
+    """The fraction of training steps whose sigma (logit-normal ``u``, shifted by ``shift``) is at least
+    ``boundary_ratio``: ``P(u >= r / (s - (s - 1) r))`` = ``Phi(-logit(that))`` for a standard normal."""
+    u = torch.tensor(boundary_ratio / (shift - (shift - 1) * boundary_ratio), dtype=torch.float64)
+    return float(0.5 * torch.erfc(torch.logit(u) / 2 ** 0.5))
+
+
+class WanExperts(torch.nn.Module):
+    """The two experts of a Wan2.2-A14B as the one module the trainer holds: ``transformer`` (high
+    noise) and ``transformer_2`` (low noise), each with its LoRA."""
+
+    def __init__(self, transformer: torch.nn.Module, transformer_2: torch.nn.Module):
+        super().__init__()
+        self.transformer, self.transformer_2 = transformer, transformer_2
 
 
 class WanI2V(PipelineSpec):
@@ -75,8 +107,8 @@ class WanI2V(PipelineSpec):
     @classmethod
     def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
         """Wan's video sizes: ``1 + 4k`` frames (the causal VAE keeps the first frame alone); height
-        and width multiples of the VAE's spatial factor times the 2 x 2 patch: 16 px for Wan2.1, 32 px
-        for Wan2.2-TI2V-5B's 16x VAE; a local folder's ``vae/`` and ``transformer/config.json`` say
+        and width multiples of the VAE's spatial factor times the 2 x 2 patch: 16 px for Wan2.1 and
+        Wan2.2-I2V-A14B (the Wan2.1 VAE), 32 px for Wan2.2-TI2V-5B's 16x VAE; a local folder's ``vae/`` and ``transformer/config.json`` say
         which, the tiny model its ``model.wan_tiny.variant``. Reads no weights."""
         pretrained = str(model["pretrained"])
         if pretrained == "tiny":
@@ -101,6 +133,11 @@ class WanI2V(PipelineSpec):
         self.source = resolve_wan(pretrained, tiny=self.tiny, cache_dir=cache_dir)
         self._reset_models()
 
+    def _reset_models(self) -> None:
+        super()._reset_models()
+        self.transformer_2 = None
+        self.net: torch.nn.Module | None = None
+
     def _load(self, parts: Sequence[str], device):
         return load_wan_components(self.pretrained, parts, tiny=self.tiny, cache_dir=self.cache_dir,
                                    revision=self.revision, dtype=self.weights_dtype, device=device)
@@ -116,15 +153,13 @@ class WanI2V(PipelineSpec):
         return dict(cls.load_config(self.source, **kwargs))
 
     def _read_model_index(self) -> dict:
-        from diffusers import DiffusionPipeline
-
         if "model_index" not in self._config_cache:
-            kwargs = {"revision": self.revision} if self.revision else {}
-            try:
-                self._config_cache["model_index"] = dict(DiffusionPipeline.load_config(self.source, **kwargs))
-            except OSError:  # a folder without model_index.json: its components say the rest
-                self._config_cache["model_index"] = {}
+            self._config_cache["model_index"] = read_model_index(self.source, self.revision)
         return self._config_cache["model_index"]
+
+    def boundary_ratio(self) -> float | None:
+        """Where a two-expert model's low-noise ``transformer_2`` takes over (``None``: one transformer)."""
+        return expert_boundary(self._read_model_index(), self.pretrained)
 
     def conditioning(self) -> str:
         """``channels`` (Wan2.1-I2V) or ``first_latent`` (Wan2.2-TI2V), from the transformer and VAE configs."""
@@ -135,16 +170,17 @@ class WanI2V(PipelineSpec):
         return self.component_config("transformer").get("image_dim") is not None
 
     def check_supported(self) -> None:
-        """A Wan2.1-I2V (channel condition and CLIP tokens) or Wan2.2-TI2V (first-latent condition)
-        layout with one transformer; two-expert models (Wan2.2-A14B: ``transformer_2``) are refused."""
-        index = self._read_model_index()
-        if index.get("boundary_ratio") is not None or (index.get("transformer_2") or [None])[0] is not None:
-            raise ModelLoadError(f"{self.pretrained} is a two-expert Wan2.2 model (transformer_2, boundary_ratio "
-                                 f"{index.get('boundary_ratio')}), which stage II does not train (README: choosing "
-                                 f"a backbone); use {WAN21_I2V_480P} or {WAN22_TI2V_5B}")
-        if self.conditioning() == "channels" and not self.takes_image_tokens():
-            raise ModelLoadError(f"{self.pretrained} has a Wan2.1-I2V-style transformer without CLIP image tokens; "
-                                 f"use {WAN21_I2V_480P} or {WAN22_TI2V_5B}")
+        """A Wan2.1-I2V (channel condition and CLIP tokens), Wan2.2-TI2V (first-latent condition, one
+        transformer) or Wan2.2-I2V-A14B (channel condition without CLIP tokens, two experts) layout."""
+        two_experts = self.boundary_ratio() is not None
+        if two_experts and self.conditioning() != "channels":
+            raise ModelLoadError(f"{self.pretrained} is a two-expert Wan with the first-latent condition (e.g. "
+                                 f"Wan2.2-TI2V-A14B), which stage II does not train; use {WAN22_I2V_A14B}")
+        if self.conditioning() == "channels" and self.takes_image_tokens() == two_experts:
+            what = "a two-expert model whose transformers take" if two_experts else "one transformer without"
+            raise ModelLoadError(f"{self.pretrained} is {what} CLIP image tokens beside the Wan2.1-I2V-style channel "
+                                 f"condition, a layout stage II does not know; use {WAN21_I2V_480P}, {WAN22_TI2V_5B} "
+                                 f"or {WAN22_I2V_A14B}")
 
     def fingerprint(self, kind: str) -> str:
         video = ["vae", "image_encoder"] if self.takes_image_tokens() else ["vae"]
@@ -153,7 +189,8 @@ class WanI2V(PipelineSpec):
     # --- caching --------------------------------------------------------------------------------
     def load_encoders(self, device: torch.device) -> None:
         self.check_supported()
-        parts = [p for p in model_parts(self.component_config("transformer")) if p not in ("transformer", "scheduler")]
+        parts = [p for p in model_parts(self.component_config("transformer"))
+                 if p not in ("transformer", "transformer_2", "scheduler")]
         self.encoders = self._load(parts, device)
         for part in ("text_encoder", "image_encoder", "vae"):
             if getattr(self.encoders, part) is not None:
@@ -191,15 +228,22 @@ class WanI2V(PipelineSpec):
 
     # --- training -------------------------------------------------------------------------------
     def load_diffusion_model(self, device: torch.device | None = None) -> torch.nn.Module:
-        if self.transformer is None:
+        """The transformer with its LoRA; for two experts a :class:`WanExperts` of both, each with one."""
+        if self.net is None:
             self.check_supported()
-            parts = self._load(["transformer", "scheduler"], device or "cpu")
-            self.transformer, self.scheduler = parts.transformer, parts.scheduler
+            two_experts = self.boundary_ratio() is not None
+            parts = self._load(["transformer", "transformer_2", "scheduler"] if two_experts
+                               else ["transformer", "scheduler"], device or "cpu")
+            self.transformer, self.transformer_2, self.scheduler = parts.transformer, parts.transformer_2, \
+                parts.scheduler
             if self.scheduler.config.get("prediction_type") != "flow_prediction":
                 raise ModelLoadError(f"{self.pretrained} has a {self.scheduler.config.get('prediction_type')} "
                                      f"scheduler; stage II expects Wan's flow prediction")
             self._attach_lora()
-        return self.transformer
+            if two_experts:
+                self._attach_lora(self.transformer_2)
+            self.net = WanExperts(self.transformer, self.transformer_2) if two_experts else self.transformer
+        return self.net
 
     def training_pair(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> DiffusionPair:
         transformer, sched = self.transformer, self.scheduler
@@ -227,11 +271,48 @@ class WanI2V(PipelineSpec):
         else:
             model_in = torch.cat([noisy, batch["condition"]], dim=2).permute(0, 2, 1, 3, 4)  # [B, C', F, h, w]
         image = batch["image_tokens"].to(dtype) if self.takes_image_tokens() else None
-        velocity = transformer(hidden_states=model_in.to(dtype), timestep=timestep,
-                               encoder_hidden_states=batch["prompt_embeds"].to(dtype),
-                               encoder_hidden_states_image=image, return_dict=False)[0]
+        inputs = dict(hidden_states=model_in.to(dtype), timestep=timestep,
+                      encoder_hidden_states=batch["prompt_embeds"].to(dtype), encoder_hidden_states_image=image)
+        if self.transformer_2 is None:
+            velocity = transformer(**inputs, return_dict=False)[0]
+        else:
+            high = high_noise(sigma.flatten() * sched.config.num_train_timesteps, self.boundary_ratio(),
+                              sched.config.num_train_timesteps)
+            velocity = self._expert_velocities(inputs, high)
         return DiffusionPair(prediction=velocity.float().permute(0, 2, 1, 3, 4), target=noise - x0,
                              weight=torch.ones(b, device=device), trained=trained)
+
+    def _expert_velocities(self, inputs: dict[str, torch.Tensor | None], high: torch.Tensor) -> torch.Tensor:
+        """Each sample's velocity from its expert (``high`` ``[B]`` bool: ``transformer``, else
+        ``transformer_2``); an expert without samples does not run."""
+        velocity = None
+        for expert, rows in ((self.transformer, high), (self.transformer_2, ~high)):
+            if not rows.any():
+                continue
+            out = expert(**{k: None if v is None else v[rows] for k, v in inputs.items()}, return_dict=False)[0]
+            if velocity is None:
+                velocity = out.new_zeros((high.shape[0], *out.shape[1:]))
+            velocity = velocity.index_put((rows,), out)
+        return velocity
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights (peft keys); for two experts the low-noise expert's under ``transformer_2.``."""
+        from reangle.models.lora import lora_state_dict
+
+        state = super().lora_state()
+        if self.transformer_2 is not None:
+            state.update({f"{LOW_NOISE_PREFIX}{k}": v for k, v in lora_state_dict(self.transformer_2).items()})
+        return state
+
+    def save_lora(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """The LoRA file (for two experts: the high-noise one, and the low-noise one as ``LORA_FILE_2``)."""
+        from reangle.models.lora import save_lora
+
+        self._require_lora()
+        state = self.lora_state() if state is None else state
+        low = {k.removeprefix(LOW_NOISE_PREFIX): v for k, v in state.items() if k.startswith(LOW_NOISE_PREFIX)}
+        high = {k: v for k, v in state.items() if not k.startswith(LOW_NOISE_PREFIX)}
+        return save_lora(folder, high, self.lora_config, pipeline=self._lora_pipeline(), state_2=low or None)
 
     def _lora_pipeline(self) -> type:
         from diffusers import WanImageToVideoPipeline

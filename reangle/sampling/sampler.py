@@ -61,6 +61,7 @@ class SamplingSettings:
 
     steps: int = 40
     guidance: float = 6.0
+    guidance_2: float | None = None  # Wan2.2-A14B: the low-noise expert's scale (None: ``guidance``)
     dynamic_guidance: bool = False   # CogVideoX's cosine ramp of the guidance scale over the steps
     lora_scale: float = 1.0          # multiplier of the LoRA update (ignored without a LoRA)
     negative_prompt: str = ""
@@ -84,6 +85,7 @@ class VideoSampler:
         self.progress = progress
         self.dtype = next(transformer.parameters()).dtype
         self.size_multiple, self.temporal_factor = 1, 1  # set by each backbone's sampler
+        self.two_experts = False                         # a second, low-noise transformer (Wan2.2-A14B)
 
     # -- models on the device -------------------------------------------------------
     @contextlib.contextmanager
@@ -121,12 +123,15 @@ class VideoSampler:
                 raise ValueError(f"num_frames={r.num_frames} is not 1 + {self.temporal_factor}k; "
                                  f"use e.g. {1 + self.temporal_factor * ((r.num_frames - 1) // self.temporal_factor)}")
         missing = {r.prompt for r in requests} - set(embeddings)
-        if settings.guidance > 1.0 and settings.negative_prompt not in embeddings:
+        if max(settings.guidance, settings.guidance_2 or 0.0) > 1.0 and settings.negative_prompt not in embeddings:
             missing.add(settings.negative_prompt)
         if missing:
             raise KeyError(f"no text embedding for prompt(s) {sorted(missing)}; get them from encode_prompts()")
         if settings.steps < 1:
             raise ValueError(f"need at least one sampling step, got {settings.steps}")
+        if settings.guidance_2 is not None and not self.two_experts:
+            raise ValueError("sample.guidance_2 is the low-noise expert's guidance of a two-expert Wan2.2-A14B; "
+                             "this model has one transformer: set sample.guidance_2=null")
 
 
 class CogVideoXSampler(VideoSampler):

@@ -34,7 +34,9 @@ class SampleOptions:
             raise ConfigError(f"sample.every_n_steps must be >= 0 (0: off), got {s['every_n_steps']}")
         if s["scheduler"] not in ("model", *SCHEDULERS):
             raise ConfigError(f"unknown sample.scheduler {s['scheduler']!r}; use one of {['model', *SCHEDULERS]}")
+        guidance_2 = s.pop("guidance_2")
         settings = SamplingSettings(steps=int(s.pop("steps")), guidance=float(s.pop("guidance")),
+                                    guidance_2=None if guidance_2 is None else float(guidance_2),
                                     dynamic_guidance=bool(s.pop("dynamic_guidance")),
                                     lora_scale=float(s.pop("lora_scale")), negative_prompt=str(s.pop("negative_prompt")))
         views = s.pop("views")
