@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reangle.models.cogvideox import ModelLoadError, layout
-from reangle.models.wan import (FULL_SIZE_TRANSFORMERS, FULL_SIZE_VAES, WAN21_I2V_480P, WAN22_TI2V_5B,
-                                build_wan_transformer_on_meta, build_wan_vae_on_meta, load_wan_components,
-                                resolve_wan)
+from reangle.models.wan import (FULL_SIZE_TRANSFORMERS, FULL_SIZE_VAES, WAN21_I2V_480P, WAN22_I2V_A14B,
+                                WAN22_TI2V_5B, build_wan_transformer_on_meta, build_wan_vae_on_meta,
+                                load_wan_components, resolve_wan)
 
 
 def test_tiny_and_its_folder_load_the_same_weights(tiny_wan_dir):
@@ -30,7 +30,8 @@ def test_unknown_source_and_incomplete_folder_are_clear_errors(tmp_path):
 
 # --- the released checkpoints ---------------------------------------------------------------------------
 # Expected layouts are written from Wan's own model definition (Wan-Video/Wan2.1 and Wan2.2,
-# wan/modules/model.py: WanModel with the dims of wan/configs/wan_i2v_14B.py and wan_ti2v_5B.py) in the
+# wan/modules/model.py: WanModel with the dims of wan/configs/wan_i2v_14B.py, wan_ti2v_5B.py and
+# wan_i2v_A14B.py, whose two experts share one layout) in the
 # original checkpoints' key names, then renamed the way diffusers' scripts/convert_wan_to_diffusers.py
 # renames them into the *-Diffusers repositories.
 
@@ -94,6 +95,7 @@ def _diffusers_names(shapes):
 @pytest.mark.parametrize("hub_id,dims,billions", [
     (WAN21_I2V_480P, dict(dim=5120, ffn=13824, layers=40, in_dim=36, out_dim=16, image_dim=1280), 16.39),
     (WAN22_TI2V_5B, dict(dim=3072, ffn=14336, layers=30, in_dim=48, out_dim=48), 5.00),
+    (WAN22_I2V_A14B, dict(dim=5120, ffn=13824, layers=40, in_dim=36, out_dim=16), 14.29),   # each expert
 ])
 def test_full_size_transformer_matches_the_released_checkpoint_layout(hub_id, dims, billions):
     ours = layout(build_wan_transformer_on_meta(FULL_SIZE_TRANSFORMERS[hub_id]))
@@ -106,6 +108,7 @@ def test_full_size_transformer_matches_the_released_checkpoint_layout(hub_id, di
 @pytest.mark.parametrize("hub_id,z,spatial,in_px,millions", [
     (WAN21_I2V_480P, 16, 8, 3, 126.89),
     (WAN22_TI2V_5B, 48, 16, 12, 704.69),     # 12 = 3 colours x 2 x 2 pixel patches
+    (WAN22_I2V_A14B, 16, 8, 3, 126.89),      # the Wan2.1 VAE
 ])
 def test_full_size_vae_fits_its_transformer_and_compresses_as_released(hub_id, z, spatial, in_px, millions):
     """The VAE config on the meta device: its ends (patched pixels in and out, 2 z posterior channels,

@@ -3,6 +3,7 @@ LoRA export) and the exported Wan LoRA checked with diffusers alone; sample.py's
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -90,3 +91,44 @@ def test_tiny_wan22_preset_runs_the_pipeline_and_exports_a_lora_the_expand_times
     cfg = load_run_config(run, overrides=["sample.steps=2", f"sample.out_dir={tmp_path / 'again'}"])
     result = sample_from_config(cfg, run_lora, views=["dolly_in_00"], progress=False)
     assert result.views[0].frames.shape == (9, 64, 96, 3)
+
+
+def test_tiny_wan22_a14b_preset_trains_a_lora_per_expert_and_samples_with_both(tmp_path, tiny_wan22_a14b_dir):
+    """The whole pipeline on the tiny two-expert Wan2.2-I2V-A14B, kept short: two motions, four optimizer
+    steps, three sampling steps (both experts act); each exported file loads into its expert of the stock
+    pipeline, and sample.py's path loads both."""
+    from reangle.models.lora import LORA_FILE_2, LoraFileError
+
+    trainer = train.main(["--config", "configs/presets/tiny_wan.yaml", "configs/presets/tiny_wan22_a14b.yaml",
+                          f"run.root={tmp_path}", "run.name=a14b", f"run.cache_dir={tiny_wan22_a14b_dir.parent.parent}",
+                          "views.motions=[orbit_left,dolly_in]", "train.steps=4", "sample.steps=3", "train.lr=1e-2"])
+    run = tmp_path / "a14b"
+    assert trainer.global_step == 4
+    meta = json.loads((run / "samples" / "orbit_left_00.json").read_text())
+    assert meta["start_frame_source"] == "inpainted" and meta["settings"]["num_frames"] == 9
+    final = run / "lora" / "final"
+    high, low = (load_file(str(final / name)) for name in ("pytorch_lora_weights.safetensors", LORA_FILE_2))
+    assert high.keys() == low.keys() and all(k.startswith("transformer.blocks.") and ".attn1." in k for k in high)
+    moved = [any(state[k].abs().max() > 0 for k in state if "lora_B" in k) for state in (high, low)]
+    assert moved == [True, True]                                  # both experts were trained (B starts at zero)
+
+    pipe = load_wan_components(str(tiny_wan22_a14b_dir)).pipeline()
+    assert pipe.config.boundary_ratio == 0.9 and pipe.image_encoder is None
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    kwargs = dict(image=image, prompt="a colour ramp", num_frames=9, height=64, width=96, num_inference_steps=3,
+                  guidance_scale=3.5, guidance_scale_2=3.5, output_type="pt")
+    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    pipe.load_lora_weights(str(final))
+    pipe.load_lora_weights(str(final), weight_name=LORA_FILE_2, load_into_transformer_2=True)
+    assert pipe.transformer.peft_config and pipe.transformer_2.peft_config
+    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    assert (tuned - base).abs().max() > 1e-4
+
+    _, run_lora = run_files(run)                                   # sample.py's path: both files
+    cfg = load_run_config(run, overrides=["sample.steps=3", f"sample.out_dir={tmp_path / 'again'}"])
+    again = sample_from_config(cfg, run_lora, views=["orbit_left_00"], progress=False)
+    assert again.views[0].frames.shape == (9, 64, 96, 3)
+    (final / LORA_FILE_2).unlink()                                 # the low-noise LoRA is required, not optional
+    with pytest.raises(LoraFileError, match="low-noise"):
+        sample_from_config(cfg, run_lora, views=["orbit_left_00"], progress=False)
