@@ -3,8 +3,9 @@
 Folders: ``<dirpath>/step-<global step>/`` at each checkpoint and ``<dirpath>/final/`` when
 fitting ends, each holding ``pytorch_lora_weights.safetensors`` for the backbone pipeline's
 ``load_lora_weights`` (and, for a two-expert Wan2.2-A14B, the low-noise expert's
-``pytorch_lora_weights_transformer_2.safetensors``, loaded with ``load_into_transformer_2=True``). Every rank takes part in gathering the
-weights (FSDP and DeepSpeed ZeRO-3 shard them); only global rank 0 writes.
+``pytorch_lora_weights_transformer_2.safetensors``, loaded with ``load_into_transformer_2=True``).
+Every rank takes part in gathering the weights (FSDP and DeepSpeed ZeRO-3 shard them); only
+global rank 0 writes.
 """
 from __future__ import annotations
 

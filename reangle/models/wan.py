@@ -105,8 +105,8 @@ FULL_SIZE_TRANSFORMERS: dict[str, dict[str, Any]] = {
 
 
 # VAE configs of the released checkpoints (vae/config.json; the latent statistics, not weights,
-# left out). Wan2.1 (also Wan2.2-I2V-A14B's): diffusers' AutoencoderKLWan defaults, which scripts/convert_wan_to_diffusers.py
-# uses for the Wan2.1 VAE. Wan2.2-TI2V-5B: that script's Wan2.2 VAE config (Wan2.2's
+# left out). Wan2.1 (also Wan2.2-I2V-A14B's): diffusers' AutoencoderKLWan defaults, which
+# scripts/convert_wan_to_diffusers.py uses for the Wan2.1 VAE. Wan2.2-TI2V-5B: that script's Wan2.2 VAE config (Wan2.2's
 # wan/modules/vae2_2.py: dim 160, decoder dim 256, z_dim 48, 12 = 3 x 2 x 2 patched pixel channels).
 FULL_SIZE_VAES: dict[str, dict[str, Any]] = {
     WAN21_I2V_480P: {

@@ -108,8 +108,9 @@ class WanI2V(PipelineSpec):
     def frame_grid(cls, model: Mapping[str, Any]) -> FrameGrid:
         """Wan's video sizes: ``1 + 4k`` frames (the causal VAE keeps the first frame alone); height
         and width multiples of the VAE's spatial factor times the 2 x 2 patch: 16 px for Wan2.1 and
-        Wan2.2-I2V-A14B (the Wan2.1 VAE), 32 px for Wan2.2-TI2V-5B's 16x VAE; a local folder's ``vae/`` and ``transformer/config.json`` say
-        which, the tiny model its ``model.wan_tiny.variant``. Reads no weights."""
+        Wan2.2-I2V-A14B (the Wan2.1 VAE), 32 px for Wan2.2-TI2V-5B's 16x VAE; a local folder's
+        ``vae/`` and ``transformer/config.json`` say which, the tiny model its
+        ``model.wan_tiny.variant``. Reads no weights."""
         pretrained = str(model["pretrained"])
         if pretrained == "tiny":
             return FrameGrid(WanTinyConfig.from_mapping(model.get("wan_tiny")).size_multiple, 4)

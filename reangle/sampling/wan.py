@@ -4,19 +4,20 @@ Wan2.2-TI2V-5B and the two-expert Wan2.2-I2V-A14B, told apart by the configs:
 
 Numerically the path of diffusers' ``WanImageToVideoPipeline`` (``expand_timesteps`` for a
 ``first_latent`` model; ``transformer_2`` and ``boundary_ratio`` for two experts) with the same
-components, inputs and generator, in phases like :class:`~reangle.sampling.sampler.CogVideoXSampler`: text
-embeddings once per distinct prompt (then the UMT5 encoder can go), the CLIP image tokens
-(Wan2.1-I2V) and the VAE condition of every start frame, the denoising, then decoding.
-Wan2.2-TI2V's steps feed the latents with frame 0 replaced by the start frame's latent and
-per-token timesteps (0 on frame 0), and frame 0 is replaced once more before decoding, as
-the pipeline does. A two-expert model denoises the timesteps ``t >= boundary_ratio * 1000``
-with ``transformer`` and guidance ``settings.guidance``, the others with ``transformer_2`` and
-``settings.guidance_2`` (``None``: the same), as the pipeline's ``guidance_scale_2``; each
-expert's step is guided when its own scale is above 1 (the pipeline decides once, by
-``guidance_scale``; the two agree unless only ``guidance_2`` is above 1). Classifier-free guidance runs the conditional and the unconditional branch
-as two calls, as the pipeline does (the negative branch keeps the image condition and image
-tokens). The only random draw is each request's initial noise, from a CPU generator seeded
-with its seed.
+components, inputs and generator, in phases like
+:class:`~reangle.sampling.sampler.CogVideoXSampler`: text embeddings once per distinct prompt
+(then the UMT5 encoder can go), the CLIP image tokens (Wan2.1-I2V) and the VAE condition of
+every start frame, the denoising, then decoding. Wan2.2-TI2V's steps feed the latents with
+frame 0 replaced by the start frame's latent and per-token timesteps (0 on frame 0), and frame
+0 is replaced once more before decoding, as the pipeline does. A two-expert model denoises the
+timesteps ``t >= boundary_ratio * 1000`` with ``transformer`` and guidance ``settings.guidance``,
+the others with ``transformer_2`` and ``settings.guidance_2`` (``None``: the same), as the
+pipeline's ``guidance_scale_2``; each expert's step is guided when its own scale is above 1
+(the pipeline decides once, by ``guidance_scale``; the two agree unless only ``guidance_2`` is
+above 1). Classifier-free guidance runs the conditional and the unconditional branch as two
+calls, as the pipeline does (the negative branch keeps the image condition and image tokens).
+The only random draw is each request's initial noise, from a CPU generator seeded with its
+seed.
 """
 from __future__ import annotations
 
