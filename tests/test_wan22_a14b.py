@@ -219,3 +219,18 @@ def test_full_size_experts_and_presets_agree_with_the_released_model():
     assert (config["in_channels"], config["image_dim"], config["num_layers"]) == (36, None, 40)
     assert WanI2V.frame_grid({"pretrained": WAN22_I2V_A14B}).spatial == 16
     assert WanI2V.frame_grid({"pretrained": "tiny", "wan_tiny": {"variant": "i2v_a14b"}}).spatial == 16
+
+
+def test_sample_guidance_2_is_a_number_for_the_wan_family_only():
+    from reangle.config import ConfigError, load_config
+    from reangle.sampling.settings import SampleOptions
+
+    def settings(preset, value):
+        return SampleOptions.from_config(load_config([preset], overrides=[f"sample.guidance_2={value}"])).settings
+
+    assert settings("configs/presets/tiny_wan.yaml", 2.5).guidance_2 == 2.5
+    assert settings("configs/presets/tiny_wan.yaml", "null").guidance_2 is None
+    with pytest.raises(ConfigError, match="a number or null"):
+        settings("configs/presets/tiny_wan.yaml", "abc")
+    with pytest.raises(ConfigError, match="one transformer"):
+        settings("configs/presets/tiny.yaml", 2.5)

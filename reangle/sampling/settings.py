@@ -35,6 +35,11 @@ class SampleOptions:
         if s["scheduler"] not in ("model", *SCHEDULERS):
             raise ConfigError(f"unknown sample.scheduler {s['scheduler']!r}; use one of {['model', *SCHEDULERS]}")
         guidance_2 = s.pop("guidance_2")
+        if guidance_2 is not None and (isinstance(guidance_2, bool) or not isinstance(guidance_2, (int, float))):
+            raise ConfigError(f"sample.guidance_2={guidance_2!r}: expected a number or null")
+        if guidance_2 is not None and cfg.model.family != "wan":
+            raise ConfigError(f"sample.guidance_2={guidance_2} is the low-noise expert's guidance of a two-expert "
+                              f"Wan2.2-A14B; model.family={cfg.model.family} has one transformer: set it to null")
         settings = SamplingSettings(steps=int(s.pop("steps")), guidance=float(s.pop("guidance")),
                                     guidance_2=None if guidance_2 is None else float(guidance_2),
                                     dynamic_guidance=bool(s.pop("dynamic_guidance")),
