@@ -219,6 +219,16 @@ def test_full_size_experts_and_presets_agree_with_the_released_model():
     assert (config["in_channels"], config["image_dim"], config["num_layers"]) == (36, None, 40)
     assert WanI2V.frame_grid({"pretrained": WAN22_I2V_A14B}).spatial == 16
     assert WanI2V.frame_grid({"pretrained": "tiny", "wan_tiny": {"variant": "i2v_a14b"}}).spatial == 16
+    from reangle.config import load_config
+    from reangle.sampling.settings import SampleOptions
+
+    preset = load_config(["configs/static.yaml", "configs/backbone/wan2.2_i2v_a14b.yaml"], ["data.video=clip.mp4"])
+    assert (preset.model.pretrained, preset.data.num_frames, preset.data.height, preset.data.width,
+            preset.data.fps, preset.lora.rank, preset.train.steps) == (WAN22_I2V_A14B, 81, 480, 832, 16, 128, 400)
+    settings = SampleOptions.from_config(preset).settings
+    assert (settings.steps, settings.guidance, settings.guidance_2) == (40, 3.5, 3.5)
+    tiny = load_config(["configs/presets/tiny_wan.yaml", "configs/presets/tiny_wan22_a14b.yaml"])
+    assert tiny.model.wan_tiny.variant == "i2v_a14b"
 
 
 def test_sample_guidance_2_is_a_number_for_the_wan_family_only():
