@@ -111,6 +111,9 @@ def test_tiny_wan22_a14b_preset_trains_a_lora_per_expert_and_samples_with_both(t
     assert high.keys() == low.keys() and all(k.startswith("transformer.blocks.") and ".attn1." in k for k in high)
     moved = [any(state[k].abs().max() > 0 for k in state if "lora_B" in k) for state in (high, low)]
     assert moved == [True, True]                                  # both experts were trained (B starts at zero)
+    stored = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    experts = {k.split(".")[1] for k in stored}                    # net.<expert>.blocks...: both LoRAs, resumable
+    assert experts == {"transformer", "transformer_2"} and all("lora_" in k for k in stored)
 
     pipe = load_wan_components(str(tiny_wan22_a14b_dir)).pipeline()
     assert pipe.config.boundary_ratio == 0.9 and pipe.image_encoder is None
