@@ -44,8 +44,10 @@ def test_each_phase_of_a_run_holds_only_its_own_models(tmp_path, tiny_omega, tin
     for phase in ("stage3", "sampling"):
         assert seen[phase]["optimizer_state"] == 0, f"{phase}: AdamW states still alive"
         assert seen[phase]["grads"] == 0, f"{phase}: gradients still alive"
-    # stage III: FLUX (with its own T5) and MEt3R; no CogVideoX VAE (caching encoders, per-step image VAE)
-    assert new("stage3", "FluxTransformer2DModel") == 1 and new("stage3", "T5EncoderModel") == 1
+    # stage III: FLUX and MEt3R; its text encoders (T5, CLIP) released once the prompts are encoded; no
+    # CogVideoX VAE (caching encoders, per-step image VAE)
+    assert new("stage3", "FluxTransformer2DModel") == 1 and new("stage3", "InpaintControlNet") == 1
+    assert new("stage3", "T5EncoderModel") == 0 and new("stage3", "CLIPTextModel") == 0
     assert new("stage3", "AutoencoderKLCogVideoX") == 0
     # sampling: the fine-tuned transformer and the VAE; FLUX released, T5 released after the prompts
     assert new("sampling", "CogVideoXTransformer3DModel") == 1 and new("sampling", "AutoencoderKLCogVideoX") == 1

@@ -34,12 +34,15 @@ def build_spec(cfg: DictConfig):
     if m.family == "wan":
         from reangle.models.wan_i2v import WanI2V
 
-        return WanI2V(m.pretrained, tiny=_plain(m.wan_tiny), **common)
-    from reangle.models.cogvideox_i2v import CogVideoXI2V
+        spec = WanI2V(m.pretrained, tiny=_plain(m.wan_tiny), **common)
+    else:
+        from reangle.models.cogvideox_i2v import CogVideoXI2V
 
-    return CogVideoXI2V(m.pretrained, tiny=_plain(m.tiny), image_noise_mean=t.image_noise_mean,
-                        image_noise_std=t.image_noise_std, image_dropout=t.image_dropout,
-                        image_condition=t.image_condition, **common)
+        spec = CogVideoXI2V(m.pretrained, tiny=_plain(m.tiny), image_noise_mean=t.image_noise_mean,
+                            image_noise_std=t.image_noise_std, image_dropout=t.image_dropout,
+                            image_condition=t.image_condition, **common)
+    spec.storage_dtype = m.storage_dtype
+    return spec
 
 
 def spec_sampler(spec, scheduler_kind: str, device: torch.device, progress: bool = True):
@@ -72,6 +75,7 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
     the config's frame size was checked when it was loaded (``ModelSpec.frame_grid``)."""
     from reangle.models.cogvideox_i2v import DTYPES
     from reangle.models.lora import load_lora
+    from reangle.models.storage import store_weights
 
     m = cfg.model
     where = "cpu" if offload else device
@@ -84,6 +88,7 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
                                     revision=m.revision, dtype=DTYPES[m.weights_dtype], device=where)
         if lora is not None:
             load_lora(parts.transformer, lora, loader=WanLoraLoaderMixin)
+        store_weights(parts.transformer, m.storage_dtype, DTYPES[m.weights_dtype])  # after the LoRA (storage.py)
         if vae_tiling:
             parts.vae.enable_tiling()
         return _wan_sampler(parts.transformer, parts, parts.scheduler, scheduler_kind, device, offload, progress)
@@ -94,6 +99,7 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
                             revision=m.revision, dtype=DTYPES[m.weights_dtype], device=where)
     if lora is not None:
         load_lora(parts.transformer, lora)
+    store_weights(parts.transformer, m.storage_dtype, DTYPES[m.weights_dtype])
     if vae_tiling:
         parts.vae.enable_tiling()
     return CogVideoXSampler(parts.transformer, parts.vae, make_scheduler(scheduler_kind, parts.scheduler),
