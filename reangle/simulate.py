@@ -119,6 +119,8 @@ class LiveBytes(TorchDispatchMode):
         self.live -= nbytes
 
     def _add(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "meta":  # a model not yet materialized (e.g. converted on meta): no memory
+            return
         storage = tensor.untyped_storage()
         if storage in self._seen:
             return

@@ -119,6 +119,21 @@ def test_sampling_with_the_trained_fp8_transformer_is_the_rounded_weights_sampli
     assert (videos[0] - videos[1]).abs().max() <= 1e-5
 
 
+def test_bf16_weights_with_fp8_storage_and_a_float32_lora_run_outside_autocast(tiny_model_dir):
+    """Sampling runs without autocast: peft casts the bf16 input of each float32 LoRA layer (as without storage)."""
+    spec = CogVideoXI2V("tiny", cache_dir=str(tiny_model_dir.parent.parent), weights_dtype="bf16", lora_rank=4,
+                        lora_alpha=4, image_condition="cached")
+    spec.storage_dtype = "fp8"
+    t = spec.load_diffusion_model()
+    assert fp8_names(t) and compute_dtype(t) == torch.bfloat16
+    assert not any(hasattr(m, "_diffusers_hook") and m._diffusers_hook.get_hook("peft_autocast_disable")
+                   for m in t.modules())
+    with torch.no_grad():
+        out = t(hidden_states=torch.randn(1, 3, 32, 8, 12, dtype=torch.bfloat16), timestep=torch.tensor([10]),
+                encoder_hidden_states=torch.randn(1, 226, 32, dtype=torch.bfloat16), return_dict=False)[0]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
 def test_a_loaded_lora_keeps_its_weights_under_fp8_storage(tmp_path, tiny_model_dir):
     from conftest import random_lora_file
     from reangle.models.cogvideox import load_components

@@ -13,7 +13,10 @@ in ``compute_dtype``.
 Apply it after a LoRA is attached or loaded: peft moves new adapter weights to the dtype of the
 layer they wrap, so a LoRA attached to an already-cast layer would be rounded through float8 (its
 initialisation, or the trained weights of a file); attached first, the LoRA keeps its dtype (float32
-in training) and gets no casting hook. The output changes by the float8 rounding of the weights:
+in training) and gets no casting hook. peft then casts a LoRA layer's input to the LoRA's dtype, as
+without storage: diffusers turns that off for layers under casting (its ``peft_autocast_disable``
+hook, meant for LoRA weights stored in the storage dtype), which outside autocast would feed bf16
+inputs to float32 LoRA weights; :func:`store_weights` removes that hook. The output changes by the float8 rounding of the weights:
 measured on tiny models by ``benchmarks/storage_effect.py`` (README "Will it fit?").
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from reangle.errors import InputError
 
 STORAGE_DTYPES = {"fp8": torch.float8_e4m3fn}
+PEFT_INPUT_HOOK = "peft_autocast_disable"  # diffusers.hooks.layerwise_casting._PEFT_AUTOCAST_DISABLE_HOOK
 
 
 def check_storage_dtype(name: str | None, key: str) -> None:
@@ -36,8 +40,13 @@ def store_weights(model: torch.nn.Module, storage: str | None, compute_dtype: to
     """``model`` (a diffusers ``ModelMixin``) with its layers stored in ``storage`` (``None``: unchanged) and
     computed in ``compute_dtype``; in place, returned."""
     check_storage_dtype(storage, "storage dtype")
-    if storage is not None:
-        model.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[storage], compute_dtype=compute_dtype)
+    if storage is None:
+        return model
+    model.enable_layerwise_casting(storage_dtype=STORAGE_DTYPES[storage], compute_dtype=compute_dtype)
+    for module in model.modules():  # peft's input cast to the LoRA dtype stays (module docstring)
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(PEFT_INPUT_HOOK) is not None:
+            registry.remove_hook(PEFT_INPUT_HOOK, recurse=False)
     return model
 
 
