@@ -190,3 +190,9 @@ def test_storage_dtype_keys_take_null_or_fp8_only():
     with pytest.raises(ValueError, match="storage dtype"):
         store_weights(torch.nn.Linear(2, 2), "int4", torch.float32)
 
+
+
+@pytest.mark.parametrize("preset,model,inpaint", [("24gb", "fp8", "fp8"), ("48gb", None, None), ("80gb", "fp8", None)])
+def test_gpu_presets_store_what_the_readme_says(preset, model, inpaint):
+    cfg = load_config(["configs/presets/tiny.yaml", f"configs/gpu/{preset}.yaml"])
+    assert (cfg.model.storage_dtype, cfg.inpaint.storage_dtype) == (model, inpaint)
