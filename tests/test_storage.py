@@ -196,3 +196,16 @@ def test_storage_dtype_keys_take_null_or_fp8_only():
 def test_gpu_presets_store_what_the_readme_says(preset, model, inpaint):
     cfg = load_config(["configs/presets/tiny.yaml", f"configs/gpu/{preset}.yaml"])
     assert (cfg.model.storage_dtype, cfg.inpaint.storage_dtype) == (model, inpaint)
+
+
+def test_wan_spec_stores_its_frozen_transformer_in_fp8_too(tiny_wan_dir):
+    from reangle.models.wan_i2v import WanI2V
+
+    spec = WanI2V("tiny", cache_dir=str(tiny_wan_dir.parent.parent), weights_dtype="fp32", lora_rank=4, lora_alpha=4)
+    spec.storage_dtype = "fp8"
+    t = spec.load_diffusion_model()
+    names = fp8_names(t)
+    assert any(n.endswith("attn1.to_q.base_layer.weight") for n in names)
+    assert not any(n.startswith(("patch_embedding.", "condition_embedder.")) for n in names)  # Wan's skip patterns
+    assert all(p.dtype == torch.float32 for p in t.parameters() if p.requires_grad)
+    assert compute_dtype(t) == torch.float32
