@@ -209,3 +209,18 @@ def test_wan_spec_stores_its_frozen_transformer_in_fp8_too(tiny_wan_dir):
     assert not any(n.startswith(("patch_embedding.", "condition_embedder.")) for n in names)  # Wan's skip patterns
     assert all(p.dtype == torch.float32 for p in t.parameters() if p.requires_grad)
     assert compute_dtype(t) == torch.float32
+
+
+def test_a_tiny_train_run_with_fp8_storage_exports_a_float32_lora_and_samples(tmp_path, tiny_omega, tiny_model_dir):
+    import train
+    from safetensors.torch import load_file
+
+    train.main(["--config", "configs/presets/tiny.yaml", "data.height=64", "data.width=96", f"train.omega={tiny_omega}",
+                f"run.root={tmp_path}", "run.name=fp8", f"run.cache_dir={tiny_model_dir.parent.parent}",
+                "train.steps=2", "train.gradient_checkpointing=true", "sample.steps=1", "inpaint.steps=2",
+                "model.storage_dtype=fp8", "inpaint.storage_dtype=fp8"])
+    run = tmp_path / "fp8"
+    lora = load_file(run / "lora" / "final" / "pytorch_lora_weights.safetensors")
+    assert lora and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in lora.values())
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # trained
+    assert (run / "start_frames" / "scores.json").is_file() and list((run / "samples").glob("*.mp4"))
