@@ -98,15 +98,16 @@ def full_size_loaders(transformer_config=None):
         yield
 
 
-def full_spec(image_condition: str = "per_step", transformer_config=None, rank: int = 128):
+def full_spec(image_condition: str = "per_step", transformer_config=None, rank: int = 128, storage=None):
     """The stage II spec of configs/base.yaml at full size (configs known without the hub), its
-    transformer with LoRA (and, per step, its VAE) loaded on meta."""
+    transformer with LoRA (and, per step, its VAE) loaded on meta; ``storage``: model.storage_dtype."""
     from diffusers import AutoencoderKLCogVideoX
 
     from reangle.models.cogvideox import full_size_transformer_config
     from reangle.models.cogvideox_i2v import CogVideoXI2V
 
     spec = CogVideoXI2V(image_condition=image_condition, lora_rank=rank, lora_alpha=rank)
+    spec.storage_dtype = storage
     with torch.device("meta"):
         vae_config = {k: v for k, v in AutoencoderKLCogVideoX(**COGVIDEOX_VAE).config.items() if not k.startswith("_")}
     spec._config_cache.update(transformer=dict(transformer_config or full_size_transformer_config()), vae=vae_config)
@@ -231,7 +232,8 @@ def phase_depth(frames: int = 49, height: int = 480, width: int = 720, batch: in
 
 
 def phase_encode(frames: int = 49, height: int = 480, width: int = 720, tiling: bool = False) -> dict:
-    """Stage II caching: T5-XXL encodes the prompt, the VAE encodes one clip (one Omega view)."""
+    """Stage II caching in the data module's order: T5-XXL encodes the prompt and is released
+    (``release_text_encoder``), then the VAE encodes one clip (one Omega view)."""
     spec = full_spec()
     enc = cogvideox_components(["tokenizer", "text_encoder", "vae"])
     with Simulation() as sim:
@@ -242,19 +244,22 @@ def phase_encode(frames: int = 49, height: int = 480, width: int = 720, tiling: 
         with sim.section() as t5:
             spec.encode_prompt("a scene")
         text = _result(t5, [enc.text_encoder, enc.vae], t5.flops)
+        spec.release_text_encoder()
         with sim.section() as s:
             spec.encode_video(torch.rand(frames, 3, height, width), torch.Generator().manual_seed(0))
-    return {"prompt": text, "video": _result(s, [enc.text_encoder, enc.vae], s.flops)}
+    return {"prompt": text, "video": _result(s, [enc.vae], s.flops)}
 
 
 def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank: int = 128,
-                     image_condition: str = "per_step", transformer_config=None, optimizer_dtype=None) -> dict:
+                     image_condition: str = "per_step", transformer_config=None, optimizer_dtype=None,
+                     storage=None) -> dict:
     """Stage II: one optimizer step of the real spec (LoRA ``rank`` on the attention projections,
     gradient checkpointing, bf16 autocast as Lightning's bf16-mixed, per-step VAE encoding of the
-    first frame), masked loss, gradient clipping, AdamW (states created beforehand: a steady step)."""
+    first frame), masked loss, gradient clipping, AdamW (states created beforehand: a steady step);
+    ``storage``: model.storage_dtype (the frozen layers in float8, cast per layer)."""
     from reangle.training.loss import masked_loss
 
-    spec = full_spec(image_condition, transformer_config, rank)
+    spec = full_spec(image_condition, transformer_config, rank, storage)
     f, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
     cfg = spec.transformer.config
     with Simulation() as sim:
@@ -290,15 +295,15 @@ def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank
 
 
 def phase_sample(frames: int = 49, height: int = 480, width: int = 720, steps: int = 40, guidance: float = 6.0,
-                 tiling: bool = False, offload: bool = False) -> dict:
+                 tiling: bool = False, offload: bool = False, storage=None) -> dict:
     """Sampling one view with the sampler of train.py's VideoSampling, in its three parts: VAE encoding
     of the start frame, ``steps`` denoising steps with CFG as a batch of two (one simulated, FLOPs
     multiplied), VAE decoding (``tiling``: diffusers' tiles). T5 is not resident: the sampler encodes
     the prompts first and releases it (phase "prompt"). ``offload`` (sample.cpu_offload): only the
-    model of the running part is on the GPU."""
+    model of the running part is on the GPU. ``storage``: model.storage_dtype."""
     from reangle.sampling.sampler import CogVideoXSampler, SampleRequest, SamplingSettings
 
-    spec = full_spec()
+    spec = full_spec(storage=storage)
     vae = cogvideox_components(["vae"]).vae
     with Simulation() as sim:
         _materialize(spec.transformer, vae)
@@ -329,18 +334,32 @@ def phase_sample(frames: int = 49, height: int = 480, width: int = 720, steps: i
     return out
 
 
-def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views: int = 2, size: int = 1024,
-                       met3r_chunk: int = 8) -> float:
-    """Peak GB of stage III's parts at another ``max_batch`` / MEt3R chunk (same code, FLOPs unchanged):
-    the prompt and control encoding, one transformer + ControlNet batch, one VAE batch, the scoring."""
+def _stage3_models(sim, flux, met3r, max_batch: int, storage):
+    """The inpainter as ``reangle.inpaint.run.load_models`` prepares it: ``prepare_inpainter`` (storage of the
+    transformer and ControlNet, the prompt encoded by the text encoders alone on the device, which are then
+    released), then the search networks and MEt3R on the device. Returns (inpainter, the prompt section)."""
     from reangle.inpaint.inpainter import FluxControlNetInpainter
+    from reangle.inpaint.run import prepare_inpainter
+
+    pipe = flux.pipeline
+    _materialize(pipe.text_encoder, pipe.text_encoder_2)  # meta modules stand for the ones still on the CPU
+    inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+    with sim.section() as text:
+        prepare_inpainter(inpainter, storage, BF16, ["a scene"], "cpu")
+    _materialize(*inpainter.networks(), met3r)
+    return inpainter, text
+
+
+def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views: int = 2, size: int = 1024,
+                       met3r_chunk: int = 8, storage=None) -> float:
+    """Peak GB of stage III's parts at another ``max_batch`` / MEt3R chunk / inpaint.storage_dtype (same code,
+    FLOPs unchanged): the prompt encoding, the control encoding, one transformer + ControlNet batch, one VAE
+    batch, the scoring."""
     from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
 
     flux, met3r = flux_components(), met3r_model(met3r_chunk)
-    pipe = flux.pipeline
     with Simulation() as sim:
-        _materialize(pipe.transformer, flux.controlnet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, met3r)
-        inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+        inpainter, text = _stage3_models(sim, flux, met3r, max_batch, storage)
         with sim.section() as c:
             condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
         noise = inpainter.initial_noise(condition, torch.Generator().manual_seed(0)).expand(max_batch, -1, -1)
@@ -353,25 +372,24 @@ def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views:
         decoded = torch.rand(candidates, 3, met3r.img_size, met3r.img_size) * 2 - 1
         with sim.section() as m:
             model.score([decoded])
-    return max(x.peak_bytes for x in (c, v, d, m)) / GB
+    return max(x.peak_bytes for x in (text, c, v, d, m)) / GB
 
 
 def phase_inpaint(max_batch: int = 4, candidates: int = 25, steps: int = 50, finished_views: int = 2,
-                  size: int = 1024, met3r_chunk: int = 8) -> dict:
+                  size: int = 1024, met3r_chunk: int = 8, storage=None) -> dict:
     """Stage III, one view: the real search (:func:`reangle.inpaint.search.guided_sample` over
     :class:`reangle.inpaint.multiview.ScoredViews`) with FLUX.1-dev + the Beta ControlNet,
     ``candidates`` per step in transformer/VAE batches of ``max_batch``, candidates decoded with the
-    FLUX VAE and scored by MEt3R against ``finished_views``; the prompt is encoded once (T5-XXL + CLIP)."""
-    from reangle.inpaint.inpainter import FluxControlNetInpainter
+    FLUX VAE and scored by MEt3R against ``finished_views``; the prompt is encoded once (T5-XXL + CLIP,
+    then released: :func:`_stage3_models`); ``storage``: inpaint.storage_dtype."""
     from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
     from reangle.inpaint import search
 
     flux, met3r = flux_components(), met3r_model(met3r_chunk)
     pipe = flux.pipeline
-    modules = [pipe.transformer, flux.controlnet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, met3r]
+    modules = [pipe.transformer, flux.controlnet, pipe.vae, met3r]
     with Simulation() as sim:
-        _materialize(*modules)
-        inpainter = FluxControlNetInpainter(flux, max_batch=max_batch)
+        inpainter, text = _stage3_models(sim, flux, met3r, max_batch, storage)
         with sim.section() as c:
             condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
         settings = InpaintSettings(steps=steps, candidates=candidates, size=size)
@@ -395,7 +413,8 @@ def phase_inpaint(max_batch: int = 4, candidates: int = 25, steps: int = 50, fin
     out = _result(s, modules, flops, {"model_calls": calls, "tflop_per_call": one.flops / 1e12,
                                       "tflop_per_search_step": per_step / 1e12,
                                       "search_overhead": (flops - transformer) / transformer})
-    out["peak_gb"] = max(c.peak_bytes, s.peak_bytes, d.peak_bytes) / GB
+    out["peak_gb"] = max(text.peak_bytes, c.peak_bytes, s.peak_bytes, d.peak_bytes) / GB
+    out["prompt_peak_gb"] = text.peak_bytes / GB
     return out
 
 
@@ -483,6 +502,7 @@ def preset_settings(path: Path) -> dict:
     cfg = OmegaConf.merge(base, OmegaConf.load(path))
     return {"image_condition": cfg.train.image_condition, "vae_tiling": bool(cfg.sample.vae_tiling),
             "cpu_offload": bool(cfg.sample.cpu_offload), "max_batch": int(cfg.inpaint.max_batch),
+            "storage": cfg.model.storage_dtype, "inpaint_storage": cfg.inpaint.storage_dtype,
             "met3r_chunk": int(cfg.inpaint.met3r.max_pairs_per_chunk), "eval_met3r_chunk": int(cfg.eval.batch_size)}
 
 
@@ -548,29 +568,35 @@ def main(argv=None) -> dict:
              "projected_a100_s": projected(steps * phases["stage2_step"]["tflop"])["a100"],
              "implied_mfu": steps * phases["stage2_step"]["tflop"] / (PEAK_TFLOPS["a100"] * 3600)}
 
+    # finetrainers precomputes with T5 and the VAE both resident (we release T5 before the VAE encodes)
+    precompute_with_t5 = encode["video"]["peak_gb"] + encode["prompt"]["weights_gb"] - encode["video"]["weights_gb"]
     presets = {}
     paths = [Path(p) for p in args.presets] if args.presets is not None else \
         sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.yaml"))
-    inpaint_peaks = {(4, 8): phases["stage3_view"]["peak_gb"]}
+    inpaint_peaks = {(4, 8, None): phases["stage3_view"]["peak_gb"]}
     met3r_peaks = {8: phases["eval_met3r"]["peak_gb"]}
     for path in paths:
         s = preset_settings(path)
-        key = (s["max_batch"], s["met3r_chunk"])
+        key = (s["max_batch"], s["met3r_chunk"], s["inpaint_storage"])
         if key not in inpaint_peaks:
-            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1])
+            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1],
+                                     **({"storage": key[2]} if key[2] else {}))
         if s["eval_met3r_chunk"] not in met3r_peaks:
             met3r_peaks[s["eval_met3r_chunk"]] = run(phase_met3r, chunk=s["eval_met3r_chunk"])["peak_gb"]
-        sampled = run(phase_sample, tiling=s["vae_tiling"], offload=s["cpu_offload"])
+        storage = {"storage": s["storage"]} if s["storage"] else {}  # model.storage_dtype (cache names without it)
+        sampled = run(phase_sample, tiling=s["vae_tiling"], offload=s["cpu_offload"], **storage)
+        trained = run(phase_train_step, image_condition=s["image_condition"], **storage) if storage \
+            else train[s["image_condition"]]
         peaks = {"stage1_depth": phases["stage1_depth"]["peak_gb"], "prompt_t5": phases["prompt_t5"]["peak_gb"],
                  "cache_vae_encode": phases["cache_vae_encode"]["peak_gb"],
-                 "stage2_step": train[s["image_condition"]]["peak_gb"], "sample_view": sampled["peak_gb"],
+                 "stage2_step": trained["peak_gb"], "sample_view": sampled["peak_gb"],
                  "stage3_view": inpaint_peaks[key], "eval_met3r": met3r_peaks[s["eval_met3r_chunk"]]}
         presets[path.stem] = {"settings": s, "phase_peaks_gb": peaks, "max_peak_gb": max(peaks.values()),
                               "worst_phase": max(peaks, key=peaks.get)}
     result = {"phases": phases, "presets": presets,
               "validation": {"small_models_cpu": {} if args.skip_validation else run(validate_small),
                              "vae_tiling_effect_tiny": run(tiling_effect),
-                             "finetrainers_anchor": run(anchor_finetrainers, precompute_gb=encode["video"]["peak_gb"]), "paper_400_steps": paper},
+                             "finetrainers_anchor": run(anchor_finetrainers, precompute_gb=precompute_with_t5), "paper_400_steps": paper},
               "assumptions": {"peak_tflops_bf16_dense": PEAK_TFLOPS, "mfu": MFU, "gb": "1e9 bytes",
                               "memory": "simulated allocated bytes (not reserved); per phase with only its models"},
               "simulator_seconds": time.perf_counter() - start}

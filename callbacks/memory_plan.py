@@ -2,12 +2,14 @@
 
 ======================  ==========================================================================
 stage I (depth)         the depth estimator is a temporary of Omega's build, gone after it
-caching                 T5 + VAE, unloaded by the data module once the caches are written
+caching                 T5 + VAE: the prompts first, then T5 is released and the VAE encodes the clips;
+                        the VAE is unloaded by the data module once the caches are written
 training                transformer + LoRA, AdamW states, gradients, the per-step image VAE
 train end               :class:`ReleaseTrainingState` drops the AdamW states, the gradients and the
                         spec's training encoders (the LoRA is exported before)
-stage III               :func:`parked`: the transformer waits on the CPU while FLUX + ControlNet +
-                        T5 + MEt3R run; they are released when stage III returns
+stage III               :func:`parked`: the transformer waits on the CPU while stage III runs: FLUX's
+                        T5 + CLIP encode the views' prompts alone on the device and are released, then
+                        FLUX + ControlNet + VAE + MEt3R search; all are released when stage III returns
 sampling                T5 is released right after the prompts are encoded; transformer, then VAE
 evaluation              one metric network at a time (eval.models.release_memory)
 ======================  ==========================================================================

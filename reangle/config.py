@@ -93,6 +93,11 @@ RANGES: dict[str, Bound] = {
     "inpaint.steps": Bound(1),
     "inpaint.candidates": Bound(1),
 }
+# Keys that take one of a few values (null included where listed).
+CHOICES: dict[str, tuple] = {
+    "model.storage_dtype": (None, "fp8"),    # reangle.models.storage.STORAGE_DTYPES
+    "inpaint.storage_dtype": (None, "fp8"),
+}
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", type(None): "null"}
 _ELEMENT_NAMES = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
@@ -147,12 +152,18 @@ def check_types(cfg: DictConfig, schema: dict, prefix: str = "") -> None:
 
 
 def check_ranges(cfg: DictConfig) -> None:
-    """Every key of :data:`RANGES` within its range, and the frame size one the backbone takes
-    (:func:`check_frame_grid`); a :class:`ConfigError` naming the key, the value and the range."""
+    """Every key of :data:`RANGES` within its range, every key of :data:`CHOICES` one of its values, and
+    the frame size one the backbone takes (:func:`check_frame_grid`); a :class:`ConfigError` naming the
+    key, the value and what it may be."""
     for path, bound in RANGES.items():
         value = OmegaConf.select(cfg, path)
         if value is not None and not bound.holds(float(value)):
             raise ConfigError(f"config key {path}={value!r}: must be {bound}")
+    for path, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, path)
+        if value not in choices:
+            names = ", ".join("null" if c is None else str(c) for c in choices)
+            raise ConfigError(f"config key {path}={value!r}: must be one of {names}")
     check_frame_grid(cfg)
 
 

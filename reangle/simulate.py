@@ -23,7 +23,9 @@ read as True for booleans and 1 otherwise, so input checks pass, an optimizer's 
 valid and searches pick candidate 1; the work done does not depend on those values in the
 phases simulated. Ops whose output size depends on values (``nonzero``, ``bincount``, boolean
 indexing; MEt3R's rasterizer) keep every position: an upper bound of their memory and work.
-What it cannot see: the allocator's reserve above allocation
+Module conversions (``module.to(dtype)``, as diffusers' layerwise casting does before and after each
+layer) replace a fake parameter by the converted one (torch swaps them in place, which fake tensors
+do not allow); the bytes alive are the same. What it cannot see: the allocator's reserve above allocation
 (fragmentation, block caching), CUDA context and library workspaces (cuBLAS, cuDNN).
 
 FLOPs are ``torch.utils.flop_counter`` counts (matmuls, convolutions, attention), i.e.
@@ -117,6 +119,8 @@ class LiveBytes(TorchDispatchMode):
         self.live -= nbytes
 
     def _add(self, tensor: torch.Tensor) -> None:
+        if tensor.device.type == "meta":  # a model not yet materialized (e.g. converted on meta): no memory
+            return
         storage = tensor.untyped_storage()
         if storage in self._seen:
             return
@@ -149,6 +153,27 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+_MODULE_APPLY = torch.nn.Module._apply
+
+
+def _convert_fake(module: torch.nn.Module, fn, recurse: bool = True):
+    """``Module._apply`` for modules with fake parameters: each parameter (buffer) replaced by ``fn`` of it
+    (a no-op conversion keeps it); modules without fake parameters convert as torch does."""
+    if recurse:
+        for child in module.children():
+            child._apply(fn)
+    if not any(p is not None and _is_fake(p) for p in module._parameters.values()):
+        return _MODULE_APPLY(module, fn, recurse=False)
+    with torch.no_grad():
+        for key, p in module._parameters.items():
+            if p is not None and (new := fn(p)) is not p:
+                module._parameters[key] = torch.nn.Parameter(new, requires_grad=p.requires_grad)
+        for key, b in module._buffers.items():
+            if b is not None:
+                module._buffers[key] = fn(b)
+    return module
+
+
 class Simulation:
     """Fake tensors with live-byte and FLOP accounting. Build models and inputs inside it, then
     measure sections with :meth:`section`::
@@ -170,12 +195,14 @@ class Simulation:
     def __enter__(self) -> "Simulation":
         if self.fake_mode is not None:
             self.fake_mode.__enter__()
+            torch.nn.Module._apply = _convert_fake
         self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.live.__exit__(*exc)
         if self.fake_mode is not None:
+            torch.nn.Module._apply = _MODULE_APPLY
             self.fake_mode.__exit__(*exc)
 
     def section(self) -> "Section":

@@ -139,3 +139,19 @@ def test_views_no_candidate_overlaps_are_recorded_by_name_in_scores_json(models,
     record = json.loads((tmp_path / "start_frames" / SCORES_FILE).read_text())
     assert record["views"]["view_2"]["left_out"] == [["input", "view_0", "view_1"]] * 2
     assert record["views"]["view_2"]["scores"] == [None, None]       # inf is null, not 3.4e38
+
+
+def test_met3r_inputs_of_many_candidates_are_computed_a_chunk_at_a_time_with_the_same_values(models, monkeypatch):
+    from reangle.inpaint.reward import ImageInputs
+
+    _, met3r = models
+    images = torch.rand((5, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(2)) * 2 - 1
+    whole = ImageInputs.of(met3r, images)  # max_pairs_per_chunk 8: one call
+    calls = []
+    features = met3r.image_features
+    monkeypatch.setattr(met3r, "image_features", lambda x: calls.append(len(x)) or features(x))
+    monkeypatch.setattr(met3r, "max_pairs_per_chunk", 1)
+    chunked = ImageInputs.of(met3r, images)
+    assert calls == [2, 2, 1]  # the images of one pair at a time
+    for a, b in zip(whole, chunked):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)

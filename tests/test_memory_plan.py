@@ -44,10 +44,32 @@ def test_each_phase_of_a_run_holds_only_its_own_models(tmp_path, tiny_omega, tin
     for phase in ("stage3", "sampling"):
         assert seen[phase]["optimizer_state"] == 0, f"{phase}: AdamW states still alive"
         assert seen[phase]["grads"] == 0, f"{phase}: gradients still alive"
-    # stage III: FLUX (with its own T5) and MEt3R; no CogVideoX VAE (caching encoders, per-step image VAE)
-    assert new("stage3", "FluxTransformer2DModel") == 1 and new("stage3", "T5EncoderModel") == 1
+    # stage III: FLUX and MEt3R; its text encoders (T5, CLIP) released once the prompts are encoded; no
+    # CogVideoX VAE (caching encoders, per-step image VAE)
+    assert new("stage3", "FluxTransformer2DModel") == 1 and new("stage3", "InpaintControlNet") == 1
+    assert new("stage3", "T5EncoderModel") == 0 and new("stage3", "CLIPTextModel") == 0
     assert new("stage3", "AutoencoderKLCogVideoX") == 0
     # sampling: the fine-tuned transformer and the VAE; FLUX released, T5 released after the prompts
     assert new("sampling", "CogVideoXTransformer3DModel") == 1 and new("sampling", "AutoencoderKLCogVideoX") == 1
     assert new("sampling", "FluxTransformer2DModel") == 0 and new("sampling", "InpaintControlNet") == 0
     assert new("sampling", "T5EncoderModel") == 0
+
+
+def test_caching_releases_t5_before_the_vae_encodes_the_clips(tmp_path, tiny_omega, tiny_model_dir, monkeypatch):
+    from reangle.data.datamodule import OmegaDataModule
+    from reangle.models.cogvideox_i2v import CogVideoXI2V
+
+    spec = CogVideoXI2V("tiny", cache_dir=str(tiny_model_dir.parent.parent), weights_dtype="fp32")
+    order, before = [], census()
+    encode_prompt, encode_video = spec.encode_prompt, spec.encode_video
+
+    def video(*args):
+        order.append(("video", census()["modules"]["T5EncoderModel"] - before["modules"]["T5EncoderModel"]))
+        return encode_video(*args)
+
+    monkeypatch.setattr(spec, "encode_prompt", lambda p: order.append(("prompt", None)) or encode_prompt(p))
+    monkeypatch.setattr(spec, "encode_video", video)
+    OmegaDataModule(spec, tiny_omega, tmp_path / "cache", encode_device="cpu").prepare_data()
+    assert [kind for kind, _ in order] == ["prompt", "video", "video"]  # one caption, two views
+    assert all(t5 == 0 for kind, t5 in order if kind == "video")  # T5 gone while the VAE encodes
+    assert spec.encoders is None

@@ -66,3 +66,25 @@ def test_value_dependent_ops_take_their_largest_size():
             assert mask.nonzero().shape == (100, 1)
             assert torch.arange(100)[mask].shape == (100,)
             assert bool(mask.any()) is True
+
+
+def test_layerwise_casting_on_fake_weights_holds_one_layer_in_the_compute_dtype_at_a_time():
+    """diffusers' per-layer casts (module.to) run on fake parameters; conversions on meta count nothing."""
+    from diffusers.hooks import apply_layerwise_casting
+
+    from reangle.simulate import materialize
+
+    mib = 2**20
+    with torch.device("meta"):
+        model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024, bias=False) for _ in range(3)]).to(torch.bfloat16)
+    with Simulation() as sim:
+        apply_layerwise_casting(model, torch.float8_e4m3fn, torch.bfloat16, skip_modules_pattern=())  # on meta
+        assert sim.live.live == 0
+        materialize(model)
+        x = torch.empty(1, 1024, dtype=torch.bfloat16)
+        with sim.section() as s, torch.no_grad():
+            model(x)
+    assert s.resident_bytes == 3 * mib + 2048  # three fp8 layers + the input
+    assert 2 * mib <= s.peak_bytes - s.resident_bytes <= 2 * mib + 8192  # one bf16 copy (+ outputs)
+    assert all(p.dtype == torch.float8_e4m3fn for p in model.parameters())
+    assert torch.nn.Module._apply.__module__ == "torch.nn.modules.module"  # restored after the simulation

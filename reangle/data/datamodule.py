@@ -8,7 +8,8 @@ entries and rebuilding missing or corrupt ones:
   sha256 (so Omegas that differ only in their caption share them);
 * ``text/<key>``: one per prompt, key = spec fingerprint + prompt.
 
-The encoders are dropped afterwards, so training holds only the diffusion model.
+The prompts are encoded first and the text encoder released before the VAE encodes the clips;
+the encoders are dropped afterwards, so training holds only the diffusion model.
 ``setup`` (every process) loads the entries (a bad one is an error, never used) and the
 latent masks; a sample is the spec's cached video tensors (e.g. ``video_mean, video_logvar,
 first_frame_pm1``) plus ``prompt_embeds`` and ``mask`` (bool ``[F, h, w]``, 1 = visible;
@@ -36,6 +37,11 @@ from reangle.utils import atomic_write_text, cache_lock, clean_stale_staging, fi
 log = logging.getLogger(__name__)
 
 TEXT_TENSORS = ("prompt_embeds",)
+
+
+def _empty_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def pick_device(name: str) -> torch.device:
@@ -126,17 +132,18 @@ class OmegaDataModule(L.LightningDataModule):
             if self.latent_cache.path(key).exists():
                 log.warning("rebuilding corrupt latent cache entry %s", self.latent_cache.path(key))
         self.spec.load_encoders(pick_device(self.encode_device))
-        try:
+        try:  # the prompts first: the text encoder (T5-XXL) is released before the VAE encodes the clips
+            for prompt, key in tqdm(todo_text, desc="encoding prompts", disable=not todo_text):
+                self.text_cache.save(key, self.spec.encode_prompt(prompt))
+            self.spec.release_text_encoder()
+            _empty_cuda_cache()
             for view, key in tqdm(todo_video, desc="encoding videos", disable=not todo_video):
                 frames = omega.read_frames(view)
                 generator = torch.Generator().manual_seed(int(key[:8], 16))
                 self.latent_cache.save(key, self.spec.encode_video(frames, generator))
-            for prompt, key in tqdm(todo_text, desc="encoding prompts", disable=not todo_text):
-                self.text_cache.save(key, self.spec.encode_prompt(prompt))
         finally:
             self.spec.unload_encoders()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            _empty_cuda_cache()
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:

@@ -75,6 +75,8 @@ class _FluxInpainter(Inpainter):
     ``fast_decoder``: an ``AutoencoderTiny`` with FLUX's 16-channel layout (taef1) for
     ``decode(fast=True)``; each decoder un-scales the latents with its own
     ``scaling_factor``/``shift_factor``, as the pipeline does with whichever VAE it holds.
+    :meth:`encode_prompts` encodes the prompts up front and releases the text encoders (T5-XXL,
+    CLIP); conditions then take their prompt embeddings from it.
     """
 
     def __init__(self, pipe, *, guidance: float, max_batch: int = 4, max_sequence_length: int = 512,
@@ -83,6 +85,44 @@ class _FluxInpainter(Inpainter):
         self.max_batch, self.max_sequence_length = max_batch, max_sequence_length
         self.fast_decoder = fast_decoder
         self.scale = self.pipe.vae_scale_factor  # pixels per latent (8); packing halves it again
+        self.prompts: dict[str, tuple[Tensor, Tensor, Tensor]] = {}  # prompt -> (embeds, pooled, text ids)
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The networks of the search (all but the text encoders)."""
+        return [m for m in (self.pipe.transformer, self.pipe.vae, self.fast_decoder) if m is not None]
+
+    def to(self, device: torch.device | str) -> "_FluxInpainter":
+        """:meth:`networks` moved to ``device``."""
+        for net in self.networks():
+            net.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts, device: torch.device | str | None = None) -> None:
+        """Encode each of ``prompts`` once with the text encoders, moved to ``device`` (default: the
+        transformer's) for it, keep the embeddings there and release the text encoders (the pipeline's
+        ``text_encoder`` and ``text_encoder_2`` become None): afterwards only these prompts can be conditioned on."""
+        pipe = self.pipe
+        device = torch.device(device) if device is not None else self.device
+        for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+            encoder.to(device)
+        for prompt in dict.fromkeys(prompts):
+            self.prompts[prompt] = pipe.encode_prompt(prompt, prompt_2=None, device=device,
+                                                      max_sequence_length=self.max_sequence_length)
+        pipe.text_encoder = pipe.text_encoder_2 = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _prompt(self, prompt: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(embeds, pooled, text ids) of ``prompt`` on the device: from :meth:`encode_prompts`, else encoded now."""
+        pipe = self.pipe
+        if prompt not in self.prompts:
+            if pipe.text_encoder_2 is None:
+                raise RuntimeError(f"prompt {prompt!r} was not among those encoded before the text encoders were "
+                                   f"released; pass every view's prompt to encode_prompts()")
+            return pipe.encode_prompt(prompt, prompt_2=None, device=self.device,
+                                      max_sequence_length=self.max_sequence_length)
+        return tuple(t.to(self.device) for t in self.prompts[prompt])
 
     @property
     def device(self) -> torch.device:
@@ -107,8 +147,7 @@ class _FluxInpainter(Inpainter):
     def _condition(self, control: Tensor, prompt: str, height: int, width: int) -> FluxCondition:
         """``control`` (1, L, C) with the encoded ``prompt`` and the position ids of a ``height`` x ``width`` image."""
         pipe = self.pipe
-        embeds, pooled, text_ids = pipe.encode_prompt(prompt, prompt_2=None, device=self.device,
-                                                      max_sequence_length=self.max_sequence_length)
+        embeds, pooled, text_ids = self._prompt(prompt)
         h, w = height // self.scale, width // self.scale
         image_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, self.device, self.dtype)
         return FluxCondition(height, width, control.to(self.device, self.dtype), embeds, pooled, text_ids, image_ids)
@@ -174,6 +213,9 @@ class FluxControlNetInpainter(_FluxInpainter):
         super().__init__(components.pipeline, guidance=guidance, max_batch=max_batch,
                          max_sequence_length=max_sequence_length, fast_decoder=fast_decoder)
         self.controlnet, self.conditioning_scale = components.controlnet, conditioning_scale
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [*super().networks(), self.controlnet]
 
     @torch.no_grad()
     def condition(self, image: Tensor, visible: Tensor, prompt: str) -> FluxCondition:

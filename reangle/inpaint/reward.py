@@ -25,7 +25,12 @@ class ImageInputs(NamedTuple):
 
     @classmethod
     def of(cls, met3r, images: Tensor) -> "ImageInputs":
-        return cls(met3r.image_features(images), met3r.image_encodings(images))
+        """The inputs of ``images`` (N, 3, H, W), computed for the images of ``met3r.max_pairs_per_chunk`` pairs
+        at a time (the feature networks' activations are bounded as the pairs' are; each image is its own)."""
+        step = 2 * getattr(met3r, "max_pairs_per_chunk", len(images))
+        parts = [(met3r.image_features(x), met3r.image_encodings(x)) for x in images.split(max(1, step))]
+        encodings = None if parts[0][1] is None else torch.cat([e for _, e in parts])
+        return cls(torch.cat([f for f, _ in parts]), encodings)
 
 
 def guard_overlap(scores: Tensor, overlap: Tensor, min_overlap: float) -> Tensor:

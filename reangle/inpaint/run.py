@@ -54,9 +54,11 @@ def settings_from_config(cfg: DictConfig) -> InpaintSettings:
                            fast_decode=c.fast_decoder is not None, seed=int(c.seed))
 
 
-def load_models(cfg: DictConfig, device: torch.device):
+def load_models(cfg: DictConfig, device: torch.device, prompts: Sequence[str]):
     """(inpainter, MEt3R) of ``inpaint.*`` on ``device``: ``inpaint.inpainter`` picks FLUX.1-dev + the
-    inpainting ControlNet or FLUX.1-Fill."""
+    inpainting ControlNet or FLUX.1-Fill. The models load on the CPU; the transformer and the ControlNet
+    are stored in ``inpaint.storage_dtype`` there (:func:`prepare_inpainter`); the text encoders come
+    to ``device`` alone to encode ``prompts`` and are released; then the rest moves to ``device``."""
     from reangle.consistency import load_met3r
     from reangle.models.flux import load_fast_decoder, load_flux, load_flux_fill
 
@@ -67,22 +69,34 @@ def load_models(cfg: DictConfig, device: torch.device):
     tiny = OmegaConf.to_container(c.tiny, resolve=True)
     fast = None
     if c.fast_decoder is not None:
-        fast = load_fast_decoder(c.fast_decoder, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
-                                 device=device)
+        fast = load_fast_decoder(c.fast_decoder, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype)
     shared = dict(max_batch=int(c.max_batch), max_sequence_length=int(c.max_sequence_length), fast_decoder=fast)
     if c.inpainter == "fill":
-        pipe = load_flux_fill(c.model, c.fill_model, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
-                              device=device)
+        pipe = load_flux_fill(c.model, c.fill_model, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype)
         inpainter = FluxFillInpainter(pipe, guidance=float(c.fill_guidance_scale), **shared)
     else:
-        flux = load_flux(c.model, c.controlnet, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype,
-                         device=device)
+        flux = load_flux(c.model, c.controlnet, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype)
         inpainter = FluxControlNetInpainter(flux, conditioning_scale=float(c.conditioning_scale),
                                             guidance=float(c.guidance_scale), **shared)
+    prepare_inpainter(inpainter, c.storage_dtype, dtype, prompts, device)
+    inpainter.to(device)
     m = c.met3r
     met3r = load_met3r(m.backbone, point_source=m.point_source, featup_source=m.featup_source, device=device,
                        img_size=int(m.img_size), radius=float(m.radius), max_pairs_per_chunk=int(m.max_pairs_per_chunk))
     return inpainter, met3r
+
+
+def prepare_inpainter(inpainter, storage: str | None, dtype: torch.dtype, prompts: Sequence[str],
+                      device: torch.device | str) -> None:
+    """Before the search networks go to the device: the FLUX transformer (and ControlNet) stored in ``storage``
+    (:func:`reangle.models.storage.store_weights`, computed in ``dtype``), then the ``prompts`` encoded on
+    ``device`` and the text encoders released (:meth:`~reangle.inpaint.inpainter._FluxInpainter.encode_prompts`)."""
+    from reangle.models.storage import store_weights
+
+    for net in (inpainter.pipe.transformer, getattr(inpainter, "controlnet", None)):
+        if net is not None:
+            store_weights(net, storage, dtype)
+    inpainter.encode_prompts(prompts, device)
 
 
 def omega_views(omega: Omega, names: Sequence[str] | None, prompt: str | None = None) -> list[ViewInput]:
@@ -172,7 +186,7 @@ def run_stage3(cfg: DictConfig, omega: Omega, run_dir: str | os.PathLike, views:
         return []
     finished = {name: read_image(folder / f"{name}.png", omega.height, omega.width) for name in done}
     device = device or resolve_device(cfg.inpaint.device)
-    inpainter, met3r = models or load_models(cfg, device)
+    inpainter, met3r = models or load_models(cfg, device, [v.prompt for v in todo])
     timings = Timings()
 
     def publish(output: ViewOutput) -> None:  # the image, then the record that lists it as finished

@@ -37,6 +37,7 @@ from reangle.errors import InputError
 from reangle.models.cogvideox import DEFAULT_CACHE, HUB_ID, TinyConfig, frame_grid, load_components, resolve_pretrained
 from reangle.models.lora import DEFAULT_TARGETS
 from reangle.models.spec import DiffusionPair, FrameGrid, PipelineSpec
+from reangle.models.storage import compute_dtype
 from reangle.training.loss import x0_from_velocity
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -239,7 +240,7 @@ class CogVideoXI2V(PipelineSpec):
         config = transformer.config
         rope = rotary_embedding(config, f, latents.shape[-2], latents.shape[-1], device)
         ofs = None if config.ofs_embed_dim is None else latents.new_full((b,), 2.0)
-        dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled(device.type) else noisy.dtype
+        dtype = compute_dtype(transformer) if not torch.is_autocast_enabled(device.type) else noisy.dtype
         velocity = transformer(hidden_states=torch.cat([noisy, image], dim=2).to(dtype),
                                encoder_hidden_states=batch["prompt_embeds"].to(dtype), timestep=t, ofs=ofs,
                                image_rotary_emb=rope, return_dict=False)[0]

@@ -35,12 +35,15 @@ def build_spec(cfg: DictConfig):
     if m.family == "wan":
         from reangle.models.wan_i2v import WanI2V
 
-        return WanI2V(m.pretrained, tiny=_plain(m.wan_tiny), **common)
-    from reangle.models.cogvideox_i2v import CogVideoXI2V
+        spec = WanI2V(m.pretrained, tiny=_plain(m.wan_tiny), **common)
+    else:
+        from reangle.models.cogvideox_i2v import CogVideoXI2V
 
-    return CogVideoXI2V(m.pretrained, tiny=_plain(m.tiny), image_noise_mean=t.image_noise_mean,
-                        image_noise_std=t.image_noise_std, image_dropout=t.image_dropout,
-                        image_condition=t.image_condition, **common)
+        spec = CogVideoXI2V(m.pretrained, tiny=_plain(m.tiny), image_noise_mean=t.image_noise_mean,
+                            image_noise_std=t.image_noise_std, image_dropout=t.image_dropout,
+                            image_condition=t.image_condition, **common)
+    spec.storage_dtype = m.storage_dtype
+    return spec
 
 
 def spec_sampler(spec, scheduler_kind: str, device: torch.device, progress: bool = True):
@@ -76,6 +79,7 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
     size was checked when it was loaded (``ModelSpec.frame_grid``)."""
     from reangle.models.cogvideox_i2v import DTYPES
     from reangle.models.lora import load_lora, second_expert_lora
+    from reangle.models.storage import store_weights
 
     m = cfg.model
     where = "cpu" if offload else device
@@ -90,6 +94,9 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
             load_lora(parts.transformer, lora, loader=WanLoraLoaderMixin)
             if parts.transformer_2 is not None:
                 load_lora(parts.transformer_2, second_expert_lora(lora), loader=WanLoraLoaderMixin)
+        for expert in (parts.transformer, parts.transformer_2):  # after the LoRA (storage.py)
+            if expert is not None:
+                store_weights(expert, m.storage_dtype, DTYPES[m.weights_dtype])
         if vae_tiling:
             parts.vae.enable_tiling()
         return _wan_sampler(parts.transformer, parts.transformer_2, parts.boundary_ratio, parts, parts.scheduler,
@@ -101,6 +108,7 @@ def load_sampler(cfg: DictConfig, lora: str | Path | None, device: torch.device,
                             revision=m.revision, dtype=DTYPES[m.weights_dtype], device=where)
     if lora is not None:
         load_lora(parts.transformer, lora)
+    store_weights(parts.transformer, m.storage_dtype, DTYPES[m.weights_dtype])
     if vae_tiling:
         parts.vae.enable_tiling()
     return CogVideoXSampler(parts.transformer, parts.vae, make_scheduler(scheduler_kind, parts.scheduler),

@@ -84,6 +84,10 @@ class ModelSpec(ABC):
     def unload_encoders(self) -> None:
         """Drop the cache-filling models to free memory."""
 
+    def release_text_encoder(self) -> None:
+        """Drop the text encoder of the cache-filling models once the prompts are encoded (the VAE stays for
+        :meth:`encode_video`); default: nothing."""
+
     @abstractmethod
     def cached_video_tensors(self) -> tuple[str, ...]:
         """Names of the tensors :meth:`encode_video` returns (the cache entry of a view)."""
@@ -128,9 +132,12 @@ class PipelineSpec(ModelSpec):
     or hub id ``self.source``, the encoder slot, and the LoRA (attached with :func:`add_lora`,
     exported for ``LORA_PIPELINE``'s ``load_lora_weights``). Subclasses set ``source``,
     ``revision``, ``pretrained``, ``weights_dtype``, ``lora`` (add_lora's keywords) and
-    ``gradient_checkpointing``, and call :meth:`_reset_models`."""
+    ``gradient_checkpointing``, and call :meth:`_reset_models`. ``storage_dtype`` (``model.storage_dtype``,
+    set before :meth:`load_diffusion_model`): ``"fp8"`` stores the frozen transformer's layers in float8
+    (:func:`reangle.models.storage.store_weights`, after the LoRA is attached)."""
 
     SPEC_ID: str = ""
+    storage_dtype: str | None = None
 
     def _reset_models(self) -> None:
         self.encoders = None
@@ -164,18 +171,24 @@ class PipelineSpec(ModelSpec):
     def unload_encoders(self) -> None:
         self.encoders = None
 
+    def release_text_encoder(self) -> None:
+        if self.encoders is not None:
+            self.encoders.text_encoder = None
+
     def _require_encoders(self):
         if self.encoders is None:
             raise RuntimeError("encoders are not loaded; call load_encoders(device) first")
         return self.encoders
 
     def _attach_lora(self, model: torch.nn.Module | None = None) -> None:
-        """Freeze a loaded transformer (default: ``self.transformer``), attach the LoRA, set gradient
-        checkpointing and train mode."""
+        """Freeze a loaded transformer (default: ``self.transformer``), attach the LoRA, store the frozen
+        layers in ``storage_dtype``, set gradient checkpointing and train mode."""
         from reangle.models.lora import add_lora
+        from reangle.models.storage import store_weights
 
         model = self.transformer if model is None else model
         self.lora_config = add_lora(model, **self.lora)
+        store_weights(model, self.storage_dtype, self.weights_dtype)
         if self.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         model.train()

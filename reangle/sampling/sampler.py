@@ -29,6 +29,7 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from tqdm.auto import tqdm
 
 from reangle.models.cogvideox_i2v import encode_scale, rotary_embedding, vae_factors
+from reangle.models.storage import compute_dtype
 
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
@@ -83,7 +84,7 @@ class VideoSampler:
         self.device = torch.device(device) if device is not None else next(transformer.parameters()).device
         self.offload = offload
         self.progress = progress
-        self.dtype = next(transformer.parameters()).dtype
+        self.dtype = compute_dtype(transformer)  # layerwise casting (storage.py): the dtype it computes in
         self.size_multiple, self.temporal_factor = 1, 1  # set by each backbone's sampler
         self.two_experts = False                         # a second, low-noise transformer (Wan2.2-A14B)
 
