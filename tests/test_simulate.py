@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reangle.simulate import LiveBytes, Simulation, compare_with_real
+from reangle.simulate import (LiveBytes, Simulation, compare_with_real, extrapolate_depth, materialize, measured,
+                              memoize_calls)
 
 _spec = importlib.util.spec_from_file_location("full_size", Path(__file__).parents[1] / "benchmarks" / "full_size.py")
 full_size = importlib.util.module_from_spec(_spec)
@@ -66,3 +67,58 @@ def test_value_dependent_ops_take_their_largest_size():
             assert mask.nonzero().shape == (100, 1)
             assert torch.arange(100)[mask].shape == (100,)
             assert bool(mask.any()) is True
+
+
+def _simulated_training_step(layers: int) -> tuple[int, int]:
+    """(peak bytes, FLOPs) of a LoRA training step of a CogVideoX transformer of ``layers`` blocks
+    (gradient checkpointing, AdamW), simulated."""
+    dims = (layers, 4, 32, 9, 64, 96)
+    with torch.device("meta"):
+        model = full_size.small_transformer(*dims)
+    with Simulation() as sim:
+        materialize(model)
+        with sim.section() as s:
+            full_size.small_training_step(model, *dims[3:])
+    return s.peak_bytes, s.flops
+
+
+def test_depth_extrapolation_matches_the_full_depth_simulation():
+    full = _simulated_training_step(10)
+    extrapolated = extrapolate_depth(_simulated_training_step, 10, base=2)
+    assert extrapolated[1] == full[1]  # FLOPs exactly
+    assert abs(extrapolated[0] - full[0]) <= 0.005 * full[0], (extrapolated, full)
+    assert _simulated_training_step(2)[0] < 0.5 * full[0]  # the two shallow runs are far from the full depth
+
+
+def test_depth_extrapolation_refuses_runs_that_measure_differently():
+    with pytest.raises(RuntimeError, match="measured more"):
+        extrapolate_depth(lambda n: [measured(1) for _ in range(n)], 5)
+
+
+class _Cached(torch.nn.Module):
+    """Appends its input's square to ``cache`` (a call with a side effect: never replayed)."""
+
+    def forward(self, x, cache):
+        cache.append(x * x)
+        return x + 1
+
+
+def _three_calls(memo: bool):
+    with Simulation() as sim:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(16, 3, 3))
+        side = _Cached()
+        if memo:
+            memoize_calls(net), memoize_calls(side)
+        x, cache = torch.randn(2, 3, 64, 64), []
+        with sim.section() as s, torch.no_grad():
+            outs = [net(x) for _ in range(3)] + [side(x, cache) for _ in range(2)]
+        assert len(cache) == 2 and all(o.shape == (2, 3, 62, 62) for o in outs[:3])
+    replayable = [e for e in sim.memo.entries.values() if isinstance(e, tuple)]
+    return s.peak_bytes, s.end_bytes, s.flops, len(replayable), len(sim.memo.entries) - len(replayable)
+
+
+def test_replayed_calls_count_what_running_them_counts():
+    plain, memo = _three_calls(False), _three_calls(True)
+    assert memo[:3] == plain[:3]
+    assert plain[2] == 3 * 2 * 2 * (62 * 62 * 3 * 16 * 9 + 64 * 64 * 16 * 3 * 9)  # 3 calls of two convolutions
+    assert memo[3:] == (4, 2)  # the net and its three layers recorded once; both side-effect calls never replayed
