@@ -234,21 +234,47 @@ def _signature(tree) -> tuple:
     return tuple(out)
 
 
-class _CallMemo:
-    """Recorded gradient-free module calls of one :class:`Simulation` (see :func:`memoize_calls`)."""
+def _attribute(value):
+    """What a module attribute contributes to its structure: plain values themselves, tensors their
+    layout, containers their items, other objects their type."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.requires_grad)
+    if isinstance(value, (list, tuple)):
+        return tuple(_attribute(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _attribute(v)) for k, v in value.items())
+    return type(value).__qualname__
 
-    def __init__(self, live: "LiveBytes"):
-        self.live = live
+
+def _structure(module: torch.nn.Module) -> int:
+    """Hash of everything a module's forward can depend on besides its inputs' values: classes,
+    attributes (flags, sizes) and parameter/buffer layouts of it and its submodules, in order."""
+    parts = []
+    for name, m in module.named_modules():
+        parts.append((name, type(m).__qualname__, m.training))
+        parts.extend((k, _attribute(v)) for k, v in vars(m).items()
+                     if k not in ("_modules", "forward") and not k.endswith("hooks"))
+    return hash(tuple(parts))
+
+
+class _CallMemo:
+    """Recorded gradient-free module calls (see :func:`memoize_calls`), shared by every
+    :class:`Simulation`: a call is keyed by its module's structure, not its identity."""
+
+    def __init__(self):
         self.entries: dict = {}
 
-    def call(self, module: torch.nn.Module, forward, args, kwargs):
+    def call(self, live: "LiveBytes", module: torch.nn.Module, forward, args, kwargs):
         if torch.is_grad_enabled() and module._memo_trainable:
             return forward(*args, **kwargs)
         try:
-            key = (id(module), module.training, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
+            key = (_structure(module), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
                    _signature((args, kwargs)))
         except TypeError:
             return forward(*args, **kwargs)
+        self.live = live
         entry = self.entries.get(key)
         if entry is _UNSAFE:
             return forward(*args, **kwargs)
@@ -259,8 +285,11 @@ class _CallMemo:
 
     def _record(self, forward, args, kwargs):
         live = self.live
+        # the arguments as they were, without keeping alive a tensor the call drops from a list it was given
         inputs = tree_flatten((args, kwargs))[0]
-        before = [x if isinstance(x, torch.Tensor) else (type(x), x) for x in inputs]
+        input_storages = {_storage_key(t) for t in inputs if _strided(t)}
+        before = [weakref.ref(x) if isinstance(x, torch.Tensor) else (type(x), x) for x in inputs]
+        del inputs
         start, outer_peak, flops = live.live, live.peak, live.flops
         live.peak = start
         out = forward(*args, **kwargs)
@@ -268,7 +297,6 @@ class _CallMemo:
         leaves, spec = tree_flatten(out)
         storages: dict[int, int] = {}
         layouts = []
-        input_storages = {_storage_key(t) for t in inputs if _strided(t)}
         for x in leaves:
             if not _strided(x) or _storage_key(x) in input_storages or x.requires_grad:
                 return out, _UNSAFE
@@ -278,9 +306,9 @@ class _CallMemo:
         for x in leaves:
             sizes[storages[_storage_key(x)]] = x.untyped_storage().nbytes()
         kept = sum(-(-n // live.round_to) * live.round_to for n in sizes)
-        after = [x if isinstance(x, torch.Tensor) else (type(x), x) for x in tree_flatten((args, kwargs))[0]]
+        after = tree_flatten((args, kwargs))[0]
         if live.live - start != kept or len(after) != len(before) or any(
-                a is not b and a != b for a, b in zip(after, before)):
+                (b() is not a) if isinstance(b, weakref.ref) else (b != (type(a), a)) for a, b in zip(after, before)):
             return out, _UNSAFE
         return out, (spec, layouts, sizes, live.flops - flops, peak - start)
 
@@ -296,6 +324,7 @@ class _CallMemo:
 
 
 _SIMULATION: "Simulation | None" = None
+_MEMO = _CallMemo()
 
 
 def memoize_calls(module: torch.nn.Module) -> torch.nn.Module:
@@ -310,8 +339,9 @@ def memoize_calls(module: torch.nn.Module) -> torch.nn.Module:
 
         @functools.wraps(forward)
         def memo_forward(*args, _sub=sub, _forward=forward, **kwargs):
-            memo = _SIMULATION.memo if _SIMULATION is not None else None
-            return _forward(*args, **kwargs) if memo is None else memo.call(_sub, _forward, args, kwargs)
+            if _SIMULATION is None or _SIMULATION.fake_mode is None:
+                return _forward(*args, **kwargs)
+            return _MEMO.call(_SIMULATION.live, _sub, _forward, args, kwargs)
         sub.forward = memo_forward
     return module
 
@@ -333,7 +363,6 @@ class Simulation:
         # allow_constants: real tensors made outside (e.g. a scheduler's tables) may enter ops; they are not counted
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=allow_constants) if fake else None
         self.live = LiveBytes(round_to)
-        self.memo = _CallMemo(self.live) if fake else None
 
     def __enter__(self) -> "Simulation":
         global _SIMULATION
