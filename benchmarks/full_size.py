@@ -9,7 +9,9 @@ multiplied: a phase that repeats a unit (denoising step, search step) is run wit
 and extrapolated linearly (peak memory is per unit, so it does not grow). The deep transformers
 (CogVideoX, FLUX, Wan) are simulated with 1 and 2 of their repeated blocks and every measured
 quantity is extrapolated to the full depth (reangle.simulate.extrapolate_depth; ``--full-depth``
-simulates them whole, as RESULTS.md records for comparison).
+simulates them whole, as RESULTS.md records for comparison), and a gradient-free call repeating an
+earlier call's input layouts on a module of the same structure is replayed, not simulated again
+(reangle.simulate.memoize_calls).
 
 Prints JSON: {"phases": {...}, "presets": {...}, "validation": {...}, "assumptions": {...}}.
 All memory figures are simulated allocated bytes (GB = 1e9 bytes); projected seconds are
@@ -88,7 +90,8 @@ def deep(model: str | Callable[[dict], str]):
 
 
 def at_full_depth(fn: Callable[..., dict], **kwargs) -> dict:
-    """``fn(**kwargs)`` for the full-depth model, from runs with ``base`` and ``2 base`` of its units (``DEPTH_UNITS``)."""
+    """``fn(**kwargs)`` for the full-depth model, from runs with ``base`` and ``2 base`` of its units
+    (``DEPTH_UNITS``)."""
     model = fn.deep_model(kwargs) if callable(fn.deep_model) else fn.deep_model
 
     def run(units: int) -> dict:
@@ -481,7 +484,8 @@ def _eval_networks() -> dict[str, Callable[[], torch.nn.Module]]:
     from reangle.nets.dino import build_dino
 
     return {"subject_consistency": lambda: vbench.SubjectFeatures(build_dino("vit_base", patch_size=16)),
-            "background_consistency": lambda: vbench.CLIPImageFeatures(vbench.build_clip_visual(vbench.BACKGROUND_CLIP)),
+            "background_consistency": lambda: vbench.CLIPImageFeatures(
+                vbench.build_clip_visual(vbench.BACKGROUND_CLIP)),
             "aesthetic_quality": lambda: vbench.AestheticScore(
                 vbench.CLIPImageFeatures(vbench.build_clip_visual(vbench.AESTHETIC_CLIP)), torch.nn.Linear(768, 1)),
             "imaging_quality": lambda: vbench.ImagingQuality(vbench.build_musiq()),
@@ -569,8 +573,9 @@ def wan_models() -> dict[str, WanSize]:
     return {"wan2.1_14b": WanSize(WAN21_I2V_480P, "wan2.1_14b", {}, 81, 480, 832, attn1, 5.0)}
 
 
-def wan_components(size: WanSize, parts) -> "WanComponents":
-    """Full-size Wan parts on meta (bf16, as ``model.weights_dtype``), the transformer at the simulated depth."""
+def wan_components(size: WanSize, parts):
+    """``reangle.models.wan.WanComponents``: full-size Wan parts on meta (bf16, as
+    ``model.weights_dtype``), the transformer at the simulated depth."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
@@ -580,7 +585,8 @@ def wan_components(size: WanSize, parts) -> "WanComponents":
 
     config = FULL_SIZE_TRANSFORMERS[size.pretrained]
     config = {**config, "num_layers": _units(size.depth_key) or config["num_layers"]}
-    builders = {"transformer": lambda: build_wan_transformer_on_meta(config), "vae": lambda: AutoencoderKLWan(**size.vae),
+    builders = {"transformer": lambda: build_wan_transformer_on_meta(config),
+                "vae": lambda: AutoencoderKLWan(**size.vae),
                 "text_encoder": lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)),
                 "image_encoder": lambda: CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_H))}
     modules = _meta_modules(lambda: {p: builders[p]() for p in parts if p in builders})
@@ -875,7 +881,8 @@ def main(argv=None) -> dict:
                  "cache_vae_encode": phases["cache_vae_encode"]["peak_gb"],
                  "stage2_step": train[s["image_condition"]]["peak_gb"], "sample_view": sampled["peak_gb"],
                  "stage3_view": inpaint_peaks[key], "eval_met3r": met3r_peaks[s["eval_met3r_chunk"]]}
-        peaks.update({f"eval_{m}": run(phase_eval, metric=m, batch=s["eval_met3r_chunk"])["peak_gb"] for m in EVAL_METRICS})
+        peaks.update({f"eval_{m}": run(phase_eval, metric=m, batch=s["eval_met3r_chunk"])["peak_gb"]
+                      for m in EVAL_METRICS})
         presets[path.stem] = {"settings": s, "phase_peaks_gb": peaks, "max_peak_gb": max(peaks.values()),
                               "worst_phase": max(peaks, key=peaks.get)}
     result = {"phases": phases, "presets": presets,

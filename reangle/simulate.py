@@ -32,9 +32,9 @@ What it cannot see: the allocator's reserve above allocation
 FLOPs are ``torch.utils.flop_counter`` counts (matmuls, convolutions, attention), i.e.
 hardware FLOPs: recomputation under gradient checkpointing is included.
 
-Repeated calls (:func:`memoize_calls`): a module called again with inputs of the same shapes,
-without gradients, does on fake tensors exactly what it did the first time (no values exist), so
-the call is replayed: its FLOPs and its peak above the bytes live at the call are added and new
+Repeated calls (:func:`memoize_calls`): a module (or one of the same structure: classes,
+attributes, parameter layouts) called again with inputs of the same layouts, without gradients,
+does on fake tensors exactly what it did the first time (no values exist), so the call is replayed: its FLOPs and its peak above the bytes live at the call are added and new
 outputs of the recorded layouts are allocated. A call that keeps anything but its outputs, returns
 a view of an input or changes its arguments (caches in lists) is never replayed.
 
@@ -77,7 +77,8 @@ class _DepthRecord:
             self.values.append(value)
             return value
         if not self.replay:
-            raise RuntimeError("depth extrapolation: the run at twice the depth measured more quantities than the first")
+            raise RuntimeError("depth extrapolation: the run at twice the depth measured more quantities "
+                               "than the first")
         first = self.replay.pop(0)
         out = Fraction(first) + (Fraction(value) - Fraction(first)) * (self.depth - self.base) / self.base
         return int(out) if out.denominator == 1 and isinstance(value, int) else float(out)
@@ -106,7 +107,8 @@ def extrapolate_depth(run: Callable[[int], T], depth: int, base: int = 1) -> T:
         record.replay = list(record.values)
         out = run(2 * base)
         if record.replay:
-            raise RuntimeError("depth extrapolation: the run at twice the depth measured fewer quantities than the first")
+            raise RuntimeError("depth extrapolation: the run at twice the depth measured fewer quantities "
+                               "than the first")
         return out
     finally:
         _RECORD = None
