@@ -127,3 +127,28 @@ def test_replayed_calls_count_what_running_them_counts():
     assert memo[:3] == plain[:3]
     assert plain[2] == 3 * 2 * 2 * (62 * 62 * 3 * 16 * 9 + 64 * 64 * 16 * 3 * 9)  # 3 calls of two convolutions
     assert memo[3:] == (4, 1)  # the net and its three layers recorded once; the side-effect call marked never replayed
+
+
+@pytest.mark.slow
+def test_full_size_wan_step_extrapolated_equals_its_full_depth_simulation():
+    full = full_size.phase_wan_train_step()
+    extrapolated = full_size.at_full_depth(full_size.phase_wan_train_step)
+    assert extrapolated["tflop"] == full["tflop"]
+    assert extrapolated["peak_gb"] == pytest.approx(full["peak_gb"], rel=1e-3)
+    assert extrapolated["weights_gb"] == pytest.approx(full["weights_gb"], rel=1e-9)
+
+
+def test_eval_phase_counts_the_items_the_metrics_score():
+    from torchvision.models import inception_v3
+
+    from eval.dynamic_degree import subsample_indices
+    from eval.motion_smoothness import midpoint_pairs
+
+    video = torch.zeros(49, 3, 8, 8)
+    assert full_size.eval_items("motion_smoothness", 49) == midpoint_pairs(video)[0].shape[0] == 24
+    assert full_size.eval_items("dynamic_degree", 49, fps=24) == len(subsample_indices(49, 24)) - 1 == 16
+    out = full_size.phase_eval("fid", frames=5, height=64, width=96, batch=2)
+    real = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    weights = sum(t.numel() * t.element_size() for t in [*real.parameters(), *real.buffers()])
+    assert out["weights_gb"] * 1e9 == pytest.approx(weights, rel=1e-9)
+    assert (out["items_per_video"], out["items_per_call"]) == (5, 2) and out["peak_gb"] > out["weights_gb"]
