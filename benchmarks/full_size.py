@@ -70,8 +70,9 @@ def depth_anything_v2_large():
 # Repeated units of the deep models: (full depth, the smaller of the two depths simulated).
 # CogVideoX-5b: 42 blocks (simulated with 2 and 4: its training step's peak is linear in the
 # depth from 2 blocks on, a 1-block model peaks 2.4 MB higher); FLUX.1-dev: 19 units of
-# (1 double-stream, 2 single-stream) blocks; Wan2.1-14B: 40 blocks.
-DEPTH_UNITS = {"cogvideox": (42, 2), "flux": (19, 1), "wan2.1_14b": (40, 2)}
+# (1 double-stream, 2 single-stream) blocks. The Wan models (wan_models()): their transformer's
+# blocks, simulated with 2 and 4.
+DEPTH_UNITS = {"cogvideox": (42, 2), "flux": (19, 1)}
 _SHALLOW: dict[str, int] = {}  # model -> units it is built with while a phase is simulated shallow
 
 
@@ -81,7 +82,7 @@ def _units(model: str) -> int | None:
 
 
 def deep(model: str | Callable[[dict], str]):
-    """Marks a phase whose cost grows with ``model``'s depth (a ``DEPTH_UNITS`` key, or a function of the
+    """Marks a phase whose cost grows with ``model``'s depth (a :func:`_depth_units` name, or a function of the
     phase's keyword arguments giving it): :class:`PhaseCache` extrapolates it."""
     def mark(fn):
         fn.deep_model = model
@@ -91,7 +92,7 @@ def deep(model: str | Callable[[dict], str]):
 
 def at_full_depth(fn: Callable[..., dict], **kwargs) -> dict:
     """``fn(**kwargs)`` for the full-depth model, from runs with ``base`` and ``2 base`` of its units
-    (``DEPTH_UNITS``)."""
+    (:func:`_depth_units`)."""
     model = fn.deep_model(kwargs) if callable(fn.deep_model) else fn.deep_model
 
     def run(units: int) -> dict:
@@ -100,7 +101,16 @@ def at_full_depth(fn: Callable[..., dict], **kwargs) -> dict:
             return fn(**kwargs)
         finally:
             del _SHALLOW[model]
-    return extrapolate_depth(run, *DEPTH_UNITS[model])
+    return extrapolate_depth(run, *_depth_units(model))
+
+
+def _depth_units(model: str) -> tuple[int, int]:
+    """(full depth, smaller simulated depth) of ``model``: ``DEPTH_UNITS`` or a ``wan_models()`` key."""
+    if model in DEPTH_UNITS:
+        return DEPTH_UNITS[model]
+    from reangle.models.wan import FULL_SIZE_TRANSFORMERS
+
+    return FULL_SIZE_TRANSFORMERS[wan_models()[model].pretrained]["num_layers"], 2
 
 
 def _cogvideox_config(transformer_config=None) -> dict:
@@ -548,7 +558,7 @@ CLIP_VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32
 
 class WanSize(NamedTuple):
     """A Wan image-to-video model as its phases are simulated: hub id (its transformer config is
-    ``reangle.models.wan.FULL_SIZE_TRANSFORMERS[pretrained]``), ``DEPTH_UNITS`` key, VAE config
+    ``reangle.models.wan.FULL_SIZE_TRANSFORMERS[pretrained]``), its ``wan_models()`` name, VAE config
     (``AutoencoderKLWan`` arguments; ``{}``: its defaults, which are Wan2.1's VAE), the clip's
     frames x height x width, the LoRA targets and the sampling guidance of its configs/backbone preset."""
 
@@ -566,7 +576,7 @@ WAN_DEFAULT = "wan2.1_14b"
 
 
 def wan_models() -> dict[str, WanSize]:
-    """The Wan models simulated, by ``DEPTH_UNITS`` key (Wan2.2-TI2V-5B: one more entry here and there)."""
+    """The Wan models simulated, by name (Wan2.2-TI2V-5B: one more entry, once the Wan spec takes it)."""
     from reangle.models.wan import WAN21_I2V_480P
 
     attn1 = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")  # configs/backbone/wan2.1_i2v_14b.yaml
