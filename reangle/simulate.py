@@ -8,6 +8,9 @@ Public API::
     compare_with_real(build, step) -> (simulated, measured)  # peak bytes a step adds, fake vs real CPU
     tensor_bytes(module) -> int           # bytes of a module's parameters and buffers
     materialize(module) -> module         # meta-device weights -> (fake) tensors of the current mode
+    extrapolate_depth(run, depth, base=1) # run(n) at n = base, 2 base blocks -> what run(depth) returns
+    memoize_calls(module)                 # repeated gradient-free calls of its modules simulated once
+    measured(value) -> value              # a quantity extrapolate_depth extrapolates (sections, tensor_bytes)
 
 Models are built on the meta device (dtype casts, LoRA injection and other ``Module.to`` calls
 work there) and then materialized inside a :class:`Simulation`, where their weights become fake
@@ -30,20 +33,87 @@ do not allow); the bytes alive are the same. What it cannot see: the allocator's
 
 FLOPs are ``torch.utils.flop_counter`` counts (matmuls, convolutions, attention), i.e.
 hardware FLOPs: recomputation under gradient checkpointing is included.
+
+Repeated calls (:func:`memoize_calls`): a module (or one of the same structure: classes,
+attributes, parameter layouts) called again with inputs of the same layouts, without gradients,
+does on fake tensors exactly what it did the first time (no values exist), so the call is replayed: its FLOPs and its peak above the bytes live at the call are added and new
+outputs of the recorded layouts are allocated. A call that keeps anything but its outputs, returns
+a view of an input or changes its arguments (caches in lists) is never replayed.
+
+Depth extrapolation (:func:`extrapolate_depth`): a model of ``n`` identical blocks costs ``a + b n``
+FLOPs exactly, and its weights, saved activations (one checkpointed input per block) and the
+peak of a section are ``a + b n`` bytes as long as the peak falls at the same point of the same
+block; so a phase is simulated with 1 and 2 blocks and every measured quantity is extrapolated
+to the full depth (checked against full-depth simulations in tests/test_simulate.py and
+benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import Callable
+from fractions import Fraction
+from typing import Callable, TypeVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 from torch.utils.weak import WeakIdKeyDictionary
 
 GB = 1e9
 GIB = 2**30
+T = TypeVar("T")
+
+
+class _DepthRecord:
+    """The quantities a run at ``base`` blocks measured, in order (``values``); replayed at ``2 base``
+    blocks, each new quantity is returned extrapolated to ``depth`` blocks."""
+
+    def __init__(self, base: int, depth: int):
+        self.base, self.depth = base, depth
+        self.values: list = []
+        self.replay: list | None = None
+
+    def __call__(self, value):
+        if self.replay is None:
+            self.values.append(value)
+            return value
+        if not self.replay:
+            raise RuntimeError("depth extrapolation: the run at twice the depth measured more quantities "
+                               "than the first")
+        first = self.replay.pop(0)
+        out = Fraction(first) + (Fraction(value) - Fraction(first)) * (self.depth - self.base) / self.base
+        return int(out) if out.denominator == 1 and isinstance(value, int) else float(out)
+
+
+_RECORD: _DepthRecord | None = None
+
+
+def measured(value):
+    """A quantity a simulated phase measures: returned as is, or under :func:`extrapolate_depth`
+    recorded (first run) or extrapolated to the full depth (second run)."""
+    return value if _RECORD is None else _RECORD(value)
+
+
+def extrapolate_depth(run: Callable[[int], T], depth: int, base: int = 1) -> T:
+    """What ``run(depth)`` returns, from ``run(base)`` and ``run(2 base)``: ``run(n)`` simulates with ``n``
+    repeated blocks; every quantity it measures (:class:`Section` numbers, :func:`tensor_bytes`, or
+    passed through :func:`measured`) is linear in ``n`` and taken to ``depth``, so the result,
+    computed from those quantities by ``run``'s own code, is the full-depth one."""
+    global _RECORD
+    if _RECORD is not None:
+        raise RuntimeError("depth extrapolations do not nest")
+    record = _RECORD = _DepthRecord(base, depth)
+    try:
+        run(base)
+        record.replay = list(record.values)
+        out = run(2 * base)
+        if record.replay:
+            raise RuntimeError("depth extrapolation: the run at twice the depth measured fewer quantities "
+                               "than the first")
+        return out
+    finally:
+        _RECORD = None
 
 
 @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
@@ -174,6 +244,135 @@ def _convert_fake(module: torch.nn.Module, fn, recurse: bool = True):
     return module
 
 
+_UNSAFE = object()  # a call signature whose calls are never replayed
+
+
+def _signature(tree) -> tuple:
+    """Hashable description of call arguments: tensor layouts and plain values (``TypeError`` otherwise)."""
+    leaves, spec = tree_flatten(tree)
+    out = [str(spec)]
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            out.append((tuple(x.shape), x.stride(), x.dtype, x.device.type, x.requires_grad))
+        elif x is None or isinstance(x, (bool, int, float, str, torch.dtype)):
+            out.append(x)
+        else:
+            raise TypeError(type(x))
+    return tuple(out)
+
+
+def _attribute(value):
+    """What a module attribute contributes to its structure: plain values themselves, tensors their
+    layout, containers their items, other objects their type."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+        return value
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.requires_grad)
+    if isinstance(value, (list, tuple)):
+        return tuple(_attribute(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _attribute(v)) for k, v in value.items())
+    return type(value).__qualname__
+
+
+def _structure(module: torch.nn.Module) -> int:
+    """Hash of everything a module's forward can depend on besides its inputs' values: classes,
+    attributes (flags, sizes) and parameter/buffer layouts of it and its submodules, in order."""
+    parts = []
+    for name, m in module.named_modules():
+        parts.append((name, type(m).__qualname__, m.training))
+        parts.extend((k, _attribute(v)) for k, v in vars(m).items()
+                     if k not in ("_modules", "forward") and not k.endswith("hooks"))
+    return hash(tuple(parts))
+
+
+class _CallMemo:
+    """Recorded gradient-free module calls (see :func:`memoize_calls`), shared by every
+    :class:`Simulation`: a call is keyed by its module's structure, not its identity."""
+
+    def __init__(self):
+        self.entries: dict = {}
+
+    def call(self, live: "LiveBytes", module: torch.nn.Module, forward, args, kwargs):
+        if torch.is_grad_enabled() and module._memo_trainable:
+            return forward(*args, **kwargs)
+        try:
+            key = (_structure(module), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
+                   _signature((args, kwargs)))
+        except TypeError:
+            return forward(*args, **kwargs)
+        self.live = live
+        entry = self.entries.get(key)
+        if entry is _UNSAFE:
+            return forward(*args, **kwargs)
+        if entry is not None:
+            return self._replay(entry)
+        out, self.entries[key] = self._record(forward, args, kwargs)
+        return out
+
+    def _record(self, forward, args, kwargs):
+        live = self.live
+        # the arguments as they were, without keeping alive a tensor the call drops from a list it was given
+        inputs = tree_flatten((args, kwargs))[0]
+        input_storages = {_storage_key(t) for t in inputs if _strided(t)}
+        before = [weakref.ref(x) if isinstance(x, torch.Tensor) else (type(x), x) for x in inputs]
+        del inputs
+        start, outer_peak, flops = live.live, live.peak, live.flops
+        live.peak = start
+        out = forward(*args, **kwargs)
+        peak, live.peak = live.peak, max(outer_peak, live.peak)
+        leaves, spec = tree_flatten(out)
+        storages: dict[int, int] = {}
+        layouts = []
+        for x in leaves:
+            if not _strided(x) or _storage_key(x) in input_storages or x.requires_grad:
+                return out, _UNSAFE
+            group = storages.setdefault(_storage_key(x), len(storages))
+            layouts.append((x.shape, x.stride(), x.storage_offset(), x.dtype, group))
+        sizes = [0] * len(storages)
+        for x in leaves:
+            sizes[storages[_storage_key(x)]] = x.untyped_storage().nbytes()
+        kept = sum(-(-n // live.round_to) * live.round_to for n in sizes)
+        after = tree_flatten((args, kwargs))[0]
+        if live.live - start != kept or len(after) != len(before) or any(
+                (b() is not a) if isinstance(b, weakref.ref) else (b != (type(a), a)) for a, b in zip(after, before)):
+            return out, _UNSAFE
+        return out, (spec, layouts, sizes, live.flops - flops, peak - start)
+
+    def _replay(self, entry):
+        spec, layouts, sizes, flops, peak = entry
+        live = self.live
+        live.flops += flops
+        live.peak = max(live.peak, live.live + peak)
+        bases = [torch.empty(n, dtype=torch.uint8) for n in sizes]
+        leaves = [bases[group].view(dtype).as_strided(shape, stride, offset)
+                  for shape, stride, offset, dtype, group in layouts]
+        return tree_unflatten(leaves, spec)
+
+
+_SIMULATION: "Simulation | None" = None
+_MEMO = _CallMemo()
+
+
+def memoize_calls(module: torch.nn.Module) -> torch.nn.Module:
+    """Calls of ``module`` and its submodules inside a :class:`Simulation` that repeat an earlier call's
+    input layouts without gradients (``no_grad``, or nothing trainable) are replayed, not simulated
+    again (see the module docstring); outside a simulation they run as usual."""
+    for sub in module.modules():
+        if "_memo_trainable" in vars(sub):
+            continue
+        sub._memo_trainable = any(p.requires_grad for p in sub.parameters())
+        forward = sub.forward
+
+        @functools.wraps(forward)
+        def memo_forward(*args, _sub=sub, _forward=forward, **kwargs):
+            if _SIMULATION is None or _SIMULATION.fake_mode is None:
+                return _forward(*args, **kwargs)
+            return _MEMO.call(_SIMULATION.live, _sub, _forward, args, kwargs)
+        sub.forward = memo_forward
+    return module
+
+
 class Simulation:
     """Fake tensors with live-byte and FLOP accounting. Build models and inputs inside it, then
     measure sections with :meth:`section`::
@@ -193,13 +392,17 @@ class Simulation:
         self.live = LiveBytes(round_to)
 
     def __enter__(self) -> "Simulation":
+        global _SIMULATION
         if self.fake_mode is not None:
             self.fake_mode.__enter__()
             torch.nn.Module._apply = _convert_fake
         self.live.__enter__()
+        self._outer, _SIMULATION = _SIMULATION, self
         return self
 
     def __exit__(self, *exc) -> None:
+        global _SIMULATION
+        _SIMULATION = self._outer
         self.live.__exit__(*exc)
         if self.fake_mode is not None:
             torch.nn.Module._apply = _MODULE_APPLY
@@ -220,15 +423,15 @@ class Section:
         import gc
 
         gc.collect()
-        self.resident_bytes = self.sim.live.live
+        self.resident_bytes = measured(self.sim.live.live)
         self.sim.live.reset_peak()
         self._flops0 = self.sim.live.flops
         return self
 
     def __exit__(self, *exc) -> None:
-        self.flops = self.sim.live.flops - self._flops0
-        self.peak_bytes = self.sim.live.peak
-        self.end_bytes = self.sim.live.live
+        self.flops = measured(self.sim.live.flops - self._flops0)
+        self.peak_bytes = measured(self.sim.live.peak)
+        self.end_bytes = measured(self.sim.live.live)
 
 
 def measured_peak_bytes(fn: Callable[[], object]) -> int:
@@ -290,4 +493,4 @@ def tensor_bytes(module: torch.nn.Module) -> int:
     storages = {}
     for t in [*module.parameters(), *module.buffers()]:
         storages[_storage_key(t)] = t.untyped_storage().nbytes()
-    return sum(storages.values())
+    return measured(sum(storages.values()))
