@@ -595,11 +595,19 @@ WAN_DEFAULT = "wan2.1_14b"
 
 
 def wan_models() -> dict[str, WanSize]:
-    """The Wan models simulated, by name (Wan2.2-TI2V-5B: one more entry, once the Wan spec takes it)."""
-    from reangle.models.wan import WAN21_I2V_480P
+    """The Wan models simulated, by name, at their configs/backbone presets' sizes and guidance."""
+    from reangle.models.wan import FULL_SIZE_VAES, WAN21_I2V_480P, WAN22_I2V_A14B, WAN22_TI2V_5B
 
-    attn1 = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")  # configs/backbone/wan2.1_i2v_14b.yaml
-    return {"wan2.1_14b": WanSize(WAN21_I2V_480P, "wan2.1_14b", {}, 81, 480, 832, attn1, 5.0)}
+    attn1 = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")  # every Wan backbone preset's targets
+    return {"wan2.1_14b": WanSize(WAN21_I2V_480P, "wan2.1_14b", {}, 81, 480, 832, attn1, 5.0),
+            "wan2.2_ti2v_5b": WanSize(WAN22_TI2V_5B, "wan2.2_ti2v_5b", {
+                **FULL_SIZE_VAES[WAN22_TI2V_5B], "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48},  # shapes only
+                121, 704, 1280, attn1, 5.0),
+            "wan2.2_a14b": WanSize(WAN22_I2V_A14B, "wan2.2_a14b", {}, 81, 480, 832, attn1, 3.5)}
+
+
+# what the released model_index.json files say about experts (reangle.models.wan.expert_boundary reads it)
+WAN_MODEL_INDEX = {"wan2.2_a14b": {"boundary_ratio": 0.9, "transformer_2": ["diffusers", "WanTransformer3DModel"]}}
 
 
 def wan_components(size: WanSize, parts):
@@ -615,6 +623,7 @@ def wan_components(size: WanSize, parts):
     config = FULL_SIZE_TRANSFORMERS[size.pretrained]
     config = {**config, "num_layers": _units(size.depth_key) or config["num_layers"]}
     builders = {"transformer": lambda: build_wan_transformer_on_meta(config),
+                "transformer_2": lambda: build_wan_transformer_on_meta(config),  # two experts: the same layout
                 "vae": lambda: AutoencoderKLWan(**size.vae),
                 "text_encoder": lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)),
                 "image_encoder": lambda: CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_H))}
@@ -627,17 +636,20 @@ def wan_components(size: WanSize, parts):
     return out
 
 
-def wan_spec(size: WanSize, rank: int = 128):
-    """The Wan stage II spec at full size, its transformer with LoRA ``rank`` on ``size.lora_targets`` on meta."""
+def wan_spec(size: WanSize, rank: int = 128, storage=None):
+    """The Wan stage II spec at full size, its transformer with LoRA ``rank`` on ``size.lora_targets`` on meta
+    (``storage``: model.storage_dtype)."""
     from diffusers import AutoencoderKLWan
 
     import reangle.models.wan_i2v as wan_i2v
     from reangle.models.wan import FULL_SIZE_TRANSFORMERS
 
     spec = wan_i2v.WanI2V(size.pretrained, lora_rank=rank, lora_alpha=rank, lora_targets=size.lora_targets)
+    spec.storage_dtype = storage
     with torch.device("meta"):
         vae = {k: v for k, v in AutoencoderKLWan(**size.vae).config.items() if not k.startswith("_")}
-    spec._config_cache.update(transformer=dict(FULL_SIZE_TRANSFORMERS[size.pretrained]), vae=vae)
+    spec._config_cache.update(transformer=dict(FULL_SIZE_TRANSFORMERS[size.pretrained]), vae=vae,
+                              model_index=WAN_MODEL_INDEX.get(size.depth_key, {}))
     with mock.patch.object(wan_i2v, "load_wan_components", lambda pretrained, parts, **_: wan_components(size, parts)):
         spec.load_diffusion_model(torch.device("meta"))
     return spec
@@ -650,41 +662,48 @@ def _wan_grid(size: WanSize, vae_config: dict) -> tuple[int, int, int]:
 
 
 @deep(lambda kwargs: kwargs.get("model", WAN_DEFAULT))
-def phase_wan_train_step(model: str = WAN_DEFAULT, rank: int = 128) -> dict:
+def phase_wan_train_step(model: str = WAN_DEFAULT, rank: int = 128, storage=None) -> dict:
     """Wan stage II: one optimizer step of :class:`reangle.models.wan_i2v.WanI2V` (LoRA ``rank`` on the
     preset's targets, gradient checkpointing, bf16 autocast), masked loss, clipping, AdamW (states
-    created beforehand) at the preset's clip size; the batch is the cache (latents, condition, tokens)."""
+    created beforehand) at the preset's clip size; the batch is the cache (latents, condition, tokens).
+    Wan2.2-A14B: both experts and both LoRAs resident, the sample's expert runs; ``storage``:
+    model.storage_dtype."""
     from reangle.training.loss import masked_loss
 
     size = wan_models()[model]
-    spec = wan_spec(size, rank)
+    spec = wan_spec(size, rank, storage)
     f, h, w = _wan_grid(size, spec.component_config("vae"))
-    cfg = spec.transformer.config
+    cfg, net = spec.transformer.config, spec.net  # net: the transformer, or both experts (WanExperts)
     with Simulation() as sim:
-        _materialize(spec.transformer)
-        params = [p for p in spec.transformer.parameters() if p.requires_grad]
+        _materialize(net)
+        params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, fused=True)
         for p in params:
             p.grad = torch.zeros_like(p)
         opt.step()
         opt.zero_grad(set_to_none=True)
         z = int(spec.component_config("vae")["z_dim"])
+        first_latent = spec.conditioning() == "first_latent"  # Wan2.2-TI2V: the first frame's latent alone
         batch = {"video_mean": torch.randn(1, f, z, h, w), "video_logvar": torch.randn(1, f, z, h, w),
-                 "condition": torch.randn(1, f, cfg.in_channels - z, h, w) if cfg.image_dim else None,
+                 "condition": torch.randn(1, 1, z, h, w) if first_latent else torch.randn(1, f, cfg.in_channels - z, h, w),
                  "image_tokens": torch.randn(1, 257, cfg.image_dim) if cfg.image_dim else None,
                  "prompt_embeds": torch.randn(1, 512, cfg.text_dim), "mask": torch.ones(1, f, h, w, dtype=torch.bool)}
-        with sim.section() as s:
+        # two experts: a sample runs its expert only (fake values cannot pick one; both have one layout)
+        one_expert = mock.patch.object(type(spec), "_expert_velocities",
+                                       lambda self, inputs, high: self.transformer(**inputs, return_dict=False)[0])
+        with sim.section() as s, one_expert:
             with torch.autocast("cpu", dtype=BF16):
                 pair = spec.training_pair(batch, torch.Generator().manual_seed(0))
-                loss = masked_loss(pair.prediction, pair.target, pair.weight, batch["mask"], "all").mean()
+                loss = masked_loss(pair.prediction, pair.target, pair.weight, pair.loss_mask(batch["mask"]),
+                                   "all").mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             del pair, loss
         lora = measured(sum(p.numel() * p.element_size() for p in params))
-    return _result(s, [spec.transformer], s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB,
-                                                     "latent_grid": [f, h, w]})
+    return _result(s, [net], s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB,
+                                       "latent_grid": [f, h, w]})
 
 
 def phase_wan_prompt(model: str = WAN_DEFAULT) -> dict:
@@ -702,27 +721,35 @@ def phase_wan_prompt(model: str = WAN_DEFAULT) -> dict:
 @deep(lambda kwargs: kwargs.get("model", WAN_DEFAULT))
 def phase_wan_sample(model: str = WAN_DEFAULT, steps: int = 40) -> dict:
     """Sampling one Wan view with :class:`reangle.sampling.wan.WanSampler`'s parts (UMT5 released
-    first): CLIP image tokens of the start frame (at the image processor's 224 x 224), the VAE
-    condition (first frame + black frames), ``steps`` denoising steps with CFG as two calls (one
-    step simulated, FLOPs multiplied), VAE decoding; transformer, VAE and CLIP resident."""
-    from reangle.models.wan import wan_image_condition
+    first): Wan2.1-I2V's CLIP image tokens of the start frame (at the image processor's 224 x 224),
+    the VAE condition (first frame + black frames; Wan2.2-TI2V: the first frame alone), ``steps``
+    denoising steps with CFG as two calls (one step simulated, FLOPs multiplied), VAE decoding; the
+    transformer (both experts of Wan2.2-A14B), VAE and CLIP resident."""
+    from reangle.models.wan import FULL_SIZE_TRANSFORMERS
     from reangle.sampling.sampler import SampleRequest, SamplingSettings
     from reangle.sampling.wan import WanSampler
 
     size = wan_models()[model]
-    parts = wan_components(size, ["transformer", "vae", "image_encoder", "scheduler"])
+    boundary = WAN_MODEL_INDEX.get(model, {}).get("boundary_ratio")
+    config = FULL_SIZE_TRANSFORMERS[size.pretrained]
+    clip = config["image_dim"] is not None                  # Wan2.1-I2V's CLIP image tokens
+    names = ["transformer", "vae", "scheduler"] + (["image_encoder"] if clip else []) + \
+        (["transformer_2"] if boundary is not None else [])
+    parts = wan_components(size, names)
+    models = [getattr(parts, n) for n in names if n != "scheduler"]
     with Simulation() as sim:
-        _materialize(parts.transformer, parts.vae, parts.image_encoder)
-        sampler = WanSampler(parts.transformer, parts.vae, parts.scheduler, image_processor=object(),
-                             image_encoder=parts.image_encoder, device="cpu", progress=False)
+        _materialize(*models)
+        sampler = WanSampler(parts.transformer, parts.vae, parts.scheduler, image_processor=object() if clip else None,
+                             image_encoder=parts.image_encoder, transformer_2=parts.transformer_2,
+                             boundary_ratio=boundary, device="cpu", progress=False)
         cfg = parts.transformer.config
         emb = {p: torch.randn(1, 512, cfg.text_dim, dtype=BF16) for p in ("", "scene")}
         request = SampleRequest(torch.rand(3, size.height, size.width), "scene", 0, size.frames)
         with torch.no_grad():
             with sim.section() as enc:
                 tokens = parts.image_encoder(torch.rand(1, 3, 224, 224, dtype=BF16),
-                                             output_hidden_states=True).hidden_states[-2]
-                condition = wan_image_condition(parts.vae, request.image[None] * 2 - 1, size.frames)
+                                             output_hidden_states=True).hidden_states[-2] if clip else None
+                condition = sampler._condition(request)
             # UniPC finds its step index by comparing fake timesteps (no values): the first step is index 0
             with sim.section() as step, mock.patch.object(type(parts.scheduler), "index_for_timestep",
                                                           lambda *args, **kwargs: 0):
@@ -733,8 +760,7 @@ def phase_wan_sample(model: str = WAN_DEFAULT, steps: int = 40) -> dict:
     sections = {"encode": enc, "denoise_step": step, "decode": dec}
     peaks = {k: p.peak_bytes / GB for k, p in sections.items()}
     worst = max(peaks, key=peaks.get)
-    return _result(sections[worst], [parts.transformer, parts.vae, parts.image_encoder],
-                   enc.flops + steps * step.flops + dec.flops,
+    return _result(sections[worst], models, enc.flops + steps * step.flops + dec.flops,
                    {"part_peaks_gb": peaks, "tflop_per_step": step.flops / 1e12,
                     "tflop_vae_clip": (enc.flops + dec.flops) / 1e12})
 
@@ -885,6 +911,8 @@ def main(argv=None) -> dict:
         phases[f"eval_{metric}"] = run(phase_eval, metric=metric, batch=EVAL_BATCH)
     for name in wan_models():
         phases[f"{name}_step"] = run(phase_wan_train_step, model=name)
+        if name == "wan2.2_a14b":  # both experts resident: over 80 GB in bf16
+            phases[f"{name}_step_fp8"] = run(phase_wan_train_step, model=name, storage="fp8")
         phases[f"{name}_prompt_umt5"] = run(phase_wan_prompt, model=name)
         phases[f"{name}_sample_view"] = run(phase_wan_sample, model=name)
     for p in phases.values():
