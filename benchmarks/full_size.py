@@ -350,16 +350,37 @@ def _stage3_models(sim, flux, met3r, max_batch: int, storage):
     return inpainter, text
 
 
+def group_offload_bytes(*nets) -> tuple[int, int]:
+    """(bytes of ``nets``, the most bytes of them on the device while one runs under inpaint.offload=group): a
+    running network keeps its non-block tensors (embedders, final norm and projection) and two blocks there,
+    the running one and the next one its hooks prefetch (diffusers' groups: reangle.models.offload.offload_groups);
+    the two largest blocks are counted. An accounting of diffusers' hooks, which do not run in the simulation."""
+    from reangle.models.offload import offload_groups
+
+    running = []
+    for net in nets:
+        blocks, rest = offload_groups(net)
+        largest = sorted((tensor_bytes(b) for b in blocks), reverse=True)[:2]
+        running.append(sum(t.untyped_storage().nbytes() for t in rest) + sum(largest))
+    return sum(tensor_bytes(n) for n in nets), max(running)
+
+
 def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views: int = 2, size: int = 1024,
-                       met3r_chunk: int = 8, storage=None) -> float:
+                       met3r_chunk: int = 8, storage=None, offload=None, parts: bool = False):
     """Peak GB of stage III's parts at another ``max_batch`` / MEt3R chunk / inpaint.storage_dtype (same code,
     FLOPs unchanged): the prompt encoding, the control encoding, one transformer + ControlNet batch, one VAE
-    batch, the scoring."""
+    batch, the scoring. ``offload``: inpaint.offload, *accounted* (:func:`group_offload_bytes`), not simulated:
+    the simulation runs with the transformer and ControlNet resident; "group" then removes their bytes from
+    every part after the prompt encoding (which runs before they are materialized) and adds back, in the
+    transformer + ControlNet batch, what the running one keeps on the device. ``parts``: also return the
+    peak GB per part (dict)."""
     from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
 
     flux, met3r = flux_components(), met3r_model(met3r_chunk)
     with Simulation() as sim:
         inpainter, text = _stage3_models(sim, flux, met3r, max_batch, storage)
+        held, running = group_offload_bytes(inpainter.pipe.transformer, inpainter.controlnet) if offload \
+            else (0, 0)
         with sim.section() as c:
             condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
         noise = inpainter.initial_noise(condition, torch.Generator().manual_seed(0)).expand(max_batch, -1, -1)
@@ -372,7 +393,10 @@ def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views:
         decoded = torch.rand(candidates, 3, met3r.img_size, met3r.img_size) * 2 - 1
         with sim.section() as m:
             model.score([decoded])
-    return max(x.peak_bytes for x in (text, c, v, d, m)) / GB
+    peaks = {"prompt": text.peak_bytes, "control": c.peak_bytes - held, "transformer_call": v.peak_bytes - held + running,
+             "vae_decode": d.peak_bytes - held, "met3r_score": m.peak_bytes - held}
+    peaks = {k: b / GB for k, b in peaks.items()}
+    return (max(peaks.values()), peaks) if parts else max(peaks.values())
 
 
 def phase_inpaint(max_batch: int = 4, candidates: int = 25, steps: int = 50, finished_views: int = 2,
@@ -503,6 +527,7 @@ def preset_settings(path: Path) -> dict:
     return {"image_condition": cfg.train.image_condition, "vae_tiling": bool(cfg.sample.vae_tiling),
             "cpu_offload": bool(cfg.sample.cpu_offload), "max_batch": int(cfg.inpaint.max_batch),
             "storage": cfg.model.storage_dtype, "inpaint_storage": cfg.inpaint.storage_dtype,
+            "inpaint_offload": cfg.inpaint.offload,
             "met3r_chunk": int(cfg.inpaint.met3r.max_pairs_per_chunk), "eval_met3r_chunk": int(cfg.eval.batch_size)}
 
 
@@ -573,14 +598,14 @@ def main(argv=None) -> dict:
     presets = {}
     paths = [Path(p) for p in args.presets] if args.presets is not None else \
         sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.yaml"))
-    inpaint_peaks = {(4, 8, None): phases["stage3_view"]["peak_gb"]}
+    inpaint_peaks = {(4, 8, None, None): phases["stage3_view"]["peak_gb"]}
     met3r_peaks = {8: phases["eval_met3r"]["peak_gb"]}
     for path in paths:
         s = preset_settings(path)
-        key = (s["max_batch"], s["met3r_chunk"], s["inpaint_storage"])
+        key = (s["max_batch"], s["met3r_chunk"], s["inpaint_storage"], s["inpaint_offload"])
         if key not in inpaint_peaks:
             inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1],
-                                     **({"storage": key[2]} if key[2] else {}))
+                                     **({"storage": key[2]} if key[2] else {}), **({"offload": key[3]} if key[3] else {}))
         if s["eval_met3r_chunk"] not in met3r_peaks:
             met3r_peaks[s["eval_met3r_chunk"]] = run(phase_met3r, chunk=s["eval_met3r_chunk"])["peak_gb"]
         storage = {"storage": s["storage"]} if s["storage"] else {}  # model.storage_dtype (cache names without it)

@@ -81,3 +81,8 @@ def test_offload_key_takes_null_or_group_only():
         load_config(["configs/presets/tiny.yaml"], ["inpaint.offload=leaf"])
     with pytest.raises(ValueError, match="offload mode"):
         check_offload("leaf", "offload mode")
+
+
+@pytest.mark.parametrize("preset,offload", [("24gb", "group"), ("48gb", None), ("80gb", None)])
+def test_only_the_24gb_preset_offloads_stage3(preset, offload):
+    assert load_config(["configs/presets/tiny.yaml", f"configs/gpu/{preset}.yaml"]).inpaint.offload == offload
