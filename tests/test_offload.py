@@ -57,20 +57,35 @@ def test_stage3_with_group_offload_is_bit_identical_to_without(tiny_model_dir, s
     assert torch.isfinite(images).all() and torch.equal(images, reference)
 
 
-def test_offload_groups_are_diffusers_groups(tiny_model_dir):
+def test_offload_groups_and_the_simulators_accounting_follow_diffusers_groups(tiny_model_dir):
+    import importlib.util
+    from pathlib import Path
+
     from reangle.inpaint.run import load_models
 
+    spec = importlib.util.spec_from_file_location("full_size", Path(__file__).parents[1] / "benchmarks" / "full_size.py")
+    full_size = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_size)
     cfg = load_config(["configs/presets/tiny.yaml"], [f"run.cache_dir={tiny_model_dir.parent.parent}",
                                                       "inpaint.offload=group"])
     inpainter, _ = load_models(cfg, torch.device("cpu"), ["a prompt"])
-    for net in (inpainter.pipe.transformer, inpainter.controlnet):
+    nets = (inpainter.pipe.transformer, inpainter.controlnet)
+    running = []
+    for net in nets:
         groups = {id(h.group): h.group for h in group_hooks(net).values()}.values()
         blocks, rest = offload_groups(net)
         ours = [{id(t) for t in (*b.parameters(), *b.buffers())} for b in blocks]
         ours.append({id(t) for t in rest})
-        theirs = [{id(t) for m in g.modules for t in (*m.parameters(), *m.buffers())}
-                  | {id(t) for t in (*g.parameters, *g.buffers)} for g in groups]
-        assert len(blocks) >= 2 and sorted(map(sorted, ours)) == sorted(map(sorted, theirs))
+        theirs = {g.offload_leader is net: [] for g in groups}
+        for g in groups:  # the group led by the model itself stays on the device through its forward
+            tensors = {t for m in g.modules for t in (*m.parameters(), *m.buffers())} | {*g.parameters, *g.buffers}
+            theirs[g.offload_leader is net].append(tensors)
+        assert len(blocks) >= 2 and sorted(map(sorted, ours)) == sorted(
+            sorted(id(t) for t in ts) for ts in (*theirs[False], *theirs[True]))
+        nbytes = [sum(t.nbytes for t in ts) for ts in theirs[False]]
+        running.append(sum(t.nbytes for t in theirs[True][0]) + sum(sorted(nbytes)[-2:]))
+    held = sum(t.nbytes for net in nets for t in net.parameters())
+    assert full_size.group_offload_bytes(*nets) == (held, max(running))
 
 
 def test_offload_key_takes_null_or_group_only():
