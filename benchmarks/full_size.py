@@ -393,7 +393,8 @@ def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views:
         decoded = torch.rand(candidates, 3, met3r.img_size, met3r.img_size) * 2 - 1
         with sim.section() as m:
             model.score([decoded])
-    peaks = {"prompt": text.peak_bytes, "control": c.peak_bytes - held, "transformer_call": v.peak_bytes - held + running,
+    peaks = {"prompt": text.peak_bytes, "control": c.peak_bytes - held,
+             "transformer_call": v.peak_bytes - held + running,
              "vae_decode": d.peak_bytes - held, "met3r_score": m.peak_bytes - held}
     peaks = {k: b / GB for k, b in peaks.items()}
     return (max(peaks.values()), peaks) if parts else max(peaks.values())
@@ -604,8 +605,8 @@ def main(argv=None) -> dict:
         s = preset_settings(path)
         key = (s["max_batch"], s["met3r_chunk"], s["inpaint_storage"], s["inpaint_offload"])
         if key not in inpaint_peaks:
-            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1],
-                                     **({"storage": key[2]} if key[2] else {}), **({"offload": key[3]} if key[3] else {}))
+            options = {k: v for k, v in (("storage", key[2]), ("offload", key[3])) if v}  # cache names without nulls
+            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1], **options)
         if s["eval_met3r_chunk"] not in met3r_peaks:
             met3r_peaks[s["eval_met3r_chunk"]] = run(phase_met3r, chunk=s["eval_met3r_chunk"])["peak_gb"]
         storage = {"storage": s["storage"]} if s["storage"] else {}  # model.storage_dtype (cache names without it)

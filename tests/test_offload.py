@@ -63,7 +63,8 @@ def test_offload_groups_and_the_simulators_accounting_follow_diffusers_groups(ti
 
     from reangle.inpaint.run import load_models
 
-    spec = importlib.util.spec_from_file_location("full_size", Path(__file__).parents[1] / "benchmarks" / "full_size.py")
+    path = Path(__file__).parents[1] / "benchmarks" / "full_size.py"
+    spec = importlib.util.spec_from_file_location("full_size", path)
     full_size = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(full_size)
     cfg = load_config(["configs/presets/tiny.yaml"], [f"run.cache_dir={tiny_model_dir.parent.parent}",
