@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reangle.simulate import (GB, GIB, Simulation, extrapolate_depth, materialize, measured,  # noqa: E402
-                              memoize_calls, tensor_bytes)
+                              memoize_calls, storage_bytes, tensor_bytes)
 
 PEAK_TFLOPS = {"h100": 989.0, "a100": 312.0}  # bf16 dense tensor-core peak: H100 SXM5, A100 SXM4
 MFU = 0.40  # see RESULTS.md: implied by the paper's 400 steps in about 1 h on an A100 (about 0.4)
@@ -418,17 +418,39 @@ def _stage3_models(sim, flux, met3r, max_batch: int, storage):
     return inpainter, text
 
 
+def group_offload_bytes(*nets) -> tuple[int, int]:
+    """(bytes of ``nets``, the most bytes of them on the device while one runs under inpaint.offload=group): a
+    running network keeps its non-block tensors (embedders, final norm and projection) and two blocks there,
+    the running one and the next one its hooks prefetch (diffusers' groups: reangle.models.offload.offload_groups);
+    twice its largest block is counted (every block kind repeats at full depth, also when the simulation
+    builds fewer blocks, so these bytes are not depth-extrapolated). An accounting of diffusers' hooks,
+    which do not run in the simulation."""
+    from reangle.models.offload import offload_groups
+
+    running = []
+    for net in nets:
+        blocks, rest = offload_groups(net)
+        running.append(storage_bytes(rest) + 2 * max(storage_bytes([*b.parameters(), *b.buffers()]) for b in blocks))
+    return sum(tensor_bytes(n) for n in nets), max(running)
+
+
 @deep("flux")
 def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views: int = 2, size: int = 1024,
-                       met3r_chunk: int = 8, storage=None) -> float:
+                       met3r_chunk: int = 8, storage=None, offload=None, parts: bool = False):
     """Peak GB of stage III's parts at another ``max_batch`` / MEt3R chunk / inpaint.storage_dtype (same code,
     FLOPs unchanged): the prompt encoding, the control encoding, one transformer + ControlNet batch, one VAE
-    batch, the scoring."""
+    batch, the scoring. ``offload``: inpaint.offload, *accounted* (:func:`group_offload_bytes`), not simulated:
+    the simulation runs with the transformer and ControlNet resident; "group" then removes their bytes from
+    every part after the prompt encoding (which runs before they are materialized) and adds back, in the
+    transformer + ControlNet batch, what the running one keeps on the device. ``parts``: also return the
+    peak GB per part (dict)."""
     from reangle.inpaint.multiview import InpaintSettings, ScoredViews, Timings
 
     flux, met3r = flux_components(), met3r_model(met3r_chunk)
     with Simulation() as sim:
         inpainter, text = _stage3_models(sim, flux, met3r, max_batch, storage)
+        held, running = group_offload_bytes(inpainter.pipe.transformer, inpainter.controlnet) if offload \
+            else (0, 0)
         with sim.section() as c:
             condition = inpainter.condition(torch.rand(1, 3, size, size), torch.ones(1, 1, size, size), "a scene")
         noise = inpainter.initial_noise(condition, torch.Generator().manual_seed(0)).expand(max_batch, -1, -1)
@@ -441,7 +463,11 @@ def phase_inpaint_peak(max_batch: int = 4, candidates: int = 25, finished_views:
         decoded = torch.rand(candidates, 3, met3r.img_size, met3r.img_size) * 2 - 1
         with sim.section() as m:
             model.score([decoded])
-    return max(x.peak_bytes for x in (text, c, v, d, m)) / GB
+    peaks = {"prompt": text.peak_bytes, "control": c.peak_bytes - held,
+             "transformer_call": v.peak_bytes - held + running,
+             "vae_decode": d.peak_bytes - held, "met3r_score": m.peak_bytes - held}
+    peaks = {k: b / GB for k, b in peaks.items()}
+    return (max(peaks.values()), peaks) if parts else max(peaks.values())
 
 
 @deep("flux")
@@ -839,6 +865,7 @@ def preset_settings(path: Path) -> dict:
     return {"image_condition": cfg.train.image_condition, "vae_tiling": bool(cfg.sample.vae_tiling),
             "cpu_offload": bool(cfg.sample.cpu_offload), "max_batch": int(cfg.inpaint.max_batch),
             "storage": cfg.model.storage_dtype, "inpaint_storage": cfg.inpaint.storage_dtype,
+            "inpaint_offload": cfg.inpaint.offload,
             "met3r_chunk": int(cfg.inpaint.met3r.max_pairs_per_chunk), "eval_met3r_chunk": int(cfg.eval.batch_size)}
 
 
@@ -927,14 +954,14 @@ def main(argv=None) -> dict:
     presets = {}
     paths = [Path(p) for p in args.presets] if args.presets is not None else \
         sorted((Path(__file__).resolve().parents[1] / "configs" / "gpu").glob("*.yaml"))
-    inpaint_peaks = {(4, 8, None): phases["stage3_view"]["peak_gb"]}
+    inpaint_peaks = {(4, 8, None, None): phases["stage3_view"]["peak_gb"]}
     met3r_peaks = {8: phases["eval_met3r"]["peak_gb"]}
     for path in paths:
         s = preset_settings(path)
-        key = (s["max_batch"], s["met3r_chunk"], s["inpaint_storage"])
+        key = (s["max_batch"], s["met3r_chunk"], s["inpaint_storage"], s["inpaint_offload"])
         if key not in inpaint_peaks:
-            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1],
-                                     **({"storage": key[2]} if key[2] else {}))
+            options = {k: v for k, v in (("storage", key[2]), ("offload", key[3])) if v}  # cache names without nulls
+            inpaint_peaks[key] = run(phase_inpaint_peak, max_batch=key[0], met3r_chunk=key[1], **options)
         if s["eval_met3r_chunk"] not in met3r_peaks:
             met3r_peaks[s["eval_met3r_chunk"]] = run(phase_met3r, chunk=s["eval_met3r_chunk"])["peak_gb"]
         storage = {"storage": s["storage"]} if s["storage"] else {}  # model.storage_dtype (cache names without it)

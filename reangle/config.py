@@ -97,6 +97,7 @@ RANGES: dict[str, Bound] = {
 CHOICES: dict[str, tuple] = {
     "model.storage_dtype": (None, "fp8"),    # reangle.models.storage.STORAGE_DTYPES
     "inpaint.storage_dtype": (None, "fp8"),
+    "inpaint.offload": (None, "group"),       # reangle.models.offload.OFFLOAD_MODES
 }
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping", type(None): "null"}

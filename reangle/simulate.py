@@ -488,9 +488,11 @@ def compare_with_real(build: Callable[[], torch.nn.Module], step: Callable[[torc
     return s.peak_bytes - s.resident_bytes, measured
 
 
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages of ``tensors`` (not a :func:`measured` quantity)."""
+    return sum({_storage_key(t): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of ``module``'s parameters and buffers (distinct storages)."""
-    storages = {}
-    for t in [*module.parameters(), *module.buffers()]:
-        storages[_storage_key(t)] = t.untyped_storage().nbytes()
-    return measured(sum(storages.values()))
+    """Bytes of ``module``'s parameters and buffers (distinct storages), :func:`measured`."""
+    return measured(storage_bytes([*module.parameters(), *module.buffers()]))

@@ -92,9 +92,13 @@ class _FluxInpainter(Inpainter):
         return [m for m in (self.pipe.transformer, self.pipe.vae, self.fast_decoder) if m is not None]
 
     def to(self, device: torch.device | str) -> "_FluxInpainter":
-        """:meth:`networks` moved to ``device``."""
+        """:meth:`networks` moved to ``device``, but for group-offloaded ones (``inpaint.offload``: their hooks
+        place each block)."""
+        from reangle.models.offload import is_offloaded
+
         for net in self.networks():
-            net.to(device)
+            if not is_offloaded(net):
+                net.to(device)
         return self
 
     @torch.no_grad()

@@ -57,8 +57,9 @@ def settings_from_config(cfg: DictConfig) -> InpaintSettings:
 def load_models(cfg: DictConfig, device: torch.device, prompts: Sequence[str]):
     """(inpainter, MEt3R) of ``inpaint.*`` on ``device``: ``inpaint.inpainter`` picks FLUX.1-dev + the
     inpainting ControlNet or FLUX.1-Fill. The models load on the CPU; the transformer and the ControlNet
-    are stored in ``inpaint.storage_dtype`` there (:func:`prepare_inpainter`); the text encoders come
-    to ``device`` alone to encode ``prompts`` and are released; then the rest moves to ``device``."""
+    are stored in ``inpaint.storage_dtype`` and offloaded per ``inpaint.offload`` there (:func:`prepare_inpainter`);
+    the text encoders come to ``device`` alone to encode ``prompts`` and are released; then the rest moves to
+    ``device`` (a group-offloaded network stays on the CPU, its hooks bring each block to ``device``)."""
     from reangle.consistency import load_met3r
     from reangle.models.flux import load_fast_decoder, load_flux, load_flux_fill
 
@@ -78,7 +79,7 @@ def load_models(cfg: DictConfig, device: torch.device, prompts: Sequence[str]):
         flux = load_flux(c.model, c.controlnet, tiny=tiny["flux"], cache_dir=cfg.run.cache_dir, dtype=dtype)
         inpainter = FluxControlNetInpainter(flux, conditioning_scale=float(c.conditioning_scale),
                                             guidance=float(c.guidance_scale), **shared)
-    prepare_inpainter(inpainter, c.storage_dtype, dtype, prompts, device)
+    prepare_inpainter(inpainter, c.storage_dtype, dtype, prompts, device, offload=c.offload)
     inpainter.to(device)
     m = c.met3r
     met3r = load_met3r(m.backbone, point_source=m.point_source, featup_source=m.featup_source, device=device,
@@ -87,15 +88,17 @@ def load_models(cfg: DictConfig, device: torch.device, prompts: Sequence[str]):
 
 
 def prepare_inpainter(inpainter, storage: str | None, dtype: torch.dtype, prompts: Sequence[str],
-                      device: torch.device | str) -> None:
+                      device: torch.device | str, offload: str | None = None) -> None:
     """Before the search networks go to the device: the FLUX transformer (and ControlNet) stored in ``storage``
-    (:func:`reangle.models.storage.store_weights`, computed in ``dtype``), then the ``prompts`` encoded on
+    (:func:`reangle.models.storage.store_weights`, computed in ``dtype``) and then offloaded per ``offload``
+    (:func:`reangle.models.offload.offload_weights`, run on ``device``), then the ``prompts`` encoded on
     ``device`` and the text encoders released (:meth:`~reangle.inpaint.inpainter._FluxInpainter.encode_prompts`)."""
+    from reangle.models.offload import offload_weights
     from reangle.models.storage import store_weights
 
     for net in (inpainter.pipe.transformer, getattr(inpainter, "controlnet", None)):
         if net is not None:
-            store_weights(net, storage, dtype)
+            offload_weights(store_weights(net, storage, dtype), offload, device)
     inpainter.encode_prompts(prompts, device)
 
 
