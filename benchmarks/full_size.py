@@ -316,6 +316,33 @@ def phase_encode(frames: int = 49, height: int = 480, width: int = 720, tiling: 
     return {"prompt": text, "video": _result(s, [enc.vae], s.flops)}
 
 
+def _steady_adamw(params) -> torch.optim.Optimizer:
+    """Fused AdamW over ``params`` after one step, so its states exist (a steady training step)."""
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, fused=True)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def _optimizer_step(sim, spec, batch: dict, params, opt):
+    """The section of one optimizer step of ``spec``: ``training_pair`` under bf16 autocast (as Lightning's
+    bf16-mixed), the masked loss (the pair's own loss mask), backward, gradient clipping, AdamW."""
+    from reangle.training.loss import masked_loss
+
+    with sim.section() as s:
+        with torch.autocast("cpu", dtype=BF16):
+            pair = spec.training_pair(batch, torch.Generator().manual_seed(0))
+            loss = masked_loss(pair.prediction, pair.target, pair.weight, pair.loss_mask(batch["mask"]), "all").mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        del pair, loss
+    return s
+
+
 @deep("cogvideox")
 def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank: int = 128,
                      image_condition: str = "per_step", transformer_config=None, optimizer_dtype=None,
@@ -324,8 +351,6 @@ def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank
     gradient checkpointing, bf16 autocast as Lightning's bf16-mixed, per-step VAE encoding of the
     first frame), masked loss, gradient clipping, AdamW (states created beforehand: a steady step);
     ``storage``: model.storage_dtype (the frozen layers in float8, cast per layer)."""
-    from reangle.training.loss import masked_loss
-
     spec = full_spec(image_condition, transformer_config, rank, storage)
     f, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
     cfg = spec.transformer.config
@@ -335,11 +360,7 @@ def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank
         if optimizer_dtype is not None:
             for p in params:
                 p.data = p.data.to(optimizer_dtype)
-        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, fused=True)
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt = _steady_adamw(params)
         batch = {"video_mean": torch.randn(1, f, 16, h, w), "video_logvar": torch.randn(1, f, 16, h, w),
                  "prompt_embeds": torch.randn(1, cfg.max_text_seq_length, cfg.text_embed_dim),
                  "mask": torch.ones(1, f, h, w, dtype=torch.bool)}
@@ -348,15 +369,7 @@ def phase_train_step(frames: int = 49, height: int = 480, width: int = 720, rank
         else:
             batch.update(image_mean=torch.randn(1, 1, 16, h, w), image_logvar=torch.randn(1, 1, 16, h, w))
         modules = [spec.transformer, *([spec.image_vae] if spec.image_vae is not None else [])]
-        with sim.section() as s:
-            with torch.autocast("cpu", dtype=BF16):
-                pair = spec.training_pair(batch, torch.Generator().manual_seed(0))
-                loss = masked_loss(pair.prediction, pair.target, pair.weight, batch["mask"], "all").mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            del pair, loss
+        s = _optimizer_step(sim, spec, batch, params, opt)
         lora = measured(sum(p.numel() * p.element_size() for p in params))
     return _result(s, modules, s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB})
 
@@ -694,8 +707,6 @@ def phase_wan_train_step(model: str = WAN_DEFAULT, rank: int = 128, storage=None
     created beforehand) at the preset's clip size; the batch is the cache (latents, condition, tokens).
     Wan2.2-A14B: both experts and both LoRAs resident, the sample's expert runs; ``storage``:
     model.storage_dtype."""
-    from reangle.training.loss import masked_loss
-
     size = wan_models()[model]
     spec = wan_spec(size, rank, storage)
     f, h, w = _wan_grid(size, spec.component_config("vae"))
@@ -703,11 +714,7 @@ def phase_wan_train_step(model: str = WAN_DEFAULT, rank: int = 128, storage=None
     with Simulation() as sim:
         _materialize(net)
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-3, fused=True)
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt = _steady_adamw(params)
         z = int(spec.component_config("vae")["z_dim"])
         first_latent = spec.conditioning() == "first_latent"  # Wan2.2-TI2V: the first frame's latent alone
         batch = {"video_mean": torch.randn(1, f, z, h, w), "video_logvar": torch.randn(1, f, z, h, w),
@@ -717,16 +724,8 @@ def phase_wan_train_step(model: str = WAN_DEFAULT, rank: int = 128, storage=None
         # two experts: a sample runs its expert only (fake values cannot pick one; both have one layout)
         one_expert = mock.patch.object(type(spec), "_expert_velocities",
                                        lambda self, inputs, high: self.transformer(**inputs, return_dict=False)[0])
-        with sim.section() as s, one_expert:
-            with torch.autocast("cpu", dtype=BF16):
-                pair = spec.training_pair(batch, torch.Generator().manual_seed(0))
-                loss = masked_loss(pair.prediction, pair.target, pair.weight, pair.loss_mask(batch["mask"]),
-                                   "all").mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            del pair, loss
+        with one_expert:
+            s = _optimizer_step(sim, spec, batch, params, opt)
         lora = measured(sum(p.numel() * p.element_size() for p in params))
     return _result(s, [net], s.flops, {"lora_gb": lora / GB, "adamw_states_gb": 2 * lora / GB,
                                        "latent_grid": [f, h, w]})

@@ -14,6 +14,19 @@ from reangle.models.wan import load_wan_components
 from reangle.sampling.run import run_files, sample_from_config
 
 
+def output_change(pipe, load_lora, **extra) -> float:
+    """Max abs change of the stock pipeline's 9 x 64 x 96 output (2 steps, seeded) once ``load_lora(pipe)``
+    has loaded the exported LoRA: diffusers alone."""
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    kwargs = dict(image=image, prompt="a colour ramp", num_frames=9, height=64, width=96, num_inference_steps=2,
+                  output_type="pt", **extra)
+    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    load_lora(pipe)
+    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    return float((tuned - base).abs().max())
+
+
 def test_tiny_wan_preset_runs_every_stage_and_exports_a_lora_the_wan_pipeline_loads(tmp_path, tiny_wan_dir):
     cache = tiny_wan_dir.parent.parent
     trainer = train.main(["--config", "configs/presets/tiny_wan.yaml", f"run.root={tmp_path}", "run.name=wan",
@@ -33,14 +46,7 @@ def test_tiny_wan_preset_runs_every_stage_and_exports_a_lora_the_wan_pipeline_lo
 
     # diffusers alone: the stock pipeline over the tiny Wan loads the LoRA and its output changes
     pipe = load_wan_components(str(tiny_wan_dir)).pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8))
-    kwargs = dict(image=image, prompt="a colour ramp", num_frames=9, height=64, width=96, num_inference_steps=2,
-                  output_type="pt")
-    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    pipe.load_lora_weights(str(lora.parent))
-    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    assert (tuned - base).abs().max() > 1e-4
+    assert output_change(pipe, lambda p: p.load_lora_weights(str(lora.parent))) > 1e-4
 
     # sample.py's path (a run directory): the Wan family's sampler with the run's LoRA
     _, run_lora = run_files(run)
@@ -78,14 +84,7 @@ def test_tiny_wan22_preset_runs_the_pipeline_and_exports_a_lora_the_expand_times
 
     pipe = load_wan_components(str(tiny_wan22_dir)).pipeline()       # expand_timesteps, no CLIP
     assert pipe.config.expand_timesteps and pipe.image_encoder is None
-    pipe.set_progress_bar_config(disable=True)
-    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8))
-    kwargs = dict(image=image, prompt="a colour ramp", num_frames=9, height=64, width=96, num_inference_steps=2,
-                  output_type="pt")
-    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    pipe.load_lora_weights(str(lora.parent))
-    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    assert (tuned - base).abs().max() > 1e-4
+    assert output_change(pipe, lambda p: p.load_lora_weights(str(lora.parent))) > 1e-4
 
     _, run_lora = run_files(run)                                   # sample.py's path: no CLIP parts to load
     cfg = load_run_config(run, overrides=["sample.steps=2", f"sample.out_dir={tmp_path / 'again'}"])
@@ -117,16 +116,12 @@ def test_tiny_wan22_a14b_preset_trains_a_lora_per_expert_and_samples_with_both(t
 
     pipe = load_wan_components(str(tiny_wan22_a14b_dir)).pipeline()
     assert pipe.config.boundary_ratio == 0.9 and pipe.image_encoder is None
-    pipe.set_progress_bar_config(disable=True)
-    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8))
-    kwargs = dict(image=image, prompt="a colour ramp", num_frames=9, height=64, width=96, num_inference_steps=2,
-                  guidance_scale=3.5, guidance_scale_2=3.5, output_type="pt")
-    base = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    pipe.load_lora_weights(str(final))
-    pipe.load_lora_weights(str(final), weight_name=LORA_FILE_2, load_into_transformer_2=True)
-    assert pipe.transformer.peft_config and pipe.transformer_2.peft_config
-    tuned = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
-    assert (tuned - base).abs().max() > 1e-4
+
+    def load_both(p):
+        p.load_lora_weights(str(final))
+        p.load_lora_weights(str(final), weight_name=LORA_FILE_2, load_into_transformer_2=True)
+        assert p.transformer.peft_config and p.transformer_2.peft_config
+    assert output_change(pipe, load_both, guidance_scale=3.5, guidance_scale_2=3.5) > 1e-4
 
     _, run_lora = run_files(run)                                   # sample.py's path: both files
     cfg = load_run_config(run, overrides=["sample.steps=2", f"sample.out_dir={tmp_path / 'again'}"])
