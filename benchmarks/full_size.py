@@ -618,7 +618,7 @@ class WanSize(NamedTuple):
     """A Wan image-to-video model as its phases are simulated: hub id (its transformer config is
     ``reangle.models.wan.FULL_SIZE_TRANSFORMERS[pretrained]``), its ``wan_models()`` name, VAE config
     (``AutoencoderKLWan`` arguments; ``{}``: its defaults, which are Wan2.1's VAE), the clip's
-    frames x height x width, the LoRA targets and the sampling guidance of its configs/backbone preset."""
+    frames x height x width, the LoRA targets, the sampling guidance and steps of its configs/backbone preset."""
 
     pretrained: str
     depth_key: str
@@ -628,6 +628,7 @@ class WanSize(NamedTuple):
     width: int
     lora_targets: tuple
     guidance: float
+    steps: int = 40
 
 
 WAN_DEFAULT = "wan2.1_14b"
@@ -641,7 +642,7 @@ def wan_models() -> dict[str, WanSize]:
     return {"wan2.1_14b": WanSize(WAN21_I2V_480P, "wan2.1_14b", {}, 81, 480, 832, attn1, 5.0),
             "wan2.2_ti2v_5b": WanSize(WAN22_TI2V_5B, "wan2.2_ti2v_5b", {
                 **FULL_SIZE_VAES[WAN22_TI2V_5B], "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48},  # shapes only
-                121, 704, 1280, attn1, 5.0),
+                121, 704, 1280, attn1, 5.0, 50),
             "wan2.2_a14b": WanSize(WAN22_I2V_A14B, "wan2.2_a14b", {}, 81, 480, 832, attn1, 3.5)}
 
 
@@ -744,11 +745,11 @@ def phase_wan_prompt(model: str = WAN_DEFAULT) -> dict:
 
 
 @deep(lambda kwargs: kwargs.get("model", WAN_DEFAULT))
-def phase_wan_sample(model: str = WAN_DEFAULT, steps: int = 40) -> dict:
+def phase_wan_sample(model: str = WAN_DEFAULT) -> dict:
     """Sampling one Wan view with :class:`reangle.sampling.wan.WanSampler`'s parts (UMT5 released
     first): Wan2.1-I2V's CLIP image tokens of the start frame (at the image processor's 224 x 224),
-    the VAE condition (first frame + black frames; Wan2.2-TI2V: the first frame alone), ``steps``
-    denoising steps with CFG as two calls (one step simulated, FLOPs multiplied), VAE decoding; the
+    the VAE condition (first frame + black frames; Wan2.2-TI2V: the first frame alone), the preset's
+    denoising steps (``size.steps``) with CFG as two calls (one step simulated, FLOPs multiplied), VAE decoding; the
     transformer (both experts of Wan2.2-A14B), VAE and CLIP resident."""
     from reangle.models.wan import FULL_SIZE_TRANSFORMERS
     from reangle.sampling.sampler import SampleRequest, SamplingSettings
@@ -785,7 +786,7 @@ def phase_wan_sample(model: str = WAN_DEFAULT, steps: int = 40) -> dict:
     sections = {"encode": enc, "denoise_step": step, "decode": dec}
     peaks = {k: p.peak_bytes / GB for k, p in sections.items()}
     worst = max(peaks, key=peaks.get)
-    return _result(sections[worst], models, enc.flops + steps * step.flops + dec.flops,
+    return _result(sections[worst], models, enc.flops + size.steps * step.flops + dec.flops,
                    {"part_peaks_gb": peaks, "tflop_per_step": step.flops / 1e12,
                     "tflop_vae_clip": (enc.flops + dec.flops) / 1e12})
 
@@ -941,8 +942,6 @@ def main(argv=None) -> dict:
             phases[f"{name}_step_fp8"] = run(phase_wan_train_step, model=name, storage="fp8")
         phases[f"{name}_prompt_umt5"] = run(phase_wan_prompt, model=name)
         phases[f"{name}_sample_view"] = run(phase_wan_sample, model=name)
-    for p in phases.values():
-        p["projected_s"] = projected(p["tflop"])
     steps = 400
     paper = {"paper_a100_s": 3600, "steps": steps,
              "projected_a100_s": projected(steps * phases["stage2_step"]["tflop"])["a100"],
@@ -967,6 +966,9 @@ def main(argv=None) -> dict:
         sampled = run(phase_sample, tiling=s["vae_tiling"], offload=s["cpu_offload"], **storage)
         trained = run(phase_train_step, image_condition=s["image_condition"], **storage) if storage \
             else train[s["image_condition"]]
+        if storage:  # the presets' fp8 phases, as rows of their own
+            phases["stage2_step" + ("_cached_image" if s["image_condition"] == "cached" else "") + "_fp8"] = trained
+            phases["sample_view" + "_tiled" * s["vae_tiling"] + "_offload" * s["cpu_offload"] + "_fp8"] = sampled
         peaks = {"stage1_depth": phases["stage1_depth"]["peak_gb"], "prompt_t5": phases["prompt_t5"]["peak_gb"],
                  "cache_vae_encode": phases["cache_vae_encode"]["peak_gb"],
                  "stage2_step": trained["peak_gb"], "sample_view": sampled["peak_gb"],
@@ -975,6 +977,8 @@ def main(argv=None) -> dict:
                       for m in EVAL_METRICS})
         presets[path.stem] = {"settings": s, "phase_peaks_gb": peaks, "max_peak_gb": max(peaks.values()),
                               "worst_phase": max(peaks, key=peaks.get)}
+    for p in phases.values():
+        p["projected_s"] = projected(p["tflop"])
     result = {"phases": phases, "presets": presets,
               "validation": {"small_models_cpu": {} if args.skip_validation else run(validate_small),
                              "vae_tiling_effect_tiny": run(tiling_effect),
