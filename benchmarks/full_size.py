@@ -544,7 +544,8 @@ def _eval_networks() -> dict[str, Callable[[], torch.nn.Module]]:
     """The network of each model-based metric as ``eval.models.load_model`` wraps it (float32), built
     on meta: VBench's wrappers around DINO ViT-B/16, CLIP ViT-B/32 and ViT-L/14 (+ the LAION head),
     MUSIQ, RAFT-large and AMT-S; FID's Inception-v3 (torchvision's architecture: torch-fidelity's
-    FID network is the same layers with other pooling details, and needs its weights file to build)."""
+    FID network is the same layers with other pooling details, and needs its weights file to build);
+    FVD's I3D (:func:`i3d_for_simulation`)."""
     from torchvision.models import inception_v3
 
     from reangle.models import vbench
@@ -559,12 +560,52 @@ def _eval_networks() -> dict[str, Callable[[], torch.nn.Module]]:
             "imaging_quality": lambda: vbench.ImagingQuality(vbench.build_musiq()),
             "dynamic_degree": lambda: vbench.OpticalFlow(vbench.build_raft()),
             "motion_smoothness": lambda: vbench.FrameInterpolator(AMTS()),
-            "fid": lambda: inception_v3(weights=None, aux_logits=False, init_weights=False)}
+            "fid": lambda: inception_v3(weights=None, aux_logits=False, init_weights=False),
+            "fvd": i3d_for_simulation}
+
+
+def _unit3d(cin: int, cout: int, kernel=1, stride=1) -> torch.nn.Sequential:
+    """I3D's unit: a 3D convolution without bias ('same' padding), batch norm, ReLU."""
+    k = (kernel,) * 3 if isinstance(kernel, int) else kernel
+    return torch.nn.Sequential(torch.nn.Conv3d(cin, cout, k, stride, padding=tuple(x // 2 for x in k), bias=False),
+                               torch.nn.BatchNorm3d(cout), torch.nn.ReLU())
+
+
+class _I3DMixed(torch.nn.Module):
+    """An inflated Inception module: 1x1x1 | 1x1x1 -> 3x3x3 | 1x1x1 -> 3x3x3 | 3x3x3 max pool -> 1x1x1."""
+
+    def __init__(self, cin: int, c0: int, c1: tuple, c2: tuple, c3: int):
+        super().__init__()
+        self.branches = torch.nn.ModuleList([
+            _unit3d(cin, c0), torch.nn.Sequential(_unit3d(cin, c1[0]), _unit3d(c1[0], c1[1], 3)),
+            torch.nn.Sequential(_unit3d(cin, c2[0]), _unit3d(c2[0], c2[1], 3)),
+            torch.nn.Sequential(torch.nn.MaxPool3d(3, 1, 1), _unit3d(cin, c3))])
+
+    def forward(self, x):
+        return torch.cat([b(x) for b in self.branches], dim=1)
+
+
+def i3d_for_simulation() -> torch.nn.Module:
+    """FVD's detector for the simulator: the Kinetics-400 I3D (Carreira & Zisserman 2017, arXiv 1705.07750:
+    Inception-v1 inflated to 3D, the layer sizes of its Fig. 3) rebuilt from the paper, since the real
+    detector is a TorchScript file; input ``[B, 3, T, 224, 224]`` in [-1, 1], output the 400 logits."""
+    pool = lambda k, st: torch.nn.MaxPool3d(k, st, tuple(x // 2 for x in k))  # noqa: E731
+    return torch.nn.Sequential(
+        _unit3d(3, 64, 7, 2), pool((1, 3, 3), (1, 2, 2)), _unit3d(64, 64), _unit3d(64, 192, 3),
+        pool((1, 3, 3), (1, 2, 2)),
+        _I3DMixed(192, 64, (96, 128), (16, 32), 32), _I3DMixed(256, 128, (128, 192), (32, 96), 64),
+        pool((3, 3, 3), (2, 2, 2)),
+        _I3DMixed(480, 192, (96, 208), (16, 48), 64), _I3DMixed(512, 160, (112, 224), (24, 64), 64),
+        _I3DMixed(512, 128, (128, 256), (24, 64), 64), _I3DMixed(512, 112, (144, 288), (32, 64), 64),
+        _I3DMixed(528, 256, (160, 320), (32, 128), 128), pool((2, 2, 2), (2, 2, 2)),
+        _I3DMixed(832, 256, (160, 320), (32, 128), 128), _I3DMixed(832, 384, (192, 384), (48, 128), 128),
+        torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(1024, 400))
 
 
 EVAL_METRICS = ("subject_consistency", "background_consistency", "aesthetic_quality", "imaging_quality",
-                "dynamic_degree", "motion_smoothness", "fid")  # with a network; MEt3R: phase_met3r; FVD: not simulated
+                "dynamic_degree", "motion_smoothness", "fid", "fvd")  # with a network; MEt3R: phase_met3r
 EVAL_BATCH = 16  # configs/base.yaml eval.batch_size
+FVD_CLIP = 16  # configs/base.yaml eval.fvd.clip_length (= clip_stride)
 
 
 def _eval_call(metric: str, net, batch: int, height: int, width: int):
@@ -576,6 +617,10 @@ def _eval_call(metric: str, net, batch: int, height: int, width: int):
         return net(frames(), frames(), torch.full((batch, 1, 1, 1), 0.5))
     if metric == "fid":  # uint8 levels resized to 299 x 299 (torchmetrics' FID input)
         return net(torch.nn.functional.interpolate(frames() * 255, size=(299, 299), mode="bilinear"))
+    if metric == "fvd":  # ``batch`` clips of FVD_CLIP frames, resized to 224 x 224 (the detector's resize)
+        clips = torch.rand(batch * FVD_CLIP, 3, height, width)
+        small = torch.nn.functional.interpolate(clips, size=(224, 224), mode="bilinear") * 2 - 1
+        return net(small.view(batch, FVD_CLIP, 3, 224, 224).transpose(1, 2))
     return net(frames())
 
 
@@ -588,6 +633,8 @@ def eval_items(metric: str, frames: int = 49, fps: float = 8.0) -> int:
         return len(subsample_indices(frames, fps)) - 1
     if metric == "motion_smoothness":
         return (frames + 1) // 2 - 1
+    if metric == "fvd":  # eval.fvd.protocol clips: every FVD_CLIP frames (clip_stride 16), in one call
+        return (frames - FVD_CLIP) // FVD_CLIP + 1
     return frames
 
 

@@ -164,11 +164,13 @@ def test_eval_phase_counts_the_items_the_metrics_score():
     from torchvision.models import inception_v3
 
     from eval.dynamic_degree import subsample_indices
+    from eval.fvd import video_clips
     from eval.motion_smoothness import midpoint_pairs
 
     video = torch.zeros(49, 3, 8, 8)
     assert full_size.eval_items("motion_smoothness", 49) == midpoint_pairs(video)[0].shape[0] == 24
     assert full_size.eval_items("dynamic_degree", 49, fps=24) == len(subsample_indices(49, 24)) - 1 == 16
+    assert full_size.eval_items("fvd", 49) == video_clips(video, 16, 16).shape[0] == 3   # FVD's default protocol
     out = full_size.phase_eval("fid", frames=5, height=64, width=96, batch=2)
     real = inception_v3(weights=None, aux_logits=False, init_weights=False)
     weights = sum(t.numel() * t.element_size() for t in [*real.parameters(), *real.buffers()])
