@@ -128,15 +128,15 @@ def test_sweep_with_metrics_records_the_evaluation_aggregate(tmp_path, tiny_mode
         view: scores["temporal_flickering"] for view, scores in per_view.items()} and view_rows
 
 
-def test_a_sweep_over_the_wan_backbone_trains_and_samples_each_unit(tmp_path, tiny_wan_dir, monkeypatch):
-    """The sweep machinery is backbone-independent: the same runner over the tiny Wan preset."""
+def test_a_sweep_over_the_wan_backbone_trains_samples_and_reports_its_unit(tmp_path, tiny_wan_dir, monkeypatch):
+    """The sweep machinery is backbone-independent: the same runner over the tiny Wan preset (one unit)."""
     monkeypatch.chdir(ROOT)
     command = ["${env}", "${interpreter}", "${program}", "--config", "configs/presets/tiny_wan.yaml",
                "train.steps=2", "sample.steps=1", "views.motions=[orbit_left]", "inpaint.enabled=false",
                "${args_no_hyphens}"]
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"name": "wan", "program": "train.py", "method": "grid", "command": command,
-                                    "parameters": {"lora.rank": {"values": [2, 4]}}}))
+                                    "parameters": {"lora.rank": {"values": [2]}}}))
     manifest = tmp_path / "videos.yaml"
     manifest.write_text(yaml.safe_dump({"videos": [
         {"name": "balls", "video": "synthetic", "overrides": {"depth.source": "synthetic"}}]}))
@@ -144,7 +144,7 @@ def test_a_sweep_over_the_wan_backbone_trains_and_samples_each_unit(tmp_path, ti
     assert sweep.main([str(path), "--manifest", str(manifest), "--out", str(out),
                        f"run.cache_dir={tiny_wan_dir.parent.parent}"]) == 0
     results = _results(out)
-    assert sorted((r["params"]["lora.rank"], r["status"]) for r in results.values()) == [(2, "ok"), (4, "ok")]
+    assert [(r["params"]["lora.rank"], r["status"]) for r in results.values()] == [(2, "ok")]
     for key, result in results.items():
         written = json.loads(next((out / "trials" / key / "samples").glob("*.json")).read_text())
         assert result["train_loss"] > 0 and written["run"] and (out / "trials" / key / "lora" / "final").is_dir()
