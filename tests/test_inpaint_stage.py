@@ -132,9 +132,10 @@ def test_two_ranks_make_the_same_start_frames_as_one(tmp_path, omega3, tiny_mode
         assert np.abs(one - two).max() <= 1
     s1, s2 = (json.loads((runs[d] / "scores.json").read_text())["views"] for d in (1, 2))
     for name in s1:
-        # float32 sums over differently composed batches on each rank (the tiny MEt3R has 2+2 DUSt3R blocks):
-        # equal to a few 1e-4 relative; the chosen candidates, hence the images, are the same
-        assert s1[name]["scores"] == pytest.approx(s2[name]["scores"], rel=5e-4)
+        # float32 sums over differently composed batches on each rank (the tiny MEt3R has 2+2 DUSt3R blocks,
+        # random weights; its point-cloud rendering amplifies them): up to 1e-3 relative observed; the chosen
+        # candidates, hence the images, are the same
+        assert s1[name]["scores"] == pytest.approx(s2[name]["scores"], rel=2e-3)
 
 
 def test_evaluation_scores_the_start_frames_themselves(trained_run, tmp_path):

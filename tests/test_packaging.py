@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -41,12 +42,25 @@ def test_non_editable_install_runs_from_another_folder(tmp_path):
     for name in ("reangle", "callbacks", "eval", "configs"):
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # a new environment that sees this one's packages (a .pth line adds its site-packages to sys.path
+    # without running the .pth files there, so the editable install of this checkout stays out)
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = str(env_dir / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                              "--quiet", str(source)], env=env, capture_output=True, text=True, timeout=300)
+    target = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    here = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    (Path(target) / "parent.pth").write_text("\n".join(sorted(here)) + "\n")
+    # built and installed by this environment's pip and setuptools, offline
+    dist = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "--quiet", "-w", str(dist), str(source)], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel, = dist.glob("reangle-*.whl")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet",
+                              "--target", target, str(wheel)], env=env, capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-3000:]
 
     elsewhere = tmp_path / "elsewhere"

@@ -53,7 +53,7 @@ def test_sweep_runs_resumes_records_failures_and_reports(tmp_path, tiny_model_di
                        if r["status"] == "ok"}
 
     # an interrupted unit: its folder exists with partial output but no result
-    dry = capsys.readouterr()
+    capsys.readouterr()  # drop the output of the first run
     sweep.main(args + ["--dry-run"])
     listing = capsys.readouterr().out.splitlines()[:-1]
     to_run = [line.split()[0] for line in listing if line.endswith("to run")]
