@@ -14,7 +14,7 @@ import torch
 
 from reangle.consistency import TINY_DUST3R, TINY_SEED
 from reangle.errors import InputError, MissingPackageError
-from reangle.utils import seeded
+from reangle.utils import empty_cuda_cache, seeded
 
 TINY = "tiny"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".pkl")
@@ -101,8 +101,7 @@ def load_model(model: str, eval_cfg, device: torch.device, cache_dir: str) -> An
 def release_memory() -> None:
     """Return the memory of dropped models (call after dropping the last reference)."""
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    empty_cuda_cache()
 
 
 # model -> the eval.models keys it is loaded from

@@ -173,6 +173,12 @@ def imagenet_normalize(images01: torch.Tensor) -> torch.Tensor:
     return (images01 - mean) / std
 
 
+def empty_cuda_cache() -> None:
+    """Return the CUDA caching allocator's unused blocks to the device (after dropping models); no-op without CUDA."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU."""
     if name == "auto":

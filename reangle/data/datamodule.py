@@ -32,16 +32,12 @@ from reangle.data.loader import ResumableLoader
 from reangle.data.omega import Omega, OmegaError
 from reangle.data.tensor_cache import CacheError, TensorCache
 from reangle.models.spec import ModelSpec
-from reangle.utils import atomic_write_text, cache_lock, clean_stale_staging, file_fingerprint, fingerprint
+from reangle.utils import (atomic_write_text, cache_lock, clean_stale_staging, empty_cuda_cache, file_fingerprint,
+                           fingerprint)
 
 log = logging.getLogger(__name__)
 
 TEXT_TENSORS = ("prompt_embeds",)
-
-
-def _empty_cuda_cache() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def pick_device(name: str) -> torch.device:
@@ -136,14 +132,14 @@ class OmegaDataModule(L.LightningDataModule):
             for prompt, key in tqdm(todo_text, desc="encoding prompts", disable=not todo_text):
                 self.text_cache.save(key, self.spec.encode_prompt(prompt))
             self.spec.release_text_encoder()
-            _empty_cuda_cache()
+            empty_cuda_cache()
             for view, key in tqdm(todo_video, desc="encoding videos", disable=not todo_video):
                 frames = omega.read_frames(view)
                 generator = torch.Generator().manual_seed(int(key[:8], 16))
                 self.latent_cache.save(key, self.spec.encode_video(frames, generator))
         finally:
             self.spec.unload_encoders()
-            _empty_cuda_cache()
+            empty_cuda_cache()
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reangle.utils import empty_cuda_cache
+
 
 class Inpainter(ABC):
     """One inpainting model: conditions, noise, noise levels, model output and decoding."""
@@ -114,8 +116,7 @@ class _FluxInpainter(Inpainter):
             self.prompts[prompt] = pipe.encode_prompt(prompt, prompt_2=None, device=device,
                                                       max_sequence_length=self.max_sequence_length)
         pipe.text_encoder = pipe.text_encoder_2 = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        empty_cuda_cache()
 
     def _prompt(self, prompt: str) -> tuple[Tensor, Tensor, Tensor]:
         """(embeds, pooled, text ids) of ``prompt`` on the device: from :meth:`encode_prompts`, else encoded now."""

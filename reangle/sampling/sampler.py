@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from reangle.models.cogvideox_i2v import encode_scale, rotary_embedding, vae_factors
 from reangle.models.storage import compute_dtype
+from reangle.utils import empty_cuda_cache
 
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
@@ -101,15 +102,13 @@ class VideoSampler:
         finally:
             if self.offload:
                 module.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                empty_cuda_cache()
             module.train(was_training)
 
     def release_text_encoder(self) -> None:
         """Drop the sampler's references to the text encoder (the caller may still hold one)."""
         self.text_encoder = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        empty_cuda_cache()
 
     def _check(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
                settings: SamplingSettings) -> None:
