@@ -105,6 +105,26 @@ class VideoSampler:
                 empty_cuda_cache()
             module.train(was_training)
 
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
+        """Text embeddings ``{prompt: [1, L, D]}`` (in :attr:`dtype`) of the distinct ``prompts``,
+        ``batch_size`` at a time with the text encoder on the device (:meth:`_encode_text`)."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise RuntimeError("the text encoder was released or never given; pass precomputed embeddings "
+                               "to sample() or build the sampler with text_encoder and tokenizer")
+        unique = list(dict.fromkeys(prompts))
+        out: dict[str, torch.Tensor] = {}
+        with self._on_device(self.text_encoder) as encoder:
+            for i in range(0, len(unique), batch_size):
+                chunk = unique[i:i + batch_size]
+                embeds = self._encode_text(encoder, chunk).to(self.dtype)
+                out.update({p: e[None] for p, e in zip(chunk, embeds)})
+        return out
+
+    def _encode_text(self, encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
+        """The backbone's text embeddings ``[len(prompts), L, D]`` of ``prompts`` with ``encoder`` (on the device)."""
+        raise NotImplementedError
+
     def release_text_encoder(self) -> None:
         """Drop the sampler's references to the text encoder (the caller may still hold one)."""
         self.text_encoder = None
@@ -151,22 +171,11 @@ class CogVideoXSampler(VideoSampler):
         self.latent_scale = vae.config.scaling_factor
 
     # -- text --------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
-        """T5 embeddings ``{prompt: [1, L, D]}`` of the distinct ``prompts`` (L = max_text_seq_length)."""
-        if self.text_encoder is None or self.tokenizer is None:
-            raise RuntimeError("the text encoder was released or never given; pass precomputed embeddings "
-                               "to sample() or build the sampler with text_encoder and tokenizer")
-        unique = list(dict.fromkeys(prompts))
-        out: dict[str, torch.Tensor] = {}
-        with self._on_device(self.text_encoder) as encoder:
-            for i in range(0, len(unique), batch_size):
-                chunk = unique[i:i + batch_size]
-                ids = self.tokenizer(chunk, padding="max_length", max_length=self.max_text_len, truncation=True,
-                                     add_special_tokens=True, return_tensors="pt").input_ids
-                embeds = encoder(ids.to(self.device))[0].to(self.dtype)
-                out.update({p: e[None] for p, e in zip(chunk, embeds)})
-        return out
+    def _encode_text(self, encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
+        """T5 embeddings ``[B, L, D]`` (L = max_text_seq_length) of the padded prompts."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.max_text_len, truncation=True,
+                             add_special_tokens=True, return_tensors="pt").input_ids
+        return encoder(ids.to(self.device))[0]
 
     @torch.no_grad()
     def sample(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],

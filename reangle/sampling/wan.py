@@ -58,20 +58,9 @@ class WanSampler(VideoSampler):
         self.spatial_factor = int(vae.config.scale_factor_spatial)
         self.size_multiple = self.spatial_factor * int(transformer.config.patch_size[1])
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
-        """UMT5 embeddings ``{prompt: [1, L, D]}`` of the distinct ``prompts`` (L = the text length)."""
-        if self.text_encoder is None or self.tokenizer is None:
-            raise RuntimeError("the text encoder was released or never given; build the sampler with text_encoder "
-                               "and tokenizer")
-        unique = list(dict.fromkeys(prompts))
-        out: dict[str, torch.Tensor] = {}
-        with self._on_device(self.text_encoder) as encoder:
-            for i in range(0, len(unique), batch_size):
-                chunk = unique[i:i + batch_size]
-                embeds = encode_wan_prompts(self.tokenizer, encoder, chunk, self.device, self.max_text_length)
-                out.update({p: e[None].to(self.dtype) for p, e in zip(chunk, embeds)})
-        return out
+    def _encode_text(self, encoder: torch.nn.Module, prompts: list[str]) -> torch.Tensor:
+        """UMT5 embeddings ``[B, L, D]`` (L = the text length), zero past each prompt's tokens."""
+        return encode_wan_prompts(self.tokenizer, encoder, prompts, self.device, self.max_text_length)
 
     @torch.no_grad()
     def sample(self, requests: Sequence[SampleRequest], embeddings: Mapping[str, torch.Tensor],
