@@ -95,13 +95,9 @@ FULL_SIZE_TRANSFORMERS: dict[str, dict[str, Any]] = {
         "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
         "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
     },
-    WAN22_I2V_A14B: {
-        "patch_size": [1, 2, 2], "num_attention_heads": 40, "attention_head_dim": 128, "in_channels": 36,
-        "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 13824, "num_layers": 40,
-        "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
-        "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "pos_embed_seq_len": None,
-    },
 }
+FULL_SIZE_TRANSFORMERS[WAN22_I2V_A14B] = {**FULL_SIZE_TRANSFORMERS[WAN21_I2V_480P], "image_dim": None,
+                                          "added_kv_proj_dim": None}   # Wan2.1-14B without the CLIP branch
 
 
 # VAE configs of the released checkpoints (vae/config.json; the latent statistics, not weights,
