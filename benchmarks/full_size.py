@@ -626,7 +626,7 @@ def _eval_call(metric: str, net, batch: int, height: int, width: int):
 
 def eval_items(metric: str, frames: int = 49, fps: float = 8.0) -> int:
     """Model inputs of one video of ``frames`` at ``fps`` (eval/registry.py): frames, subsampled frame
-    pairs (dynamic degree) or midpoint pairs (motion smoothness)."""
+    pairs (dynamic degree), midpoint pairs (motion smoothness) or clips (FVD)."""
     from eval.dynamic_degree import subsample_indices
 
     if metric == "dynamic_degree":
@@ -662,14 +662,13 @@ CLIP_VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32
 
 
 class WanSize(NamedTuple):
-    """A Wan image-to-video model as its phases are simulated: hub id (its transformer config is
-    ``reangle.models.wan.FULL_SIZE_TRANSFORMERS[pretrained]``), its ``wan_models()`` name, VAE config
-    (``AutoencoderKLWan`` arguments; ``{}``: its defaults, which are Wan2.1's VAE), the clip's
-    frames x height x width, the LoRA targets, the sampling guidance and steps of its configs/backbone preset."""
+    """A Wan image-to-video model as its phases are simulated: hub id (its transformer and VAE configs are
+    ``reangle.models.wan.FULL_SIZE_TRANSFORMERS`` / ``FULL_SIZE_VAES[pretrained]``), its ``wan_models()``
+    name, the clip's frames x height x width, the LoRA targets, the sampling guidance and steps of its
+    configs/backbone preset."""
 
     pretrained: str
     depth_key: str
-    vae: dict
     frames: int
     height: int
     width: int
@@ -683,18 +682,31 @@ WAN_DEFAULT = "wan2.1_14b"
 
 def wan_models() -> dict[str, WanSize]:
     """The Wan models simulated, by name, at their configs/backbone presets' sizes and guidance."""
-    from reangle.models.wan import FULL_SIZE_VAES, WAN21_I2V_480P, WAN22_I2V_A14B, WAN22_TI2V_5B
+    from reangle.models.wan import WAN21_I2V_480P, WAN22_I2V_A14B, WAN22_TI2V_5B
 
     attn1 = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")  # every Wan backbone preset's targets
-    return {"wan2.1_14b": WanSize(WAN21_I2V_480P, "wan2.1_14b", {}, 81, 480, 832, attn1, 5.0),
-            "wan2.2_ti2v_5b": WanSize(WAN22_TI2V_5B, "wan2.2_ti2v_5b", {
-                **FULL_SIZE_VAES[WAN22_TI2V_5B], "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48},  # shapes only
-                121, 704, 1280, attn1, 5.0, 50),
-            "wan2.2_a14b": WanSize(WAN22_I2V_A14B, "wan2.2_a14b", {}, 81, 480, 832, attn1, 3.5)}
+    return {"wan2.1_14b": WanSize(WAN21_I2V_480P, "wan2.1_14b", 81, 480, 832, attn1, 5.0),
+            "wan2.2_ti2v_5b": WanSize(WAN22_TI2V_5B, "wan2.2_ti2v_5b", 121, 704, 1280, attn1, 5.0, 50),
+            "wan2.2_a14b": WanSize(WAN22_I2V_A14B, "wan2.2_a14b", 81, 480, 832, attn1, 3.5)}
 
 
-# what the released model_index.json files say about experts (reangle.models.wan.expert_boundary reads it)
-WAN_MODEL_INDEX = {"wan2.2_a14b": {"boundary_ratio": 0.9, "transformer_2": ["diffusers", "WanTransformer3DModel"]}}
+def wan_vae_config(size: WanSize) -> dict:
+    """``AutoencoderKLWan`` arguments of ``size``'s released VAE, with latent statistics of its channel count
+    (their values, not in the configs we have, change no memory or FLOPs)."""
+    from reangle.models.wan import FULL_SIZE_VAES
+
+    config = FULL_SIZE_VAES[size.pretrained]
+    z = config["z_dim"]
+    return {**config, "latents_mean": [0.0] * z, "latents_std": [1.0] * z}
+
+
+def wan_model_index(size: WanSize) -> dict:
+    """What the released model_index.json says about experts (``reangle.models.wan.expert_boundary`` reads it)."""
+    from reangle.models.wan import A14B_BOUNDARY_RATIO, WAN22_I2V_A14B
+
+    if size.pretrained != WAN22_I2V_A14B:
+        return {}
+    return {"boundary_ratio": A14B_BOUNDARY_RATIO, "transformer_2": ["diffusers", "WanTransformer3DModel"]}
 
 
 def wan_components(size: WanSize, parts):
@@ -711,7 +723,7 @@ def wan_components(size: WanSize, parts):
     config = {**config, "num_layers": _units(size.depth_key) or config["num_layers"]}
     builders = {"transformer": lambda: build_wan_transformer_on_meta(config),
                 "transformer_2": lambda: build_wan_transformer_on_meta(config),  # two experts: the same layout
-                "vae": lambda: AutoencoderKLWan(**size.vae),
+                "vae": lambda: AutoencoderKLWan(**wan_vae_config(size)),
                 "text_encoder": lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)),
                 "image_encoder": lambda: CLIPVisionModel(CLIPVisionConfig(**CLIP_VIT_H))}
     modules = _meta_modules(lambda: {p: builders[p]() for p in parts if p in builders})
@@ -734,9 +746,9 @@ def wan_spec(size: WanSize, rank: int = 128, storage=None):
     spec = wan_i2v.WanI2V(size.pretrained, lora_rank=rank, lora_alpha=rank, lora_targets=size.lora_targets)
     spec.storage_dtype = storage
     with torch.device("meta"):
-        vae = {k: v for k, v in AutoencoderKLWan(**size.vae).config.items() if not k.startswith("_")}
+        vae = {k: v for k, v in AutoencoderKLWan(**wan_vae_config(size)).config.items() if not k.startswith("_")}
     spec._config_cache.update(transformer=dict(FULL_SIZE_TRANSFORMERS[size.pretrained]), vae=vae,
-                              model_index=WAN_MODEL_INDEX.get(size.depth_key, {}))
+                              model_index=wan_model_index(size))
     with mock.patch.object(wan_i2v, "load_wan_components", lambda pretrained, parts, **_: wan_components(size, parts)):
         spec.load_diffusion_model(torch.device("meta"))
     return spec
@@ -803,7 +815,7 @@ def phase_wan_sample(model: str = WAN_DEFAULT) -> dict:
     from reangle.sampling.wan import WanSampler
 
     size = wan_models()[model]
-    boundary = WAN_MODEL_INDEX.get(model, {}).get("boundary_ratio")
+    boundary = wan_model_index(size).get("boundary_ratio")
     config = FULL_SIZE_TRANSFORMERS[size.pretrained]
     clip = config["image_dim"] is not None                  # Wan2.1-I2V's CLIP image tokens
     names = ["transformer", "vae", "scheduler"] + (["image_encoder"] if clip else []) + \
