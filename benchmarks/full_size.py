@@ -885,12 +885,7 @@ def anchor_finetrainers(precompute_gb: float) -> dict:
         model.train()
     with Simulation() as sim:
         materialize(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
-        for p in params:
-            p.grad = torch.zeros_like(p)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt = _steady_adamw([p for p in model.parameters() if p.requires_grad])  # bf16 states: bf16 LoRA weights
         latents = torch.randn(1, 13, 16, 60, 90, dtype=BF16)
         text = torch.randn(1, 226, 4096, dtype=BF16)
         with sim.section() as s:
