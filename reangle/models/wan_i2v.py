@@ -68,6 +68,7 @@ from reangle.models.cogvideox import DEFAULT_CACHE
 from reangle.models.cogvideox_i2v import _dtype
 from reangle.models.lora import DEFAULT_TARGETS
 from reangle.models.spec import DiffusionPair, FrameGrid, PipelineSpec
+from reangle.models.storage import compute_dtype
 from reangle.models.wan import (TEXT_LENGTH, WAN21_I2V_480P, WAN22_I2V_A14B, WAN22_TI2V_5B, ModelLoadError,
                                 WanTinyConfig, encode_wan_image, encode_wan_prompts, expert_boundary,
                                 first_latent_timesteps, high_noise, load_wan_components, model_parts,
@@ -261,7 +262,7 @@ class WanI2V(PipelineSpec):
         noise = torch.randn(x0.shape, generator=generator, device=device)
         noisy = (1 - sigma) * x0 + sigma * noise
         timestep = sigma.flatten() * sched.config.num_train_timesteps
-        dtype = next(transformer.parameters()).dtype if not torch.is_autocast_enabled(device.type) else noisy.dtype
+        dtype = compute_dtype(transformer) if not torch.is_autocast_enabled(device.type) else noisy.dtype
         trained = None
         if self.conditioning() == "first_latent":
             model_in = with_first_latent(noisy, batch["condition"], frame_dim=1).permute(0, 2, 1, 3, 4)
